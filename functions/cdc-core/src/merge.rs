@@ -1,0 +1,341 @@
+//! The MERGE that applies one table's rows of a batch.
+//!
+//! 1. Rows are deduplicated per `row.key`, keeping the last change: the highest `lsn`,
+//!    ties broken by the later position; a row with `lsn` -1 (unknown) is ordered by
+//!    position only. Snowflake rejects a MERGE whose source has duplicate keys, and
+//!    only the last change of a key matters.
+//! 2. The surviving rows' `data` objects are concatenated (not re-serialised) into one
+//!    JSON array bound as a single `TEXT` parameter, read back through
+//!    [`ROWS_SOURCE`]: the SQL text depends only on the shape (Snowflake can cache its
+//!    plan) and no value is ever inlined.
+//! 3. Rows whose `__op` is `d` delete, others upsert:
+//!
+//! ```sql
+//! MERGE INTO "DB"."S"."T" AS t
+//! USING (SELECT f.value['id']::NUMBER(38,0) AS "ID", ..., f.value['__op']::VARCHAR AS "__OP"
+//!        FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) AS f) AS s
+//! ON t."ID" = s."ID"
+//! WHEN MATCHED AND s."__OP" = 'd' THEN DELETE
+//! WHEN MATCHED THEN UPDATE SET t."NAME" = s."NAME", ...
+//! WHEN NOT MATCHED AND s."__OP" <> 'd' THEN INSERT ("ID", ...) VALUES (s."ID", ...)
+//! ```
+//!
+//! When the array would exceed [`MAX_BIND_BYTES`] the rows are split over several
+//! identical statements (each key appears in exactly one, so their order does not
+//! matter and re-running any of them is harmless).
+
+use std::collections::HashMap;
+
+use crate::sql::{self, json_field_expr, quote_ident};
+use crate::transform::OP_COLUMN;
+use crate::types::{Bind, Error, MergeInput, MergePlan, Row, Statement};
+
+/// The MERGE's row source: one row per element of the bound JSON array, as `f.value`.
+///
+/// Snowflake documents `TABLE(FLATTEN(...))` for a table function standing alone in a
+/// `FROM`, but the fakesnow emulator cannot parse that inside a MERGE; it accepts
+/// this `LATERAL` spelling, which Snowflake accepts as well.
+pub const ROWS_SOURCE: &str = "LATERAL FLATTEN(INPUT => PARSE_JSON(?)) AS f";
+
+/// Largest JSON array bound to one MERGE. Snowflake's VARCHAR and VARIANT values are
+/// limited to 16 MiB; half of it leaves room for PARSE_JSON's representation.
+pub const MAX_BIND_BYTES: usize = 8 * 1024 * 1024;
+
+/// Builds the MERGE plan for one table's rows (see the module docs).
+///
+/// Errors ([`Error::InvalidInput`]): an invalid target; with rows, a shape without
+/// columns, key column or `__op` column, invalid names or types, or a row whose `data`
+/// is not a JSON object. No rows give an empty plan.
+pub fn build_merge(input: &MergeInput<'_>) -> Result<MergePlan, Error> {
+    build_merge_with_limit(input, MAX_BIND_BYTES)
+}
+
+/// [`build_merge`] with a custom bind size limit (for tests and tuning).
+pub fn build_merge_with_limit(input: &MergeInput<'_>, max_bind_bytes: usize) -> Result<MergePlan, Error> {
+    sql::validate_target(input.target)?;
+    if input.rows.is_empty() {
+        return Ok(MergePlan::default());
+    }
+    let shape = input.shape;
+    sql::validate_shape(shape, input.identifier_case)?;
+    if !shape.columns.iter().any(|c| c.name == OP_COLUMN && !c.is_key) {
+        return Err(Error::InvalidInput(format!(
+            "table shape '{}' has no non-key '{OP_COLUMN}' column: the MERGE needs it to tell deletes",
+            shape.name
+        )));
+    }
+
+    let winners = dedup(input.rows);
+    for &i in &winners {
+        check_data(&input.rows[i], i)?;
+    }
+    let merge_sql = merge_sql(input)?;
+    let rows_after_dedup = u32::try_from(winners.len())
+        .map_err(|_| Error::InvalidInput(format!("{} rows in one merge", winners.len())))?;
+
+    let mut statements = Vec::new();
+    let mut array = String::new();
+    for &i in &winners {
+        let data = input.rows[i].data.trim();
+        if !array.is_empty() && array.len() + data.len() + 2 > max_bind_bytes {
+            statements.push(statement(&merge_sql, std::mem::take(&mut array)));
+        }
+        array.push(if array.is_empty() { '[' } else { ',' });
+        array.push_str(data);
+    }
+    statements.push(statement(&merge_sql, array));
+    Ok(MergePlan { statements, rows_after_dedup })
+}
+
+fn statement(sql: &str, mut array: String) -> Statement {
+    array.push(']');
+    Statement {
+        sql: sql.to_owned(),
+        binds: vec![Bind { data_type: "TEXT".to_owned(), value: Some(array) }],
+    }
+}
+
+/// Indices of the rows that survive deduplication, in position order.
+pub fn dedup(rows: &[Row]) -> Vec<usize> {
+    let mut best: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        best.entry(row.key.as_str())
+            .and_modify(|cur| {
+                let old = &rows[*cur];
+                // Later position wins unless both LSNs are known and the new one is lower.
+                if row.lsn == -1 || old.lsn == -1 || row.lsn >= old.lsn {
+                    *cur = i;
+                }
+            })
+            .or_insert(i);
+    }
+    let mut winners: Vec<usize> = best.into_values().collect();
+    winners.sort_unstable();
+    winners
+}
+
+/// Rows are spliced into a JSON array as they are: each must be one JSON object.
+fn check_data(row: &Row, index: usize) -> Result<(), Error> {
+    let data = row.data.trim();
+    let valid = data.starts_with('{')
+        && serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok();
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!("row {index} (event {}): data is not a JSON object", row.event)))
+    }
+}
+
+fn merge_sql(input: &MergeInput<'_>) -> Result<String, Error> {
+    let case = input.identifier_case;
+    let columns = &input.shape.columns;
+    let idents: Vec<String> = columns.iter().map(|c| quote_ident(&c.name, case)).collect();
+
+    let mut select = Vec::with_capacity(columns.len());
+    for (c, ident) in columns.iter().zip(&idents) {
+        select.push(format!("{} AS {ident}", json_field_expr("f.value", &c.name, &c.data_type)?));
+    }
+    let on: Vec<String> = columns
+        .iter()
+        .zip(&idents)
+        .filter(|(c, _)| c.is_key)
+        .map(|(_, i)| format!("t.{i} = s.{i}"))
+        .collect();
+    let set: Vec<String> = columns
+        .iter()
+        .zip(&idents)
+        .filter(|(c, _)| !c.is_key)
+        .map(|(_, i)| format!("t.{i} = s.{i}"))
+        .collect();
+    let values: Vec<String> = idents.iter().map(|i| format!("s.{i}")).collect();
+    let op = quote_ident(OP_COLUMN, case);
+    Ok(format!(
+        "MERGE INTO {target} AS t USING (SELECT {select} FROM {ROWS_SOURCE}) AS s \
+         ON {on} \
+         WHEN MATCHED AND s.{op} = 'd' THEN DELETE \
+         WHEN MATCHED THEN UPDATE SET {set} \
+         WHEN NOT MATCHED AND s.{op} <> 'd' THEN INSERT ({cols}) VALUES ({values})",
+        target = sql::qualified(input.target),
+        select = select.join(", "),
+        on = on.join(" AND "),
+        set = set.join(", "),
+        cols = idents.join(", "),
+        values = values.join(", "),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Column, IdentifierCase, Op, TableShape};
+
+    fn shape() -> TableShape {
+        let col = |name: &str, ty: &str, key| Column { name: name.into(), data_type: ty.into(), is_key: key };
+        TableShape {
+            name: "public.t".into(),
+            columns: vec![
+                col("id", "NUMBER(38,0)", true),
+                col("name", "VARCHAR", false),
+                col("__op", "VARCHAR", false),
+            ],
+        }
+    }
+
+    fn row(id: i64, name: &str, op: Op, lsn: i64) -> Row {
+        Row {
+            event: 0,
+            table: 0,
+            op,
+            key: format!("[\"{id}\"]"),
+            data: format!(r#"{{"id":"{id}","name":"{name}","__op":"{}"}}"#, op.code()),
+            lsn,
+        }
+    }
+
+    fn target() -> Vec<String> {
+        vec!["DB".into(), "S".into(), "T".into()]
+    }
+
+    fn plan(rows: &[Row]) -> MergePlan {
+        let (t, s) = (target(), shape());
+        build_merge(&MergeInput { target: &t, identifier_case: IdentifierCase::Upper, shape: &s, rows }).unwrap()
+    }
+
+    #[test]
+    fn sql_text() {
+        let p = plan(&[row(1, "a", Op::Insert, 10)]);
+        assert_eq!(p.statements.len(), 1);
+        assert_eq!(
+            p.statements[0].sql,
+            "MERGE INTO \"DB\".\"S\".\"T\" AS t USING (SELECT f.value['id']::NUMBER(38,0) AS \"ID\", \
+             f.value['name']::VARCHAR AS \"NAME\", f.value['__op']::VARCHAR AS \"__OP\" \
+             FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) AS f) AS s ON t.\"ID\" = s.\"ID\" \
+             WHEN MATCHED AND s.\"__OP\" = 'd' THEN DELETE \
+             WHEN MATCHED THEN UPDATE SET t.\"NAME\" = s.\"NAME\", t.\"__OP\" = s.\"__OP\" \
+             WHEN NOT MATCHED AND s.\"__OP\" <> 'd' THEN INSERT (\"ID\", \"NAME\", \"__OP\") \
+             VALUES (s.\"ID\", s.\"NAME\", s.\"__OP\")"
+        );
+        assert_eq!(
+            p.statements[0].binds,
+            vec![Bind {
+                data_type: "TEXT".into(),
+                value: Some(r#"[{"id":"1","name":"a","__op":"c"}]"#.into())
+            }]
+        );
+        assert_eq!(p.rows_after_dedup, 1);
+    }
+
+    #[test]
+    fn preserve_case_and_composite_keys() {
+        let mut s = shape();
+        s.columns.insert(1, Column { name: "Region".into(), data_type: "VARCHAR".into(), is_key: true });
+        let t = target();
+        let rows = [row(1, "a", Op::Insert, 1)];
+        let p = build_merge(&MergeInput { target: &t, identifier_case: IdentifierCase::Preserve, shape: &s, rows: &rows })
+            .unwrap();
+        let sql = &p.statements[0].sql;
+        assert!(sql.contains("ON t.\"id\" = s.\"id\" AND t.\"Region\" = s.\"Region\" WHEN"), "{sql}");
+        assert!(sql.contains("UPDATE SET t.\"name\" = s.\"name\", t.\"__op\" = s.\"__op\" WHEN"), "{sql}");
+        assert!(sql.contains("WHEN MATCHED AND s.\"__op\" = 'd'"), "{sql}");
+    }
+
+    #[test]
+    fn hostile_names_stay_quoted() {
+        let mut s = shape();
+        s.columns.insert(1, Column { name: "a\"b".into(), data_type: "VARCHAR".into(), is_key: false });
+        s.columns.insert(2, Column { name: "x'; drop table y; --".into(), data_type: "VARCHAR".into(), is_key: false });
+        s.columns.insert(3, Column { name: "back\\slash".into(), data_type: "VARCHAR".into(), is_key: false });
+        let t = vec!["d\"b".to_owned(), "s".to_owned(), "t'".to_owned()];
+        let rows = [row(1, "a", Op::Insert, 1)];
+        let p = build_merge(&MergeInput { target: &t, identifier_case: IdentifierCase::Upper, shape: &s, rows: &rows })
+            .unwrap();
+        let sql = &p.statements[0].sql;
+        assert!(sql.starts_with("MERGE INTO \"d\"\"b\".\"s\".\"t'\" AS t"), "{sql}");
+        assert!(sql.contains("f.value['a\"b']::VARCHAR AS \"A\"\"B\""), "{sql}");
+        assert!(sql.contains("f.value['x''; drop table y; --']::VARCHAR AS \"X'; DROP TABLE Y; --\""), "{sql}");
+        assert!(sql.contains("f.value['back\\\\slash']::VARCHAR AS \"BACK\\SLASH\""), "{sql}");
+    }
+
+    #[test]
+    fn dedup_keeps_last_change() {
+        // Same key: insert, update, delete in order -> the delete wins.
+        let rows = [row(1, "a", Op::Insert, 10), row(1, "b", Op::Update, 20), row(1, "b", Op::Delete, 30)];
+        assert_eq!(dedup(&rows), vec![2]);
+        // Higher LSN wins over a later position.
+        let rows = [row(1, "new", Op::Update, 50), row(1, "old", Op::Update, 40)];
+        assert_eq!(dedup(&rows), vec![0]);
+        // Equal LSN: the later position wins.
+        let rows = [row(1, "a", Op::Update, 5), row(1, "b", Op::Update, 5)];
+        assert_eq!(dedup(&rows), vec![1]);
+        // Unknown LSN orders by position only, either side.
+        let rows = [row(1, "a", Op::Update, 50), row(1, "b", Op::Update, -1)];
+        assert_eq!(dedup(&rows), vec![1]);
+        let rows = [row(1, "a", Op::Update, -1), row(1, "b", Op::Update, 3)];
+        assert_eq!(dedup(&rows), vec![1]);
+        // Distinct keys all survive, in position order.
+        let rows = [row(2, "a", Op::Insert, 1), row(1, "b", Op::Insert, 2), row(2, "c", Op::Update, 3)];
+        assert_eq!(dedup(&rows), vec![1, 2]);
+        let p = plan(&rows);
+        assert_eq!(p.rows_after_dedup, 2);
+        assert_eq!(
+            p.statements[0].binds[0].value.as_deref(),
+            Some(r#"[{"id":"1","name":"b","__op":"c"},{"id":"2","name":"c","__op":"u"}]"#)
+        );
+    }
+
+    #[test]
+    fn splits_large_batches() {
+        let rows: Vec<Row> = (0..100).map(|i| row(i, "xxxxxxxxxx", Op::Insert, i)).collect();
+        let (t, s) = (target(), shape());
+        let input = MergeInput { target: &t, identifier_case: IdentifierCase::Upper, shape: &s, rows: &rows };
+        let p = build_merge_with_limit(&input, 400).unwrap();
+        assert!(p.statements.len() > 1);
+        assert_eq!(p.rows_after_dedup, 100);
+        let mut ids = Vec::new();
+        for st in &p.statements {
+            assert_eq!(st.sql, p.statements[0].sql);
+            let v = st.binds[0].value.as_deref().unwrap();
+            assert!(v.len() <= 400, "{}", v.len());
+            let parsed: Vec<serde_json::Value> = serde_json::from_str(v).unwrap();
+            ids.extend(parsed.iter().map(|r| r["id"].as_str().unwrap().parse::<i64>().unwrap()));
+        }
+        assert_eq!(ids, (0..100).collect::<Vec<_>>());
+        // A row larger than the limit still goes, alone.
+        let p = build_merge_with_limit(&input, 10).unwrap();
+        assert_eq!(p.statements.len(), 100);
+    }
+
+    #[test]
+    fn contract_violations() {
+        let t = target();
+        let rows = [row(1, "a", Op::Insert, 1)];
+        let check = |target: &[String], shape: &TableShape, rows: &[Row]| {
+            build_merge(&MergeInput { target, identifier_case: IdentifierCase::Upper, shape, rows })
+        };
+        let err = |r: Result<MergePlan, Error>| match r {
+            Err(Error::InvalidInput(m)) => m,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        };
+        err(check(&[], &shape(), &rows));
+        let mut no_key = shape();
+        no_key.columns[0].is_key = false;
+        assert!(err(check(&t, &no_key, &rows)).contains("no key"));
+        let empty = TableShape { name: "x".into(), columns: vec![] };
+        assert!(err(check(&t, &empty, &rows)).contains("no columns"));
+        let mut no_op = shape();
+        no_op.columns.pop();
+        assert!(err(check(&t, &no_op, &rows)).contains("__op"));
+        let mut bad = rows.clone();
+        bad[0].data = "[1]".into();
+        assert!(err(check(&t, &shape(), &bad)).contains("not a JSON object"));
+        bad[0].data = r#"{"id":1},{"id":2}"#.into();
+        assert!(err(check(&t, &shape(), &bad)).contains("not a JSON object"));
+        let mut bad_type = shape();
+        bad_type.columns[1].data_type = "VARCHAR) --".into();
+        err(check(&t, &bad_type, &rows));
+        // No rows: an empty plan, whatever the shape.
+        let p = check(&t, &empty, &[]).unwrap();
+        assert!(p.statements.is_empty());
+        assert_eq!(p.rows_after_dedup, 0);
+    }
+}

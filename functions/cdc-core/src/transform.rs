@@ -1,0 +1,271 @@
+//! Debezium envelopes to flat rows: one [`Row`] per row change, one [`TableShape`] per
+//! table of the batch, [`Truncate`]s, and a [`Failure`] for each event that cannot be
+//! loaded. One bad event never fails the batch.
+//!
+//! * Table: `source.schema + "." + source.table` (else the topic's last two segments).
+//! * Key columns: the fields of the message key (its payload with schemas), in order.
+//!   Their values come from the key and are written first in `row.data`.
+//! * `row.key`: a JSON array of the converted key values in key order, e.g. `["1"]`
+//!   for an integer key 1 (integers are written as strings, see [`crate::convert`]),
+//!   so equal keys give equal strings.
+//! * `c`/`u`/`r` take their data from `after`, `d` from `before` when non-null, else
+//!   from the key alone (REPLICA IDENTITY DEFAULT deletes carry the key only).
+//! * Metadata columns appended to every row: `__op` (`c`/`u`/`d`/`r`, VARCHAR),
+//!   `__lsn` (`source.lsn`, NUMBER(38,0), null when absent or -1) and
+//!   `__source_ts_ms` (`source.ts_ms`, NUMBER(38,0)). A source column with one of
+//!   these names makes its events fail.
+//! * Skipped (no row, no failure): tombstones, heartbeats, transaction metadata,
+//!   logical messages (`op: "m"`).
+//!
+//! Not handled yet: the unchanged-TOAST placeholder (`__debezium_unavailable_value`)
+//! is loaded as the column's value, and flattened (ExtractNewRecordState) records fail
+//! as an unsupported format.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::convert::{self, Conv, EnvelopeSchema, RowSchema, SfType};
+use crate::envelope::{self, Change, Decoded};
+use crate::types::{Column, Error, Event, Failure, Op, Row, TableShape, Transformed, Truncate};
+
+/// Name of the metadata column holding the Debezium op code.
+pub const OP_COLUMN: &str = "__op";
+/// Name of the metadata column holding `source.lsn`.
+pub const LSN_COLUMN: &str = "__lsn";
+/// Name of the metadata column holding `source.ts_ms`.
+pub const SOURCE_TS_MS_COLUMN: &str = "__source_ts_ms";
+/// The metadata columns appended to every row, in order, with their Snowflake types.
+pub const METADATA_COLUMNS: [(&str, &str); 3] = [
+    (OP_COLUMN, "VARCHAR"),
+    (LSN_COLUMN, "NUMBER(38,0)"),
+    (SOURCE_TS_MS_COLUMN, "NUMBER(38,0)"),
+];
+
+/// Transforms a batch of events. `Err` only when the batch breaks the contract
+/// (more than `u32::MAX` events).
+pub fn transform_batch(events: &[Event<'_>]) -> Result<Transformed, Error> {
+    if u32::try_from(events.len()).is_err() {
+        return Err(Error::InvalidInput(format!("{} events in one batch", events.len())));
+    }
+    let mut t = Transformer::default();
+    for (i, event) in events.iter().enumerate() {
+        let index = i as u32;
+        match envelope::decode(event) {
+            Ok(Decoded::Skip(_)) => {}
+            Ok(Decoded::Truncate { table }) => t.out.truncates.push(Truncate { event: index, table }),
+            Ok(Decoded::Change(change)) => {
+                if let Err(reason) = t.row(index, &change) {
+                    t.out.failures.push(Failure { event: index, reason });
+                }
+            }
+            Err(reason) => t.out.failures.push(Failure { event: index, reason }),
+        }
+    }
+    Ok(t.finish())
+}
+
+/// A column of a table as seen so far in the batch.
+struct ColumnAcc {
+    name: String,
+    /// `None` while every value was null without schema.
+    ty: Option<SfType>,
+    /// Position among the key columns, for key columns.
+    key_rank: Option<usize>,
+}
+
+#[derive(Default)]
+struct TableAcc {
+    name: String,
+    columns: Vec<ColumnAcc>,
+    by_name: HashMap<String, usize>,
+    keys: usize,
+}
+
+impl TableAcc {
+    fn observe(&mut self, name: &str, ty: Option<SfType>, is_key: bool) {
+        let i = match self.by_name.get(name) {
+            Some(&i) => i,
+            None => {
+                self.by_name.insert(name.to_owned(), self.columns.len());
+                self.columns.push(ColumnAcc { name: name.to_owned(), ty: None, key_rank: None });
+                self.columns.len() - 1
+            }
+        };
+        let col = &mut self.columns[i];
+        if let Some(ty) = ty {
+            col.ty = Some(col.ty.map_or(ty, |old| SfType::unify(old, ty)));
+        }
+        if is_key && col.key_rank.is_none() {
+            col.key_rank = Some(self.keys);
+            self.keys += 1;
+        }
+    }
+
+    fn finish(self) -> TableShape {
+        let mut keys: Vec<&ColumnAcc> = self.columns.iter().filter(|c| c.key_rank.is_some()).collect();
+        keys.sort_by_key(|c| c.key_rank);
+        let others = self.columns.iter().filter(|c| c.key_rank.is_none());
+        let mut columns: Vec<Column> = keys
+            .into_iter()
+            .chain(others)
+            .map(|c| Column {
+                name: c.name.clone(),
+                data_type: c.ty.unwrap_or(SfType::Varchar).to_string(),
+                is_key: c.key_rank.is_some(),
+            })
+            .collect();
+        columns.extend(METADATA_COLUMNS.iter().map(|(name, ty)| Column {
+            name: (*name).to_owned(),
+            data_type: (*ty).to_owned(),
+            is_key: false,
+        }));
+        TableShape { name: self.name, columns }
+    }
+}
+
+/// Schemas are parsed once per distinct schema text per batch: every event of a
+/// table repeats the same (large) schema.
+type Cache<'a, T> = HashMap<&'a str, Result<Rc<T>, String>>;
+
+#[derive(Default)]
+struct Transformer<'a> {
+    out: Transformed,
+    tables: Vec<TableAcc>,
+    table_index: HashMap<String, usize>,
+    value_schemas: Cache<'a, EnvelopeSchema>,
+    key_schemas: Cache<'a, RowSchema>,
+}
+
+fn cached<'a, T>(
+    cache: &mut Cache<'a, T>,
+    raw: Option<&'a RawValue>,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Option<Rc<T>>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    cache
+        .entry(raw.get())
+        .or_insert_with(|| parse(raw.get()).map(Rc::new))
+        .clone()
+        .map(Some)
+}
+
+impl<'a> Transformer<'a> {
+    fn row(&mut self, event: u32, c: &Change<'a>) -> Result<(), String> {
+        let key_schema = cached(&mut self.key_schemas, c.key.schema, convert::key_schema)?;
+        let value_schema = cached(&mut self.value_schemas, c.value_schema, convert::envelope_schema)?;
+
+        let (source, row_schema): (Option<&RawValue>, Option<&RowSchema>) = match c.op {
+            Op::Delete => (c.before, value_schema.as_deref().and_then(|s| s.before.as_ref())),
+            _ => (c.after, value_schema.as_deref().and_then(|s| s.after.as_ref())),
+        };
+        let source: Map<String, Value> = match source {
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|e| format!("validation: '{}': {e}", if c.op == Op::Delete { "before" } else { "after" }))?,
+            None => Map::new(),
+        };
+        let conv_of = |name: &str, key: bool| -> &Conv {
+            let from_key = if key { key_schema.as_deref().and_then(|s| s.get(name)) } else { None };
+            from_key.or_else(|| row_schema.and_then(|s| s.get(name))).unwrap_or(&Conv::Infer)
+        };
+
+        let mut data = Vec::with_capacity(256);
+        let mut key = Vec::with_capacity(16);
+        let mut seen: Vec<(&str, Option<SfType>, bool)> = Vec::with_capacity(source.len() + c.key.fields.len());
+        data.push(b'{');
+        key.push(b'[');
+        for (i, (name, v)) in c.key.fields.iter().enumerate() {
+            check_name(name)?;
+            let conv = conv_of(name, true);
+            if i > 0 {
+                data.push(b',');
+                key.push(b',');
+            }
+            let start = key.len();
+            convert::write_value(&mut key, v, conv, true).map_err(|e| column_error(name, e))?;
+            convert::write_key(&mut data, name);
+            data.extend_from_slice(&key[start..]);
+            seen.push((name, conv.column_type(v), true));
+        }
+        key.push(b']');
+        for (name, v) in &source {
+            if c.key.fields.contains_key(name) {
+                continue;
+            }
+            check_name(name)?;
+            let conv = conv_of(name, false);
+            data.push(b',');
+            convert::write_key(&mut data, name);
+            convert::write_value(&mut data, v, conv, true).map_err(|e| column_error(name, e))?;
+            seen.push((name, conv.column_type(v), false));
+        }
+        data.push(b',');
+        convert::write_key(&mut data, OP_COLUMN);
+        convert::write_string(&mut data, c.op.code());
+        data.push(b',');
+        convert::write_key(&mut data, LSN_COLUMN);
+        match c.lsn {
+            Some(lsn) if lsn != -1 => convert::write_int_string(&mut data, lsn),
+            _ => data.extend_from_slice(b"null"),
+        }
+        data.push(b',');
+        convert::write_key(&mut data, SOURCE_TS_MS_COLUMN);
+        match c.source_ts_ms {
+            Some(ts) => convert::write_int_string(&mut data, ts),
+            None => data.extend_from_slice(b"null"),
+        }
+        data.push(b'}');
+
+        // The event converted: only now does it shape the table.
+        let table = match self.table_index.get(&c.table) {
+            Some(&t) => t,
+            None => {
+                self.table_index.insert(c.table.clone(), self.tables.len());
+                self.tables.push(TableAcc { name: c.table.clone(), ..TableAcc::default() });
+                self.tables.len() - 1
+            }
+        };
+        let acc = &mut self.tables[table];
+        for (name, ty, is_key) in seen {
+            acc.observe(name, ty, is_key);
+        }
+        self.out.rows.push(Row {
+            event,
+            table: table as u32,
+            op: c.op,
+            key: into_string(key)?,
+            data: into_string(data)?,
+            lsn: c.lsn.unwrap_or(-1),
+        });
+        Ok(())
+    }
+
+    fn finish(mut self) -> Transformed {
+        self.out.tables = self.tables.into_iter().map(TableAcc::finish).collect();
+        self.out
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if METADATA_COLUMNS.iter().any(|(m, _)| *m == name) {
+        return Err(format!(
+            "validation: source column '{}' collides with floe's metadata column of that name",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+fn column_error(name: &str, e: String) -> String {
+    format!("conversion: column '{}': {e}", name.escape_debug())
+}
+
+fn into_string(bytes: Vec<u8>) -> Result<String, String> {
+    // Everything written is serde_json output or ASCII: always UTF-8.
+    String::from_utf8(bytes).map_err(|e| format!("internal: non-UTF-8 row: {e}"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+//! The default validation rules, one verdict per event:
+//!
+//! * value not JSON -> `parse: <error>`; JSON but not an event -> `validation: ...`;
+//! * tombstones (null value), heartbeat topics (`__debezium-heartbeat*`), transaction
+//!   metadata (`*.transaction` records without `op`) and logical messages -> ok;
+//! * `op` must be one of `c`, `u`, `d`, `r`, `t`, `m` (`validation: unknown op 'x'`);
+//!   records without `op` (e.g. flattened by ExtractNewRecordState) are rejected;
+//! * `c`/`u`/`d`/`r` need a key that is a non-empty JSON object (with schemas: its
+//!   payload) -> else `validation: missing key`;
+//! * `c`/`u`/`r` need a non-null `after` object; `d` needs `before` or a key;
+//! * the table must be known (`source.schema`/`source.table` or the topic).
+//!
+//! These are exactly the conditions under which the default transformer can build a
+//! row, so an accepted event never becomes a transformer failure except for value
+//! conversions (e.g. a date beyond year 9999).
+
+use crate::envelope;
+use crate::types::{Event, Verdict};
+
+/// The verdict for one event.
+pub fn validate_event(event: &Event<'_>) -> Verdict {
+    match envelope::decode(event) {
+        Ok(_) => Verdict::Ok,
+        Err(reason) => Verdict::Rejected(reason),
+    }
+}
+
+/// One verdict per event, in order.
+pub fn validate_batch(events: &[Event<'_>]) -> Vec<Verdict> {
+    events.iter().map(validate_event).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    fn verdict(topic: &str, key: Option<&str>, value: Option<&str>) -> Verdict {
+        validate_event(&Event {
+            topic,
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: key.map(str::as_bytes),
+            value: value.map(str::as_bytes),
+        })
+    }
+
+    fn rejected(topic: &str, key: Option<&str>, value: Option<&str>) -> String {
+        match verdict(topic, key, value) {
+            Verdict::Rejected(r) => r,
+            Verdict::Ok => panic!("expected a rejection for {value:?}"),
+        }
+    }
+
+    const K: Option<&str> = Some(r#"{"id":1}"#);
+    const T: &str = "dbz.public.t";
+
+    #[test]
+    fn accepts() {
+        assert_eq!(verdict(T, K, None), Verdict::Ok);
+        assert_eq!(verdict(T, K, Some(r#"{"op":"c","after":{"id":1}}"#)), Verdict::Ok);
+        assert_eq!(verdict(T, K, Some(r#"{"op":"r","after":{"id":1}}"#)), Verdict::Ok);
+        assert_eq!(verdict(T, K, Some(r#"{"op":"u","before":null,"after":{"id":1}}"#)), Verdict::Ok);
+        assert_eq!(verdict(T, K, Some(r#"{"op":"d","before":null,"after":null}"#)), Verdict::Ok);
+        assert_eq!(verdict(T, None, Some(r#"{"op":"t","source":{"schema":"s","table":"t"}}"#)), Verdict::Ok);
+        assert_eq!(verdict("dbz.message", None, Some(r#"{"op":"m","message":{}}"#)), Verdict::Ok);
+        assert_eq!(verdict("__debezium-heartbeat.dbz", None, Some(r#"{"ts_ms":1}"#)), Verdict::Ok);
+        assert_eq!(verdict("dbz.transaction", None, Some(r#"{"status":"END","id":"1"}"#)), Verdict::Ok);
+        // With schemas: the key payload and the value payload are what count.
+        let key = r#"{"schema":{"type":"struct","fields":[]},"payload":{"id":1}}"#;
+        let value = r#"{"schema":{"type":"struct","fields":[]},"payload":{"op":"c","after":{"id":1}}}"#;
+        assert_eq!(verdict(T, Some(key), Some(value)), Verdict::Ok);
+    }
+
+    #[test]
+    fn rejects() {
+        assert!(rejected(T, K, Some("{\"op\":")).starts_with("parse: EOF while parsing"));
+        assert!(rejected(T, K, Some("\u{0}")).starts_with("parse: "));
+        assert_eq!(rejected(T, K, Some("42")), "validation: value is not a JSON object");
+        assert_eq!(rejected(T, K, Some(r#"{"op":"x"}"#)), "validation: unknown op 'x'");
+        assert_eq!(rejected(T, K, Some(r#"{"op":"c\n"}"#)), "validation: unknown op 'c\\n'");
+        assert!(rejected(T, K, Some(r#"{"id":1,"name":"flat"}"#)).contains("unsupported format"));
+        let c = Some(r#"{"op":"c","after":{"id":1}}"#);
+        assert_eq!(rejected(T, None, c), "validation: missing key");
+        assert_eq!(rejected(T, Some("null"), c), "validation: missing key (the key is not a JSON object)");
+        assert_eq!(rejected(T, Some("[1]"), c), "validation: missing key (the key is not a JSON object)");
+        assert_eq!(rejected(T, Some("{}"), c), "validation: missing key (the key has no fields)");
+        assert!(rejected(T, Some("{"), c).starts_with("parse: key: "));
+        let framed_bad = r#"{"schema":{"type":"int32"},"payload":5}"#;
+        assert!(rejected(T, Some(framed_bad), c).starts_with("validation: missing key"));
+        assert_eq!(rejected(T, K, Some(r#"{"op":"c","after":null}"#)), "validation: op 'c' without 'after'");
+        assert_eq!(rejected(T, K, Some(r#"{"op":"u"}"#)), "validation: op 'u' without 'after'");
+        assert_eq!(rejected(T, K, Some(r#"{"op":"c","after":[1]}"#)), "validation: 'after' is not a JSON object");
+        assert_eq!(rejected(T, K, Some(r#"{"op":"d","before":"x"}"#)), "validation: 'before' is not a JSON object");
+        assert!(rejected("t", K, Some(r#"{"op":"c","after":{}}"#)).starts_with("validation: cannot tell the table"));
+        assert!(rejected(T, K, Some(r#"{"op":"c","after":{},"source":{"lsn":"x"}}"#)).starts_with("validation: value: "));
+    }
+
+    #[test]
+    fn every_real_envelope_is_accepted() {
+        for variant in fixtures::VARIANTS.iter().filter(|v| !v.starts_with("unwrap")) {
+            let recs = fixtures::load(variant, "_all_in_order");
+            let verdicts = validate_batch(&fixtures::events(&recs));
+            assert_eq!(verdicts.len(), recs.len());
+            for (i, v) in verdicts.iter().enumerate() {
+                assert_eq!(*v, Verdict::Ok, "{variant} event {i}");
+            }
+        }
+        // Flattened records are rejected, their tombstones and the passed-through
+        // logical message are not.
+        let recs = fixtures::load("unwrap_rewrite_noschemas", "_all_in_order");
+        for (r, v) in recs.iter().zip(validate_batch(&fixtures::events(&recs))) {
+            let skip = r.value.is_none() || r.topic == "dbz.message";
+            assert_eq!(v == Verdict::Ok, skip, "{:?}", r.value);
+        }
+    }
+}

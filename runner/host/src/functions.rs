@@ -1,0 +1,210 @@
+use wasmtime::Store;
+
+use crate::engine::{Host, Limits, StoreState};
+use crate::error::{HostError, classify_trap};
+use crate::gen_;
+use crate::types::{Batch, Error as GuestError, MergeInput, MergePlan, Transformed, Verdict};
+
+fn load_err(name: &str, e: wasmtime::Error) -> HostError {
+    HostError::Load {
+        component: name.to_string(),
+        message: format!("{e:#}"),
+    }
+}
+
+fn guest_err(name: &str, e: GuestError) -> HostError {
+    let message = match e {
+        GuestError::InvalidInput(m) => format!("invalid input: {m}"),
+        GuestError::Internal(m) => m,
+    };
+    HostError::Guest {
+        component: name.to_string(),
+        message,
+    }
+}
+
+fn contract(name: &str, message: String) -> HostError {
+    HostError::Contract {
+        component: name.to_string(),
+        message,
+    }
+}
+
+/// Runs one guest call in a fresh store and maps every failure to a [`HostError`].
+fn run<R>(
+    host: &Host,
+    name: &str,
+    limits: &Limits,
+    call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<Result<R, GuestError>>,
+) -> Result<R, HostError> {
+    let mut store = host.store(name, limits)?;
+    match call(&mut store) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(guest_err(name, e)),
+        Err(e) => {
+            let exceeded = store.data().memory_exceeded;
+            Err(classify_trap(name, e, exceeded))
+        }
+    }
+}
+
+/// A loaded validator component (world `validator`).
+pub struct Validator {
+    host: Host,
+    name: String,
+    limits: Limits,
+    pre: gen_::validator::ValidatorPre<StoreState>,
+}
+
+impl Validator {
+    /// Compiles and links the component once; each [`Validator::validate`] instantiates
+    /// it afresh.
+    pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
+        let component = host.compile(name, wasm)?;
+        let pre = host
+            .linker()
+            .instantiate_pre(&component)
+            .and_then(gen_::validator::ValidatorPre::new)
+            .map_err(|e| load_err(name, e))?;
+        Ok(Validator {
+            host: host.clone(),
+            name: name.to_string(),
+            limits,
+            pre,
+        })
+    }
+
+    /// The component's name, as given when loading.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// One verdict per event of the batch, in order.
+    pub fn validate(&self, batch: &Batch) -> Result<Vec<Verdict>, HostError> {
+        let verdicts = run(&self.host, &self.name, &self.limits, |store| {
+            let instance = self.pre.instantiate(&mut *store)?;
+            instance.call_validate(&mut *store, batch)
+        })?;
+        if verdicts.len() != batch.events.len() {
+            return Err(contract(
+                &self.name,
+                format!(
+                    "{} verdicts for {} events",
+                    verdicts.len(),
+                    batch.events.len()
+                ),
+            ));
+        }
+        Ok(verdicts)
+    }
+}
+
+/// A loaded transformer component (world `transformer`).
+pub struct Transformer {
+    host: Host,
+    name: String,
+    limits: Limits,
+    pre: gen_::transformer::TransformerPre<StoreState>,
+}
+
+impl Transformer {
+    pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
+        let component = host.compile(name, wasm)?;
+        let pre = host
+            .linker()
+            .instantiate_pre(&component)
+            .and_then(gen_::transformer::TransformerPre::new)
+            .map_err(|e| load_err(name, e))?;
+        Ok(Transformer {
+            host: host.clone(),
+            name: name.to_string(),
+            limits,
+            pre,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Rows, truncates and per-event failures for the batch; every index in the answer
+    /// is checked against the batch.
+    pub fn transform(&self, batch: &Batch) -> Result<Transformed, HostError> {
+        let out = run(&self.host, &self.name, &self.limits, |store| {
+            let instance = self.pre.instantiate(&mut *store)?;
+            instance.call_transform(&mut *store, batch)
+        })?;
+        let events = batch.events.len();
+        let tables = out.tables.len();
+        let bad_row = out
+            .rows
+            .iter()
+            .find(|r| r.event as usize >= events || r.table as usize >= tables);
+        if let Some(r) = bad_row {
+            return Err(contract(
+                &self.name,
+                format!(
+                    "row refers to event {} / table {} but the batch has {events} events and the answer {tables} tables",
+                    r.event, r.table
+                ),
+            ));
+        }
+        let bad_event = out
+            .failures
+            .iter()
+            .map(|f| f.event)
+            .chain(out.truncates.iter().map(|t| t.event))
+            .find(|&e| e as usize >= events);
+        if let Some(e) = bad_event {
+            return Err(contract(
+                &self.name,
+                format!("answer refers to event {e} but the batch has {events} events"),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// A loaded MERGE builder component (world `merge-builder`).
+pub struct MergeBuilder {
+    host: Host,
+    name: String,
+    limits: Limits,
+    pre: gen_::merge_builder::MergeBuilderPre<StoreState>,
+}
+
+impl MergeBuilder {
+    pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
+        let component = host.compile(name, wasm)?;
+        let pre = host
+            .linker()
+            .instantiate_pre(&component)
+            .and_then(gen_::merge_builder::MergeBuilderPre::new)
+            .map_err(|e| load_err(name, e))?;
+        Ok(MergeBuilder {
+            host: host.clone(),
+            name: name.to_string(),
+            limits,
+            pre,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The statements that apply one table's rows.
+    pub fn build(&self, input: &MergeInput) -> Result<MergePlan, HostError> {
+        let plan = run(&self.host, &self.name, &self.limits, |store| {
+            let instance = self.pre.instantiate(&mut *store)?;
+            instance.call_build_merge(&mut *store, input)
+        })?;
+        if !input.rows.is_empty() && plan.statements.is_empty() {
+            return Err(contract(
+                &self.name,
+                format!("no statement for {} rows", input.rows.len()),
+            ));
+        }
+        Ok(plan)
+    }
+}

@@ -1,0 +1,54 @@
+//! `floe-host`: the one crate in floe that owns wasmtime.
+//!
+//! It loads the three kinds of floe component (worlds `validator`, `transformer` and
+//! `merge-builder` of `wit/floe.wit`) and calls them once per micro-batch inside a
+//! sandbox. Nothing else in floe imports wasmtime: callers see plain data types
+//! ([`types`]) and [`HostError`].
+//!
+//! Sandbox, per the project's conventions (see docs/architecture.md):
+//! - an empty [`Linker`](wasmtime::component::Linker): a component gets no imports at all,
+//!   so no WASI, no clock, no filesystem, no network;
+//! - the [`Engine`] and each component's `InstancePre` are built once; every call gets a
+//!   fresh `Store`, so state never leaks between batches and a trapped instance is simply
+//!   dropped;
+//! - a memory cap per store (growth beyond it traps cleanly), an epoch deadline per call
+//!   (wall-clock bound) and optional fuel (instruction bound);
+//! - a trap, timeout or memory blow-up is a [`HostError`] for that batch, never a crash.
+
+mod engine;
+mod error;
+mod functions;
+
+pub use engine::{Host, Limits};
+pub use error::{HostError, TrapKind};
+pub use functions::{MergeBuilder, Transformer, Validator};
+
+/// The data types of `floe:cdc/types`, generated once from the WIT package and shared
+/// by the three worlds.
+pub mod types {
+    pub use crate::gen_::validator::floe::cdc::types::*;
+}
+
+#[allow(clippy::all, missing_docs)]
+mod gen_ {
+    pub mod validator {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "validator",
+        });
+    }
+    pub mod transformer {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "transformer",
+            with: { "floe:cdc/types": super::validator::floe::cdc::types },
+        });
+    }
+    pub mod merge_builder {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "merge-builder",
+            with: { "floe:cdc/types": super::validator::floe::cdc::types },
+        });
+    }
+}

@@ -1,0 +1,535 @@
+//! floe's configuration: embedded defaults, then a TOML file, then `FLOE__SECTION__KEY`
+//! environment variables (figment). Every struct denies unknown fields, so a typo is an
+//! error at start-up, not a silently ignored setting. Every default is written once, in
+//! a `default_*` function next to the field it belongs to.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub use floe_snowflake::Secret;
+
+/// Errors while reading or checking the configuration. Never retryable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration of one `floe run`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where change events come from.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// When a micro-batch is cut.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Which WASM components run, and their sandbox limits.
+    #[serde(default)]
+    pub components: ComponentsConfig,
+    /// Where rows go.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Pipeline statistics export.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: SourceConfig::default(),
+            batch: BatchConfig::default(),
+            components: ComponentsConfig::default(),
+            sink: SinkConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// Which source to read.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// Debezium topics in Kafka (or any Kafka-protocol broker).
+    #[default]
+    Kafka,
+    /// JSON-lines files in the fixture format `{"topic","key","value","headers"}`.
+    File,
+}
+
+/// The source section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `kafka` (default) or `file`.
+    #[serde(default)]
+    pub kind: SourceKind,
+    /// Settings of the Kafka source.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Settings of the file source.
+    #[serde(default)]
+    pub file: FileConfig,
+}
+
+/// Kafka source settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Consumer group id; offsets are committed under it.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Explicit topic names. Used when non-empty, else `topic_pattern`.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Regular expression over topic names (Debezium's `prefix.schema.table`).
+    #[serde(default = "default_topic_pattern")]
+    pub topic_pattern: String,
+    /// How often the broker's topic list is re-read, so new tables' topics are picked
+    /// up by the pattern, in milliseconds.
+    #[serde(default = "default_metadata_refresh_ms")]
+    pub metadata_refresh_ms: u64,
+    /// Consumer session timeout in milliseconds.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// Extra librdkafka settings, passed through as-is (e.g. `security.protocol`,
+    /// `sasl.mechanisms`). floe's own delivery settings (`enable.auto.commit`,
+    /// `enable.auto.offset.store`) cannot be overridden here.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:29092".into()
+}
+fn default_group_id() -> String {
+    "floe".into()
+}
+fn default_topic_pattern() -> String {
+    r"^dbz\.[^.]+\.[^.]+$".into()
+}
+fn default_metadata_refresh_ms() -> u64 {
+    5_000
+}
+fn default_session_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: default_brokers(),
+            group_id: default_group_id(),
+            topics: Vec::new(),
+            topic_pattern: default_topic_pattern(),
+            metadata_refresh_ms: default_metadata_refresh_ms(),
+            session_timeout_ms: default_session_timeout_ms(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+/// File source settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// JSON-lines files replayed in order; each file's lines get offsets 0, 1, 2, ...
+    /// on partition 0 of their topic.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// When a micro-batch is cut: whichever limit is reached first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most events in one batch.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// Most payload bytes (keys + values) in one batch.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Longest time a batch stays open after its first event, in milliseconds.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+}
+
+fn default_max_rows() -> usize {
+    10_000
+}
+fn default_max_bytes() -> usize {
+    32 * 1024 * 1024
+}
+fn default_max_wait_ms() -> u64 {
+    5_000
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_rows: default_max_rows(),
+            max_bytes: default_max_bytes(),
+            max_wait_ms: default_max_wait_ms(),
+        }
+    }
+}
+
+impl BatchConfig {
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+}
+
+/// Where a component comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ComponentRef {
+    /// The component built into the floe binary (`"builtin"`).
+    #[default]
+    Builtin,
+    /// A `.wasm` component file.
+    Path(PathBuf),
+}
+
+impl ComponentRef {
+    fn from_setting(s: &str) -> ComponentRef {
+        if s == "builtin" {
+            ComponentRef::Builtin
+        } else {
+            ComponentRef::Path(PathBuf::from(s))
+        }
+    }
+}
+
+/// The components section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentsConfig {
+    /// `"builtin"` or the path of a validator component.
+    #[serde(default = "default_builtin")]
+    pub validator: String,
+    /// `"builtin"` or the path of a transformer component.
+    #[serde(default = "default_builtin")]
+    pub transformer: String,
+    /// `"builtin"` or the path of a merge-builder component.
+    #[serde(default = "default_builtin")]
+    pub merge_builder: String,
+    /// Largest linear memory of one component instance, in MiB.
+    #[serde(default = "default_max_memory_mib")]
+    pub max_memory_mib: usize,
+    /// Wall-clock budget of one component call, in milliseconds.
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// Optional instruction budget (fuel) per call; unset disables fuel metering.
+    #[serde(default)]
+    pub fuel: Option<u64>,
+}
+
+fn default_builtin() -> String {
+    "builtin".into()
+}
+fn default_max_memory_mib() -> usize {
+    512
+}
+fn default_deadline_ms() -> u64 {
+    30_000
+}
+
+impl Default for ComponentsConfig {
+    fn default() -> Self {
+        ComponentsConfig {
+            validator: default_builtin(),
+            transformer: default_builtin(),
+            merge_builder: default_builtin(),
+            max_memory_mib: default_max_memory_mib(),
+            deadline_ms: default_deadline_ms(),
+            fuel: None,
+        }
+    }
+}
+
+impl ComponentsConfig {
+    pub fn validator_ref(&self) -> ComponentRef {
+        ComponentRef::from_setting(&self.validator)
+    }
+    pub fn transformer_ref(&self) -> ComponentRef {
+        ComponentRef::from_setting(&self.transformer)
+    }
+    pub fn merge_builder_ref(&self) -> ComponentRef {
+        ComponentRef::from_setting(&self.merge_builder)
+    }
+}
+
+/// Which sink to write to.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Snowflake (or its emulator) over the driver protocol.
+    #[default]
+    Snowflake,
+    /// Discard rows after building their MERGE: measures everything but the warehouse.
+    None,
+}
+
+/// The sink section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `snowflake` (default) or `none`.
+    #[serde(default)]
+    pub kind: SinkKind,
+    /// Settings of the Snowflake sink.
+    #[serde(default)]
+    pub snowflake: SnowflakeConfig,
+}
+
+/// How source names become Snowflake identifiers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentifierCase {
+    /// `customer_id` -> `"CUSTOMER_ID"` (queries may use unquoted names).
+    #[default]
+    Upper,
+    /// Keep the source spelling: `"customer_id"`.
+    Preserve,
+}
+
+/// Snowflake connection and table settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SnowflakeConfig {
+    /// Base URL: `https://<account>.snowflakecomputing.com`, or the emulator's.
+    #[serde(default = "default_account_url")]
+    pub account_url: String,
+    /// Account identifier (as in the JWT issuer).
+    #[serde(default = "default_account")]
+    pub account: String,
+    /// Login name.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Password (password auth). Never logged.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// PKCS#8 PEM private key file (key-pair JWT auth); takes precedence over `password`.
+    #[serde(default)]
+    pub private_key_path: Option<PathBuf>,
+    /// Target database (created by floe when missing and `create_tables` is on).
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Target schema.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// Virtual warehouse to run the MERGEs on.
+    #[serde(default)]
+    pub warehouse: Option<String>,
+    /// Role to assume.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Create missing target tables from the first batch's columns.
+    #[serde(default = "default_true")]
+    pub create_tables: bool,
+    /// `upper` (default) or `preserve`.
+    #[serde(default)]
+    pub identifier_case: IdentifierCase,
+    /// Source table (`schema.table`) -> target table name. Unmapped tables keep the
+    /// source table name.
+    #[serde(default)]
+    pub tables: BTreeMap<String, String>,
+    /// Timeout of one HTTP request to Snowflake, in seconds.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+}
+
+fn default_account_url() -> String {
+    "http://127.0.0.1:28080".into()
+}
+fn default_account() -> String {
+    "floe".into()
+}
+fn default_user() -> String {
+    "floe".into()
+}
+fn default_database() -> String {
+    "FLOE".into()
+}
+fn default_schema() -> String {
+    "CDC".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_request_timeout_secs() -> u64 {
+    120
+}
+
+impl Default for SnowflakeConfig {
+    fn default() -> Self {
+        SnowflakeConfig {
+            account_url: default_account_url(),
+            account: default_account(),
+            user: default_user(),
+            password: None,
+            private_key_path: None,
+            database: default_database(),
+            schema: default_schema(),
+            warehouse: None,
+            role: None,
+            create_tables: default_true(),
+            identifier_case: IdentifierCase::default(),
+            tables: BTreeMap::new(),
+            request_timeout_secs: default_request_timeout_secs(),
+        }
+    }
+}
+
+/// Statistics export.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Write the pipeline statistics as JSON to this file after every batch and at exit.
+    #[serde(default)]
+    pub json_path: Option<PathBuf>,
+}
+
+impl Config {
+    /// Embedded defaults, then `file` (if given), then `FLOE__*` environment variables
+    /// (`FLOE__SINK__SNOWFLAKE__PASSWORD=...`), then checks.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("FLOE__").split("__").lowercase(true));
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Pure checks of values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.batch.max_rows == 0 {
+            return bad("batch.max_rows must be at least 1".into());
+        }
+        if self.batch.max_bytes == 0 {
+            return bad("batch.max_bytes must be at least 1".into());
+        }
+        if self.components.max_memory_mib == 0 || self.components.deadline_ms == 0 {
+            return bad("components.max_memory_mib and components.deadline_ms must be > 0".into());
+        }
+        match self.source.kind {
+            SourceKind::Kafka => {
+                let k = &self.source.kafka;
+                if k.brokers.trim().is_empty() {
+                    return bad("source.kafka.brokers is empty".into());
+                }
+                if k.topics.is_empty() {
+                    if let Err(e) = regex::Regex::new(&k.topic_pattern) {
+                        return bad(format!("source.kafka.topic_pattern: {e}"));
+                    }
+                }
+                for key in ["enable.auto.commit", "enable.auto.offset.store", "group.id"] {
+                    if k.options.contains_key(key) {
+                        return bad(format!(
+                            "source.kafka.options.{key} is managed by floe and cannot be set"
+                        ));
+                    }
+                }
+            }
+            SourceKind::File => {
+                if self.source.file.paths.is_empty() {
+                    return bad("source.file.paths is empty".into());
+                }
+            }
+        }
+        if self.sink.kind == SinkKind::Snowflake {
+            let s = &self.sink.snowflake;
+            if s.database.is_empty() || s.schema.is_empty() {
+                return bad("sink.snowflake.database and schema must be set".into());
+            }
+            if !(s.account_url.starts_with("http://") || s.account_url.starts_with("https://")) {
+                return bad(format!(
+                    "sink.snowflake.account_url must start with http:// or https://, got {:?}",
+                    s.account_url
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_sized_for_a_warehouse() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.batch.max_rows, 10_000);
+        assert_eq!(c.batch.max_wait(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn file_and_env_layer_over_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "floe.toml",
+                r#"
+                [batch]
+                max_rows = 500
+                [sink.snowflake]
+                database = "ANALYTICS"
+                "#,
+            )?;
+            jail.set_env("FLOE__BATCH__MAX_WAIT_MS", "250");
+            jail.set_env("FLOE__SINK__SNOWFLAKE__PASSWORD", "hunter2");
+            let c = Config::load(Some(Path::new("floe.toml"))).unwrap();
+            assert_eq!(c.batch.max_rows, 500);
+            assert_eq!(c.batch.max_wait_ms, 250);
+            assert_eq!(c.sink.snowflake.database, "ANALYTICS");
+            assert_eq!(c.sink.snowflake.schema, "CDC");
+            let pw = c.sink.snowflake.password.clone().unwrap();
+            assert_eq!(pw.expose(), "hunter2");
+            assert!(!format!("{c:?}").contains("hunter2"), "secret printed");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("floe.toml", "[batch]\nmax_rowz = 5\n")?;
+            let err = Config::load(Some(Path::new("floe.toml"))).unwrap_err();
+            assert!(err.to_string().contains("max_rowz"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn managed_kafka_options_are_refused() {
+        let mut c = Config::default();
+        c.source
+            .kafka
+            .options
+            .insert("enable.auto.commit".into(), "true".into());
+        assert!(c.validate().is_err());
+    }
+}

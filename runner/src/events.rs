@@ -1,0 +1,305 @@
+//! Internal events: each struct's `emit()` both logs and counts, in one place, so the
+//! logs and the statistics can never disagree. Error events carry a bounded
+//! `error_type` and the stage that raised them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Counters of one pipeline run, shared between the pipeline and the exporters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub events_consumed: AtomicU64,
+    pub bytes_consumed: AtomicU64,
+    pub events_rejected: AtomicU64,
+    pub events_failed: AtomicU64,
+    pub events_skipped: AtomicU64,
+    pub truncates_ignored: AtomicU64,
+    pub rows_transformed: AtomicU64,
+    pub rows_loaded: AtomicU64,
+    pub rows_inserted: AtomicU64,
+    pub rows_updated: AtomicU64,
+    pub rows_deleted: AtomicU64,
+    pub ops_insert: AtomicU64,
+    pub ops_update: AtomicU64,
+    pub ops_delete: AtomicU64,
+    pub ops_read: AtomicU64,
+    pub batches: AtomicU64,
+    pub batch_errors: AtomicU64,
+    pub load_retries: AtomicU64,
+    pub statements: AtomicU64,
+    pub tables_created: AtomicU64,
+    pub commits: AtomicU64,
+    pub batch_micros_total: AtomicU64,
+    pub load_micros_total: AtomicU64,
+    pub wasm_micros_total: AtomicU64,
+    started: std::sync::OnceLock<Instant>,
+}
+
+/// A point-in-time copy of [`Stats`], for JSON export and the final summary.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StatsSnapshot {
+    pub events_consumed: u64,
+    pub bytes_consumed: u64,
+    pub events_rejected: u64,
+    pub events_failed: u64,
+    pub events_skipped: u64,
+    pub truncates_ignored: u64,
+    pub rows_transformed: u64,
+    pub rows_loaded: u64,
+    pub rows_inserted: u64,
+    pub rows_updated: u64,
+    pub rows_deleted: u64,
+    pub ops: OpsSnapshot,
+    pub batches: u64,
+    pub batch_errors: u64,
+    pub load_retries: u64,
+    pub statements: u64,
+    pub tables_created: u64,
+    pub commits: u64,
+    pub elapsed_secs: f64,
+    pub events_per_sec: f64,
+    pub avg_batch_ms: f64,
+    pub avg_load_ms: f64,
+    pub avg_wasm_ms: f64,
+    /// Share of consumed events that were loaded or skipped on purpose (not rejected
+    /// or failed), in percent.
+    pub success_rate_pct: f64,
+}
+
+/// Change operations seen.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OpsSnapshot {
+    pub insert: u64,
+    pub update: u64,
+    pub delete: u64,
+    pub read: u64,
+}
+
+impl Stats {
+    pub fn new() -> Arc<Stats> {
+        let s = Stats::default();
+        s.started.get_or_init(Instant::now);
+        Arc::new(s)
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        let elapsed = self
+            .started
+            .get()
+            .map_or(Duration::ZERO, Instant::elapsed)
+            .as_secs_f64();
+        let batches = g(&self.batches);
+        let per_batch = |total: u64| {
+            if batches == 0 {
+                0.0
+            } else {
+                total as f64 / batches as f64 / 1000.0
+            }
+        };
+        let consumed = g(&self.events_consumed);
+        let bad = g(&self.events_rejected) + g(&self.events_failed);
+        StatsSnapshot {
+            events_consumed: consumed,
+            bytes_consumed: g(&self.bytes_consumed),
+            events_rejected: g(&self.events_rejected),
+            events_failed: g(&self.events_failed),
+            events_skipped: g(&self.events_skipped),
+            truncates_ignored: g(&self.truncates_ignored),
+            rows_transformed: g(&self.rows_transformed),
+            rows_loaded: g(&self.rows_loaded),
+            rows_inserted: g(&self.rows_inserted),
+            rows_updated: g(&self.rows_updated),
+            rows_deleted: g(&self.rows_deleted),
+            ops: OpsSnapshot {
+                insert: g(&self.ops_insert),
+                update: g(&self.ops_update),
+                delete: g(&self.ops_delete),
+                read: g(&self.ops_read),
+            },
+            batches,
+            batch_errors: g(&self.batch_errors),
+            load_retries: g(&self.load_retries),
+            statements: g(&self.statements),
+            tables_created: g(&self.tables_created),
+            commits: g(&self.commits),
+            elapsed_secs: elapsed,
+            events_per_sec: if elapsed > 0.0 {
+                consumed as f64 / elapsed
+            } else {
+                0.0
+            },
+            avg_batch_ms: per_batch(g(&self.batch_micros_total)),
+            avg_load_ms: per_batch(g(&self.load_micros_total)),
+            avg_wasm_ms: per_batch(g(&self.wasm_micros_total)),
+            success_rate_pct: if consumed == 0 {
+                100.0
+            } else {
+                (consumed - bad.min(consumed)) as f64 * 100.0 / consumed as f64
+            },
+        }
+    }
+}
+
+/// Where an event sits in the source.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A batch was cut from the source.
+pub struct BatchReceived {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl BatchReceived {
+    pub fn emit(&self, stats: &Stats) {
+        stats.events_consumed.fetch_add(self.events as u64, Relaxed);
+        stats.bytes_consumed.fetch_add(self.bytes as u64, Relaxed);
+        tracing::debug!(events = self.events, bytes = self.bytes, "batch received");
+    }
+}
+
+/// An event was rejected by the validator, or could not be processed.
+pub struct EventDropped<'a> {
+    pub position: Position<'a>,
+    /// Bounded category: `parse`, `validation`, `transform`, `wasm-trap`.
+    pub error_type: &'static str,
+    /// Pipeline stage: `validate` or `transform`.
+    pub stage: &'static str,
+    pub reason: &'a str,
+}
+
+impl EventDropped<'_> {
+    pub fn emit(&self, stats: &Stats) {
+        match self.stage {
+            "validate" => stats.events_rejected.fetch_add(1, Relaxed),
+            _ => stats.events_failed.fetch_add(1, Relaxed),
+        };
+        tracing::warn!(
+            topic = self.position.topic,
+            partition = self.position.partition,
+            offset = self.position.offset,
+            error_type = self.error_type,
+            stage = self.stage,
+            reason = self.reason,
+            "event not loaded"
+        );
+    }
+}
+
+/// A TRUNCATE event was seen and, for now, not applied.
+pub struct TruncateIgnored<'a> {
+    pub position: Position<'a>,
+    pub table: &'a str,
+}
+
+impl TruncateIgnored<'_> {
+    pub fn emit(&self, stats: &Stats) {
+        stats.truncates_ignored.fetch_add(1, Relaxed);
+        tracing::warn!(
+            topic = self.position.topic,
+            partition = self.position.partition,
+            offset = self.position.offset,
+            table = self.table,
+            "truncate ignored"
+        );
+    }
+}
+
+/// A component call failed for a whole batch.
+pub struct ComponentFailed<'a> {
+    pub component: &'a str,
+    pub error_code: &'static str,
+    pub error: &'a str,
+    pub events: usize,
+}
+
+impl ComponentFailed<'_> {
+    pub fn emit(&self, stats: &Stats) {
+        stats.batch_errors.fetch_add(1, Relaxed);
+        tracing::error!(
+            component = self.component,
+            error_type = "wasm-trap",
+            error_code = self.error_code,
+            error = self.error,
+            events = self.events,
+            "component failed for the batch"
+        );
+    }
+}
+
+/// A warehouse load failed and will be retried.
+pub struct LoadRetry<'a> {
+    pub attempt: usize,
+    pub delay: Duration,
+    pub error: &'a str,
+}
+
+impl LoadRetry<'_> {
+    pub fn emit(&self, stats: &Stats) {
+        stats.load_retries.fetch_add(1, Relaxed);
+        tracing::warn!(
+            attempt = self.attempt,
+            delay_ms = self.delay.as_millis() as u64,
+            error_type = "warehouse",
+            error = self.error,
+            "load failed, retrying"
+        );
+    }
+}
+
+/// A batch is in the warehouse and its offsets are committed.
+pub struct BatchCommitted {
+    pub events: usize,
+    pub rows: u64,
+    pub tables: usize,
+    pub skipped: u64,
+    pub statements: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub tables_created: u64,
+    pub wasm: Duration,
+    pub load: Duration,
+    pub total: Duration,
+}
+
+impl BatchCommitted {
+    pub fn emit(&self, stats: &Stats) {
+        stats.batches.fetch_add(1, Relaxed);
+        stats.commits.fetch_add(1, Relaxed);
+        stats.rows_loaded.fetch_add(self.rows, Relaxed);
+        stats.events_skipped.fetch_add(self.skipped, Relaxed);
+        stats.statements.fetch_add(self.statements, Relaxed);
+        stats.rows_inserted.fetch_add(self.inserted, Relaxed);
+        stats.rows_updated.fetch_add(self.updated, Relaxed);
+        stats.rows_deleted.fetch_add(self.deleted, Relaxed);
+        stats.tables_created.fetch_add(self.tables_created, Relaxed);
+        stats
+            .wasm_micros_total
+            .fetch_add(self.wasm.as_micros() as u64, Relaxed);
+        stats
+            .load_micros_total
+            .fetch_add(self.load.as_micros() as u64, Relaxed);
+        stats
+            .batch_micros_total
+            .fetch_add(self.total.as_micros() as u64, Relaxed);
+        tracing::info!(
+            events = self.events,
+            rows = self.rows,
+            tables = self.tables,
+            skipped = self.skipped,
+            wasm_ms = self.wasm.as_millis() as u64,
+            load_ms = self.load.as_millis() as u64,
+            total_ms = self.total.as_millis() as u64,
+            "batch committed"
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! floe: stream PostgreSQL change data capture (Debezium JSON on Kafka) into Snowflake.
+//!
+//! ```text
+//! Source (Kafka | file) -> validator.wasm -> transformer.wasm -> merge-builder.wasm -> Sink (Snowflake | none)
+//!                     \_____________ offsets committed only after the sink committed ___/
+//! ```
+//!
+//! The `floe` binary (`src/main.rs`) is a thin shell over [`run`]. Components run in
+//! `floe-host` (the only crate that touches wasmtime); the Snowflake protocol lives in
+//! `floe-snowflake`.
+
+pub mod components;
+pub mod config;
+pub mod events;
+pub mod pipeline;
+pub mod sinks;
+pub mod sources;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Config;
+pub use events::{Stats, StatsSnapshot};
+
+use crate::components::Components;
+use crate::config::{SinkKind, SourceKind};
+use crate::pipeline::{Pipeline, PipelineError, PipelineSettings};
+use crate::sinks::null::NullSink;
+use crate::sinks::snowflake::SnowflakeSink;
+use crate::sources::file::FileSource;
+use crate::sources::kafka::KafkaSource;
+use crate::sources::{BatchLimits, Source};
+
+/// Errors of a whole run, by layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("components: {0}")]
+    Components(#[from] floe_host::HostError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// Options of one run that are not configuration (they come from the command line).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop once no event arrived for this long.
+    pub exit_when_idle: Option<Duration>,
+    /// Attempts of a retryable warehouse error before the run fails.
+    pub load_attempts: Option<usize>,
+}
+
+/// Runs a pipeline as configured until the source ends, it is idle for
+/// `exit_when_idle`, or `shutdown` turns true. Returns the run's statistics.
+pub async fn run(
+    config: &Config,
+    options: &RunOptions,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    stats: Arc<Stats>,
+) -> Result<StatsSnapshot, RunError> {
+    config.validate()?;
+    let components = Arc::new(Components::load(&config.components)?);
+    let settings = PipelineSettings {
+        limits: BatchLimits {
+            max_rows: config.batch.max_rows,
+            max_bytes: config.batch.max_bytes,
+            max_wait: config.batch.max_wait(),
+            idle_poll: Duration::from_millis(500).min(config.batch.max_wait()),
+        },
+        target: config.sink.snowflake.clone(),
+        exit_when_idle: options.exit_when_idle,
+        load_attempts: options.load_attempts.unwrap_or(8),
+        metrics_json: config.metrics.json_path.clone(),
+    };
+    match config.source.kind {
+        SourceKind::Kafka => {
+            let source = KafkaSource::new(&config.source.kafka).map_err(PipelineError::from)?;
+            with_sink(config, source, components, settings, shutdown, stats).await
+        }
+        SourceKind::File => {
+            let source =
+                FileSource::open(&config.source.file.paths).map_err(PipelineError::from)?;
+            with_sink(config, source, components, settings, shutdown, stats).await
+        }
+    }
+}
+
+async fn with_sink<S: Source>(
+    config: &Config,
+    source: S,
+    components: Arc<Components>,
+    settings: PipelineSettings,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    stats: Arc<Stats>,
+) -> Result<StatsSnapshot, RunError> {
+    match config.sink.kind {
+        SinkKind::None => {
+            let mut p = Pipeline::new(source, NullSink::default(), components, settings, stats);
+            Ok(p.run(shutdown).await?)
+        }
+        SinkKind::Snowflake => {
+            let sink = SnowflakeSink::connect(&config.sink.snowflake)
+                .await
+                .map_err(PipelineError::from)?;
+            let mut p = Pipeline::new(source, sink, components, settings, stats);
+            Ok(p.run(shutdown).await?)
+        }
+    }
+}
+
+/// Where `floe` looks for a config file when none is given.
+pub fn default_config_path() -> Option<PathBuf> {
+    let p = PathBuf::from("floe.toml");
+    p.exists().then_some(p)
+}

@@ -1,0 +1,166 @@
+//! The `floe` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use floe::config::{Config, SinkKind, SourceKind};
+use floe::{RunOptions, Stats};
+
+#[derive(Parser)]
+#[command(
+    name = "floe",
+    version,
+    about = "Stream PostgreSQL CDC (Debezium on Kafka) into Snowflake"
+)]
+struct Cli {
+    /// Config file (TOML). Defaults to ./floe.toml when it exists; embedded defaults
+    /// otherwise. `FLOE__SECTION__KEY` environment variables override both.
+    #[arg(long, short, global = true, env = "FLOE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FLOE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SinkArg {
+    Snowflake,
+    None,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline.
+    Run {
+        /// Override the sink: `none` runs everything but the warehouse.
+        #[arg(long, value_enum)]
+        sink: Option<SinkArg>,
+        /// Replay these fixture-format JSON-lines files instead of consuming Kafka.
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// Stop after no event arrived for this many seconds.
+        #[arg(long, value_name = "SECS")]
+        exit_when_idle: Option<f64>,
+        /// Write the statistics JSON here after every batch and at exit.
+        #[arg(long, value_name = "PATH")]
+        metrics_json: Option<PathBuf>,
+    },
+    /// Print the effective configuration (secrets masked) and exit.
+    Config,
+    /// Run one SQL statement against the configured Snowflake and print the result.
+    Query {
+        /// The statement.
+        sql: String,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FLOE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let path = path.or_else(floe::default_config_path);
+    Config::load(path.as_deref()).context("loading configuration")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Run {
+            sink,
+            files,
+            exit_when_idle,
+            metrics_json,
+        } => {
+            let mut config = load_config(cli.config)?;
+            if let Some(s) = sink {
+                config.sink.kind = match s {
+                    SinkArg::Snowflake => SinkKind::Snowflake,
+                    SinkArg::None => SinkKind::None,
+                };
+            }
+            if !files.is_empty() {
+                config.source.kind = SourceKind::File;
+                config.source.file.paths = files;
+            }
+            if metrics_json.is_some() {
+                config.metrics.json_path = metrics_json;
+            }
+            let options = RunOptions {
+                exit_when_idle: exit_when_idle.map(Duration::from_secs_f64),
+                load_attempts: None,
+            };
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!(
+                    "signal received: finishing the current batch (send again to exit at once)"
+                );
+                let _ = tx.send(true);
+                wait_for_signal().await;
+                tracing::warn!(
+                    "second signal: exiting now; uncommitted events will be consumed again on the next start"
+                );
+                std::process::exit(130);
+            });
+            let stats = Stats::new();
+            let snapshot = floe::run(&config, &options, rx, stats).await?;
+            println!("{}", serde_json::to_string_pretty(&snapshot)?);
+            Ok(())
+        }
+        Command::Config => {
+            let config = load_config(cli.config)?;
+            println!("{}", toml_like(&config)?);
+            Ok(())
+        }
+        Command::Query { sql } => {
+            let config = load_config(cli.config)?;
+            let sink =
+                floe::sinks::snowflake::SnowflakeSink::connect(&config.sink.snowflake).await?;
+            let res = sink.client().execute(&sql, &[]).await?;
+            let header: Vec<&str> = res.columns.iter().map(|c| c.name.as_str()).collect();
+            println!("{}", header.join("\t"));
+            for row in &res.rows {
+                let cells: Vec<&str> = row.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+                println!("{}", cells.join("\t"));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The configuration as pretty JSON (secrets print as `***`).
+fn toml_like(config: &Config) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(config)?)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

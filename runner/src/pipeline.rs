@@ -1,0 +1,451 @@
+//! The pipeline: source -> validator -> transformer -> merge builder -> sink -> commit.
+//!
+//! It knows neither rdkafka nor HTTP: only [`Source`], [`Sink`] and the components.
+//! A batch's offsets are committed only after the sink returned, so a crash anywhere
+//! replays at most the uncommitted batch, which the MERGE applies idempotently.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use floe_host::types::{Batch, Event, MergeInput, Op, Row, Verdict};
+
+use crate::components::Components;
+use crate::config::{IdentifierCase, SnowflakeConfig};
+use crate::events::{
+    BatchCommitted, BatchReceived, ComponentFailed, EventDropped, LoadRetry, Position, Stats,
+    StatsSnapshot, TruncateIgnored,
+};
+use crate::sinks::snowflake::target_for;
+use crate::sinks::{Sink, SinkError, TableLoad};
+use crate::sources::{BatchLimits, Message, Source, SourceBatch, SourceError};
+
+/// Errors that stop a pipeline run. Per-event problems never do: they are logged and
+/// counted (and, later, dead-lettered).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("source: {0}")]
+    Source(#[from] SourceError),
+    #[error("sink: {0}")]
+    Sink(#[from] SinkError),
+    #[error("metrics export: {0}")]
+    Metrics(#[from] std::io::Error),
+}
+
+impl PipelineError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PipelineError::Source(e) => e.is_retryable(),
+            PipelineError::Sink(e) => e.is_retryable(),
+            PipelineError::Metrics(_) => false,
+        }
+    }
+}
+
+/// Settings of one run that are not the source's or the sink's own.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub limits: BatchLimits,
+    /// Target naming (database, schema, table mapping, identifier case).
+    pub target: SnowflakeConfig,
+    /// Stop after no event arrived for this long (None: run until shut down).
+    pub exit_when_idle: Option<Duration>,
+    /// Attempts of a retryable warehouse error before the run fails (offsets stay
+    /// uncommitted, so the next run replays the batch).
+    pub load_attempts: usize,
+    /// Write [`StatsSnapshot`] JSON here after every batch and at exit.
+    pub metrics_json: Option<PathBuf>,
+}
+
+/// One pipeline: a source, the components and a sink.
+pub struct Pipeline<S, K> {
+    source: S,
+    sink: K,
+    components: Arc<Components>,
+    settings: PipelineSettings,
+    stats: Arc<Stats>,
+}
+
+/// A batch after the components ran: what to load and what it amounted to.
+struct Prepared {
+    loads: Vec<TableLoad>,
+    rows: u64,
+    skipped: u64,
+    wasm: Duration,
+}
+
+fn case_of(c: IdentifierCase) -> floe_host::types::IdentifierCase {
+    match c {
+        IdentifierCase::Upper => floe_host::types::IdentifierCase::Upper,
+        IdentifierCase::Preserve => floe_host::types::IdentifierCase::Preserve,
+    }
+}
+
+/// The bounded category of a validator's rejection: `parse` when the reason says the
+/// payload could not be read, else `validation`.
+fn rejection_type(reason: &str) -> &'static str {
+    if reason.starts_with("parse") {
+        "parse"
+    } else {
+        "validation"
+    }
+}
+
+impl<S: Source, K: Sink> Pipeline<S, K> {
+    pub fn new(
+        source: S,
+        sink: K,
+        components: Arc<Components>,
+        settings: PipelineSettings,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Pipeline {
+            source,
+            sink,
+            components,
+            settings,
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub fn sink(&self) -> &K {
+        &self.sink
+    }
+
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// Runs until the source is exhausted, the idle timeout passes, or `shutdown`
+    /// turns true. A batch in progress when shutdown is asked is finished and
+    /// committed first; a batch still being collected is dropped uncommitted (the
+    /// next run consumes it again).
+    pub async fn run(
+        &mut self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<StatsSnapshot, PipelineError> {
+        let mut last_event = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                tracing::info!("shutdown requested; stopping");
+                break;
+            }
+            let next = tokio::select! {
+                b = self.source.next_batch(self.settings.limits) => b?,
+                _ = shutdown.changed() => {
+                    tracing::info!("shutdown requested; in-flight batch left uncommitted");
+                    break;
+                }
+            };
+            let Some(batch) = next else {
+                tracing::info!("source exhausted");
+                break;
+            };
+            if batch.messages.is_empty() {
+                if let Some(idle) = self.settings.exit_when_idle {
+                    if last_event.elapsed() >= idle {
+                        tracing::info!(idle_secs = idle.as_secs_f64(), "idle; stopping");
+                        break;
+                    }
+                }
+                continue;
+            }
+            last_event = Instant::now();
+            self.process(batch).await?;
+            self.export_metrics()?;
+        }
+        self.export_metrics()?;
+        Ok(self.stats.snapshot())
+    }
+
+    /// Processes, loads and commits one batch.
+    pub async fn process(&mut self, batch: SourceBatch) -> Result<(), PipelineError> {
+        let started = Instant::now();
+        BatchReceived {
+            events: batch.messages.len(),
+            bytes: batch.bytes,
+        }
+        .emit(&self.stats);
+        let events = batch.messages.len();
+        let checkpoint = batch.checkpoint;
+        let prepared = tokio::task::block_in_place(|| self.prepare(batch.messages));
+        let load_started = Instant::now();
+        let report = self.load_with_retry(&prepared.loads).await?;
+        let load = load_started.elapsed();
+        self.source.commit(&checkpoint).await?;
+        BatchCommitted {
+            events,
+            rows: prepared.rows,
+            tables: prepared.loads.len(),
+            skipped: prepared.skipped,
+            statements: report.statements,
+            inserted: report.rows_inserted,
+            updated: report.rows_updated,
+            deleted: report.rows_deleted,
+            tables_created: report.tables_created,
+            wasm: prepared.wasm,
+            load,
+            total: started.elapsed(),
+        }
+        .emit(&self.stats);
+        Ok(())
+    }
+
+    async fn load_with_retry(
+        &mut self,
+        loads: &[TableLoad],
+    ) -> Result<crate::sinks::LoadReport, PipelineError> {
+        if loads.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .with_max_times(self.settings.load_attempts.saturating_sub(1))
+            .build();
+        let mut attempt = 1;
+        loop {
+            match self.sink.load(loads).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.is_retryable() => match backoff.next() {
+                    Some(delay) => {
+                        LoadRetry {
+                            attempt,
+                            delay,
+                            error: &e.to_string(),
+                        }
+                        .emit(&self.stats);
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                    None => return Err(e.into()),
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Runs the components over a batch (CPU-bound; called on a blocking section).
+    fn prepare(&self, messages: Vec<Message>) -> Prepared {
+        let wasm_started = Instant::now();
+        let positions: Vec<(Arc<str>, i32, i64)> = messages
+            .iter()
+            .map(|m| (m.topic.clone(), m.partition, m.offset))
+            .collect();
+        let pos = |i: usize| Position {
+            topic: &positions[i].0,
+            partition: positions[i].1,
+            offset: positions[i].2,
+        };
+        let mut topic_idx: HashMap<Arc<str>, u32> = HashMap::new();
+        let mut topics = Vec::new();
+        let mut events = Vec::with_capacity(messages.len());
+        for m in messages {
+            let idx = *topic_idx.entry(m.topic.clone()).or_insert_with(|| {
+                topics.push(m.topic.to_string());
+                (topics.len() - 1) as u32
+            });
+            events.push(Event {
+                topic: idx,
+                partition: m.partition,
+                offset: m.offset,
+                timestamp_ms: m.timestamp_ms,
+                key: m.key,
+                value: m.value,
+            });
+        }
+        let mut batch = Batch { topics, events };
+        let drop_all = |idx: &mut dyn Iterator<Item = usize>, reason: &str, stats: &Stats| {
+            for i in idx {
+                EventDropped {
+                    position: pos(i),
+                    error_type: "wasm-trap",
+                    stage: "transform",
+                    reason,
+                }
+                .emit(stats);
+            }
+        };
+        let empty = |wasm: Duration| Prepared {
+            loads: Vec::new(),
+            rows: 0,
+            skipped: 0,
+            wasm,
+        };
+
+        // 1. validate
+        let c = &self.components;
+        let verdicts = match retry_once(|| c.validator.validate(&batch)) {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = e.to_string();
+                ComponentFailed {
+                    component: c.validator.name(),
+                    error_code: e.error_code(),
+                    error: &msg,
+                    events: batch.events.len(),
+                }
+                .emit(&self.stats);
+                drop_all(&mut (0..batch.events.len()), &msg, &self.stats);
+                return empty(wasm_started.elapsed());
+            }
+        };
+        let mut original: Vec<usize> = Vec::with_capacity(batch.events.len());
+        let all = std::mem::take(&mut batch.events);
+        for (i, (ev, verdict)) in all.into_iter().zip(verdicts).enumerate() {
+            match verdict {
+                Verdict::Ok => {
+                    original.push(i);
+                    batch.events.push(ev);
+                }
+                Verdict::Rejected(reason) => EventDropped {
+                    position: pos(i),
+                    error_type: rejection_type(&reason),
+                    stage: "validate",
+                    reason: &reason,
+                }
+                .emit(&self.stats),
+            }
+        }
+        if batch.events.is_empty() {
+            return empty(wasm_started.elapsed());
+        }
+
+        // 2. transform
+        let out = match retry_once(|| c.transformer.transform(&batch)) {
+            Ok(o) => o,
+            Err(e) => {
+                let msg = e.to_string();
+                ComponentFailed {
+                    component: c.transformer.name(),
+                    error_code: e.error_code(),
+                    error: &msg,
+                    events: batch.events.len(),
+                }
+                .emit(&self.stats);
+                drop_all(&mut original.iter().copied(), &msg, &self.stats);
+                return empty(wasm_started.elapsed());
+            }
+        };
+        let mut produced = vec![false; batch.events.len()];
+        for f in &out.failures {
+            produced[f.event as usize] = true;
+            EventDropped {
+                position: pos(original[f.event as usize]),
+                error_type: "transform",
+                stage: "transform",
+                reason: &f.reason,
+            }
+            .emit(&self.stats);
+        }
+        for t in &out.truncates {
+            produced[t.event as usize] = true;
+            TruncateIgnored {
+                position: pos(original[t.event as usize]),
+                table: &t.table,
+            }
+            .emit(&self.stats);
+        }
+        let mut per_table: Vec<Vec<Row>> = (0..out.tables.len()).map(|_| Vec::new()).collect();
+        for row in out.rows {
+            produced[row.event as usize] = true;
+            let counter = match row.op {
+                Op::Insert => &self.stats.ops_insert,
+                Op::Update => &self.stats.ops_update,
+                Op::Delete => &self.stats.ops_delete,
+                Op::Read => &self.stats.ops_read,
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .rows_transformed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            per_table[row.table as usize].push(row);
+        }
+        let skipped = produced.iter().filter(|p| !**p).count() as u64;
+
+        // 3. one MERGE plan per table
+        let mut loads = Vec::new();
+        let mut rows = 0;
+        for (shape, rows_of_table) in out.tables.into_iter().zip(per_table) {
+            if rows_of_table.is_empty() {
+                continue;
+            }
+            let target = target_for(&self.settings.target, &shape.name);
+            let input = MergeInput {
+                target: target.clone(),
+                identifier_case: case_of(self.settings.target.identifier_case),
+                shape,
+                rows: rows_of_table,
+            };
+            match retry_once(|| c.merge_builder.build(&input)) {
+                Ok(plan) => {
+                    rows += u64::from(plan.rows_after_dedup);
+                    loads.push(TableLoad {
+                        source_table: input.shape.name.clone(),
+                        target,
+                        shape: input.shape,
+                        plan,
+                    });
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    ComponentFailed {
+                        component: c.merge_builder.name(),
+                        error_code: e.error_code(),
+                        error: &msg,
+                        events: input.rows.len(),
+                    }
+                    .emit(&self.stats);
+                    drop_all(
+                        &mut input.rows.iter().map(|r| original[r.event as usize]),
+                        &msg,
+                        &self.stats,
+                    );
+                }
+            }
+        }
+        Prepared {
+            loads,
+            rows,
+            skipped,
+            wasm: wasm_started.elapsed(),
+        }
+    }
+
+    fn export_metrics(&self) -> Result<(), PipelineError> {
+        if let Some(path) = &self.settings.metrics_json {
+            write_stats_json(path, &self.stats.snapshot())?;
+        }
+        Ok(())
+    }
+}
+
+/// Calls `f` again once if its error says a retry may help (e.g. a deadline hit on a
+/// loaded machine). Each call runs in a fresh instance.
+fn retry_once<T>(
+    mut f: impl FnMut() -> Result<T, floe_host::HostError>,
+) -> Result<T, floe_host::HostError> {
+    match f() {
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(error = %e, "component call failed; retrying once in a fresh instance");
+            f()
+        }
+        r => r,
+    }
+}
+
+/// Writes the statistics atomically (temp file + rename), so readers never see half a
+/// file.
+pub fn write_stats_json(path: &std::path::Path, stats: &StatsSnapshot) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(stats).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(tmp, path)
+}

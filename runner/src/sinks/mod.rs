@@ -1,0 +1,80 @@
+//! Where rows go. The pipeline hands a sink one [`TableLoad`] per table per batch (the
+//! MERGE plan already built by the merge-builder component) and commits the source's
+//! offsets only after [`Sink::load`] returned `Ok`.
+
+use floe_host::types::{MergePlan, TableShape};
+
+pub mod null;
+pub mod snowflake;
+
+/// One table's share of a batch.
+#[derive(Debug, Clone)]
+pub struct TableLoad {
+    /// Source table, `schema.table`.
+    pub source_table: String,
+    /// Target name parts: database, schema, table (unquoted, as configured).
+    pub target: Vec<String>,
+    /// Columns as reported by the transformer for this batch.
+    pub shape: TableShape,
+    /// Statements to run, in order.
+    pub plan: MergePlan,
+}
+
+/// What a sink did with a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Statements executed.
+    pub statements: u64,
+    /// Rows the warehouse reports as inserted / updated / deleted (when it reports them).
+    pub rows_inserted: u64,
+    pub rows_updated: u64,
+    pub rows_deleted: u64,
+    /// Tables created because they were missing.
+    pub tables_created: u64,
+}
+
+/// Errors of a sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("snowflake: {0}")]
+    Snowflake(#[from] floe_snowflake::Error),
+    #[error("sink configuration: {0}")]
+    Config(String),
+}
+
+impl SinkError {
+    /// Whether the same load may succeed if tried again (HTTP 429/5xx, timeouts, lost
+    /// connections, expired sessions), as opposed to errors that will repeat (SQL
+    /// compile errors, auth, bad configuration).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Snowflake(e) => e.is_retryable(),
+            SinkError::Config(_) => false,
+        }
+    }
+}
+
+/// A warehouse (or stand-in) that applies batches atomically per table.
+pub trait Sink: Send {
+    /// Applies every table's plan. Returns only after the warehouse committed them.
+    fn load(
+        &mut self,
+        loads: &[TableLoad],
+    ) -> impl Future<Output = Result<LoadReport, SinkError>> + Send;
+}
+
+/// Converts the host's table shape into the core logic's, for DDL built natively.
+pub(crate) fn core_shape(shape: &TableShape) -> floe_cdc_core::TableShape {
+    floe_cdc_core::TableShape {
+        name: shape.name.clone(),
+        columns: shape
+            .columns
+            .iter()
+            .map(|c| floe_cdc_core::Column {
+                name: c.name.clone(),
+                data_type: c.data_type.clone(),
+                is_key: c.is_key,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,180 @@
+//! The Kafka source: a consumer group over a topic list or a topic-name pattern, with
+//! auto-commit and auto offset store off. Offsets are committed only through
+//! [`Source::commit`], which the pipeline calls after the warehouse committed the batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::{BatchLimits, Checkpoint, Message, Source, SourceBatch, SourceError};
+use crate::config::KafkaConfig;
+
+/// Logs rebalances (partition assignment changes) as they happen.
+pub struct FloeContext;
+
+impl ClientContext for FloeContext {}
+
+impl ConsumerContext for FloeContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "kafka partitions revoked")
+            }
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "kafka partitions assigned")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance error"),
+        }
+    }
+}
+
+/// A Kafka consumer-group source.
+pub struct KafkaSource {
+    consumer: StreamConsumer<FloeContext>,
+    topics: HashMap<String, Arc<str>>,
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes. Topics are a list or, when the list is empty,
+    /// the regular expression `topic_pattern`.
+    pub fn new(config: &KafkaConfig) -> Result<KafkaSource, SourceError> {
+        let mut cc = ClientConfig::new();
+        for (k, v) in &config.options {
+            cc.set(k, v);
+        }
+        cc.set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set(
+                "topic.metadata.refresh.interval.ms",
+                config.metadata_refresh_ms.to_string(),
+            )
+            .set_log_level(RDKafkaLogLevel::Warning);
+        if !config.options.contains_key("auto.offset.reset") {
+            cc.set("auto.offset.reset", "earliest");
+        }
+        let consumer: StreamConsumer<FloeContext> = cc.create_with_context(FloeContext)?;
+        let subscription: Vec<String> = if config.topics.is_empty() {
+            let p = &config.topic_pattern;
+            // librdkafka treats a subscription starting with '^' as a regex.
+            vec![if p.starts_with('^') {
+                p.clone()
+            } else {
+                format!("^{p}")
+            }]
+        } else {
+            config.topics.clone()
+        };
+        let refs: Vec<&str> = subscription.iter().map(String::as_str).collect();
+        consumer.subscribe(&refs)?;
+        tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?subscription, "kafka source subscribed");
+        Ok(KafkaSource {
+            consumer,
+            topics: HashMap::new(),
+        })
+    }
+}
+
+/// Copies a borrowed message out of librdkafka's buffer, interning its topic name.
+fn own(topics: &mut HashMap<String, Arc<str>>, m: &BorrowedMessage<'_>) -> Message {
+    let topic = match topics.get(m.topic()) {
+        Some(t) => t.clone(),
+        None => {
+            let t: Arc<str> = m.topic().into();
+            topics.insert(m.topic().to_string(), t.clone());
+            t
+        }
+    };
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Message {
+        topic,
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::ClientCreation(_) | KafkaError::Subscription(_) | KafkaError::Canceled
+    )
+}
+
+impl Source for KafkaSource {
+    async fn next_batch(
+        &mut self,
+        limits: BatchLimits,
+    ) -> Result<Option<SourceBatch>, SourceError> {
+        let mut batch = SourceBatch::default();
+        let started = Instant::now();
+        let mut first_at: Option<Instant> = None;
+        loop {
+            let wait = match first_at {
+                None => limits.idle_poll.saturating_sub(started.elapsed()),
+                Some(t) => limits.max_wait.saturating_sub(t.elapsed()),
+            };
+            if wait.is_zero() {
+                break;
+            }
+            let received = tokio::time::timeout(wait, self.consumer.recv()).await;
+            let m = match received {
+                Err(_elapsed) => break,
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) if is_fatal(&e) => return Err(e.into()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consume error; librdkafka retries");
+                    continue;
+                }
+            };
+            let msg = own(&mut self.topics, &m);
+            drop(m);
+            first_at.get_or_insert_with(Instant::now);
+            batch.push(msg);
+            if batch.messages.len() >= limits.max_rows || batch.bytes >= limits.max_bytes {
+                break;
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    async fn commit(&mut self, checkpoint: &Checkpoint) -> Result<(), SourceError> {
+        if checkpoint.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &checkpoint.next_offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        let consumer = &self.consumer;
+        tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?;
+        tracing::debug!(
+            partitions = checkpoint.next_offsets.len(),
+            "kafka offsets committed"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! Where change events come from. The pipeline sees only [`Source`], [`Message`] and
+//! [`Checkpoint`]: it knows neither rdkafka nor files.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod file;
+pub mod kafka;
+
+/// One consumed record, owned. Payload bytes are exactly what the broker delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    /// None for a tombstone.
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Message {
+    /// Bytes this message counts against `batch.max_bytes`.
+    pub fn payload_len(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// The next offset to consume per (topic, partition): what to commit once the batch
+/// that ends there is in the warehouse.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub next_offsets: BTreeMap<(Arc<str>, i32), i64>,
+}
+
+impl Checkpoint {
+    /// Records that `msg` is part of the batch.
+    pub fn advance(&mut self, msg: &Message) {
+        let next = msg.offset + 1;
+        let slot = self
+            .next_offsets
+            .entry((msg.topic.clone(), msg.partition))
+            .or_insert(next);
+        if next > *slot {
+            *slot = next;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.next_offsets.is_empty()
+    }
+}
+
+/// A cut micro-batch.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    pub messages: Vec<Message>,
+    pub checkpoint: Checkpoint,
+    /// Sum of [`Message::payload_len`].
+    pub bytes: usize,
+}
+
+impl SourceBatch {
+    pub fn push(&mut self, msg: Message) {
+        self.bytes += msg.payload_len();
+        self.checkpoint.advance(&msg);
+        self.messages.push(msg);
+    }
+}
+
+/// When to cut a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    /// How long a batch stays open after its first message.
+    pub max_wait: Duration,
+    /// How long to wait for the first message before returning an empty batch.
+    pub idle_poll: Duration,
+}
+
+/// Errors of a source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("source configuration: {0}")]
+    Config(String),
+}
+
+impl SourceError {
+    /// Whether retrying the operation may help (broker transport errors do; bad
+    /// configuration and unreadable files don't).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Kafka(e) => !matches!(
+                e,
+                rdkafka::error::KafkaError::ClientCreation(_)
+                    | rdkafka::error::KafkaError::Subscription(_)
+            ),
+            SourceError::File { .. } | SourceError::Config(_) => false,
+        }
+    }
+}
+
+/// A stream of change events with at-least-once delivery: a checkpoint passed to
+/// [`Source::commit`] is only ever one whose batch the sink has committed.
+pub trait Source: Send {
+    /// The next batch, cut by `limits`. An empty batch means nothing arrived within
+    /// `limits.idle_poll`; `None` means the source is exhausted (files) and will never
+    /// yield again.
+    fn next_batch(
+        &mut self,
+        limits: BatchLimits,
+    ) -> impl Future<Output = Result<Option<SourceBatch>, SourceError>> + Send;
+
+    /// Durably records that everything before `checkpoint` is loaded.
+    fn commit(
+        &mut self,
+        checkpoint: &Checkpoint,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+}

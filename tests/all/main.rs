@@ -1,0 +1,5 @@
+//! floe integration tests: one binary, one module per area (see tests/README.md).
+
+mod e2e;
+mod fixtures;
+mod support;

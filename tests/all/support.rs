@@ -1,0 +1,140 @@
+//! Shared helpers: the stack's endpoints, a Snowflake client, configs, PostgreSQL via psql.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe::config::{Config, SinkKind, SourceKind};
+use floe::{RunOptions, Stats, StatsSnapshot};
+use floe_snowflake::{Auth, Client, ConnectOptions};
+
+/// A required environment variable (set by `dev/stack.sh env`, i.e. by `make test`).
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: integration tests run against the dev stack, use `make test`")
+    })
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("FLOE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/debezium-fixtures")
+        })
+}
+
+/// A name unique to this process and call, usable in SQL identifiers.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 100_000_000;
+    format!("{prefix}_{t}_{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn snowflake() -> Client {
+    Client::connect(ConnectOptions {
+        account_url: env("FLOE_SNOWFLAKE_URL"),
+        account: "floe".into(),
+        user: "floe".into(),
+        auth: Auth::Password("floe".to_string().into()),
+        database: None,
+        schema: None,
+        warehouse: None,
+        role: None,
+        request_timeout: Duration::from_secs(60),
+        session_parameters: Default::default(),
+    })
+    .await
+    .expect("login to the emulator")
+}
+
+/// Rows of a query, NULL as `<NULL>`.
+pub async fn query(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    let res = client
+        .execute(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    res.rows
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|v| v.unwrap_or_else(|| "<NULL>".into()))
+                .collect()
+        })
+        .collect()
+}
+
+/// A config writing into `database` of the emulator.
+pub fn sink_config(database: &str) -> Config {
+    let mut c = Config::default();
+    c.sink.kind = SinkKind::Snowflake;
+    c.sink.snowflake.account_url = env("FLOE_SNOWFLAKE_URL");
+    c.sink.snowflake.database = database.to_string();
+    c.sink.snowflake.schema = "CDC".into();
+    c
+}
+
+/// Replays fixture-format files into `database`; returns the run's statistics.
+pub async fn replay(files: &[PathBuf], database: &str) -> StatsSnapshot {
+    let mut c = sink_config(database);
+    c.source.kind = SourceKind::File;
+    c.source.file.paths = files.to_vec();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    floe::run(&c, &RunOptions::default(), rx, Stats::new())
+        .await
+        .unwrap_or_else(|e| panic!("replay of {files:?}: {e}"))
+}
+
+/// Runs floe in the background until `stop` is sent.
+pub fn spawn_run(
+    config: Config,
+    options: RunOptions,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    Arc<Stats>,
+    tokio::task::JoinHandle<Result<StatsSnapshot, floe::RunError>>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stats = Stats::new();
+    let s = stats.clone();
+    let handle = tokio::spawn(async move { floe::run(&config, &options, rx, s).await });
+    (tx, stats, handle)
+}
+
+/// Runs SQL through psql against the stack's PostgreSQL (database `floe`); returns rows
+/// split on the unit separator, NULL as `<NULL>`.
+pub fn psql(sql: &str) -> Vec<Vec<String>> {
+    let port = env("FLOE_PG_PORT");
+    let mut child = Command::new("psql")
+        .args([
+            "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port,
+            "-U", "postgres", "-d", "floe", "-F", "\u{1f}", "-P", "null=<NULL>", "-f", "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(sql.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('\u{1f}').map(str::to_string).collect())
+        .collect()
+}
