@@ -37,7 +37,7 @@ use crate::sources::{BatchLimits, Source};
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error("components: {0}")]
+    #[error(transparent)]
     Components(#[from] floe_host::HostError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),

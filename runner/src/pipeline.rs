@@ -26,9 +26,9 @@ use crate::sources::{BatchLimits, Message, Source, SourceBatch, SourceError};
 /// counted (and, later, dead-lettered).
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("source: {0}")]
+    #[error(transparent)]
     Source(#[from] SourceError),
-    #[error("sink: {0}")]
+    #[error(transparent)]
     Sink(#[from] SinkError),
     #[error("metrics export: {0}")]
     Metrics(#[from] std::io::Error),

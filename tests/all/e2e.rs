@@ -122,21 +122,6 @@ fn workload(a: &str, o: &str, changes: u64, seed: u64) -> Workload {
     }
 }
 
-/// Timestamps compare by value: `...30.123400` and `...30.123400000` (the emulator
-/// reports every timestamp with scale 9) are the same instant.
-fn canon_row(row: &[String]) -> Vec<String> {
-    row.iter()
-        .map(|v| {
-            let is_ts = v.len() >= 20 && v.as_bytes()[4] == b'-' && v.as_bytes()[10] == b' ' && v.contains('.');
-            if is_ts {
-                v.trim_end_matches('0').trim_end_matches('.').to_string()
-            } else {
-                v.clone()
-            }
-        })
-        .collect()
-}
-
 const A_COLS_PG: &str = "id::text, name, email, balance::text, CASE WHEN active THEN 'true' ELSE 'false' END, visits::text, to_char(updated_at, 'YYYY-MM-DD HH24:MI:SS.US')";
 const A_COLS_SF: &str = r#""ID", "NAME", "EMAIL", "BALANCE", "ACTIVE", "VISITS", "UPDATED_AT""#;
 const O_COLS_PG: &str = "id::text, account_id::text, amount::text, status, note";
@@ -233,6 +218,7 @@ async fn postgres_debezium_kafka_floe_snowflake() {
     let to = query(&sf, &target(&o, O_COLS_SF)).await;
     assert_eq!(ta.len(), source_a.len());
     for (s, t) in source_a.iter().zip(&ta) {
+        let canon_row = |r: &[String]| r.iter().map(|v| crate::fixtures::canon(v)).collect::<Vec<_>>();
         let (s, t) = (canon_row(s), canon_row(t));
         assert_eq!(s, t, "{a}: source vs target");
     }

@@ -36,7 +36,7 @@ pub struct LoadReport {
 /// Errors of a sink.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("snowflake: {0}")]
+    #[error(transparent)]
     Snowflake(#[from] floe_snowflake::Error),
     #[error("sink configuration: {0}")]
     Config(String),

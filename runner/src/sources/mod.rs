@@ -85,11 +85,17 @@ pub struct BatchLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    Kafka(rdkafka::error::KafkaError),
     #[error("{path}: {message}")]
     File { path: String, message: String },
     #[error("source configuration: {0}")]
     Config(String),
+}
+
+impl From<rdkafka::error::KafkaError> for SourceError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        SourceError::Kafka(e)
+    }
 }
 
 impl SourceError {

@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# floe benchmarks (`make bench`); what is measured and the last results: docs/benchmarks.md.
+#
+#   dev/bench.sh [--changes N] [--skip-build] [--no-stages] [--no-sink]
+#
+# 1. Builds the components, floe and raw_consume (release profile).
+# 2. Starts a private dev stack from clean: its own run dir ($FLOE_RUN_DIR, default
+#    target/bench-run) and the ports FLOE_KAFKA_PORT / FLOE_SNOWFLAKE_PORT / FLOE_PG_PORT
+#    (default: the standard 29092 / 28080 / 25433, so set other ones while a dev stack runs).
+# 3. Applies N (default 90000) changes with dev/workload.sh on a fresh database: ~103k
+#    Debezium messages on dbz.public.customers and dbz.public.orders; waits until all of
+#    them are in tansu, then stops Debezium and PostgreSQL so they leave the CPU alone.
+# 4. Consumes those topics three times, each with a fresh consumer group, each under
+#    /usr/bin/time -v (peak RSS): raw librdkafka (raw_consume), floe --sink none,
+#    floe -> fakesnow.
+# 5. Runs the criterion bench of the stages, WASM vs native (runner/host/benches/stages.rs).
+# 6. Prints the results as markdown tables (also in $FLOE_BENCH_OUT/summary.md, default
+#    target/bench/, with every raw output beside it).
+# The stack is stopped on exit, whatever happens; no process is left running.
+#
+# events/s is events / window, window = from the partition assignment the first message
+# came under (the consumer-group join, ~5 s against tansu, is excluded) to the last event
+# done: received and copied (raw_consume), batch committed (floe; from its JSON log).
+set -euo pipefail
+
+DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$DEV_DIR/.." && pwd)"
+export FLOE_RUN_DIR="${FLOE_RUN_DIR:-$ROOT/target/bench-run}"
+# shellcheck source=dev/env.sh
+. "$DEV_DIR/env.sh"
+
+changes=90000
+build=1
+stages=1
+sink=1
+usage() {
+  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+while (($#)); do
+  case "$1" in
+    --changes) changes="${2:?}"; shift 2 ;;
+    --changes=*) changes="${1#*=}"; shift ;;
+    --skip-build) build=0; shift ;;
+    --no-stages) stages=0; shift ;;
+    --no-sink) sink=0; shift ;;
+    -h|--help) usage ;;
+    *) echo "bench: unknown argument '$1'" >&2; usage ;;
+  esac
+done
+[[ "$changes" =~ ^[1-9][0-9]*$ ]] || usage
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT="${FLOE_BENCH_OUT:-$TARGET_DIR/bench}"
+FLOE_BIN="$TARGET_DIR/release/floe"
+RAW_BIN="$TARGET_DIR/release/raw_consume"
+TOPICS=(dbz.public.customers dbz.public.orders)
+IDLE_SECS="${FLOE_BENCH_IDLE_SECS:-15}"
+RUN_TIMEOUT="${FLOE_BENCH_RUN_TIMEOUT:-1800}"
+CARGO="${CARGO:-cargo}"
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+step() { printf '\n== bench: %s\n' "$*" >&2; }
+
+# The bench deletes its run dir (PostgreSQL data included) before starting: never the
+# dev stack's.
+[[ "$(realpath -m "$FLOE_RUN_DIR")" != "$(realpath -m "$ROOT/target/dev-run")" ]] ||
+  die "FLOE_RUN_DIR is the dev stack's run dir; the bench needs its own (default target/bench-run)"
+[[ -x /usr/bin/time ]] || die "/usr/bin/time is missing (apt-get install -y time)"
+command -v python3 >/dev/null || die "python3 is missing"
+
+cd "$ROOT"
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+stack_started=0
+cleanup() {
+  local rc=$?
+  if ((stack_started)); then
+    say "stopping the bench stack ($FLOE_RUN_DIR)"
+    "$DEV_DIR/stack.sh" stop >"$OUT/stack-stop.log" 2>&1 || {
+      say "stack stop failed:"; cat "$OUT/stack-stop.log" >&2
+    }
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if ((build)); then
+  step "build: components, floe and raw_consume (release)"
+  "$ROOT/functions/build.sh"
+  "$CARGO" build --release -p floe --bin floe -p floe-integration-tests --bin raw_consume
+  if ((stages)); then
+    "$CARGO" bench -p floe-host --bench stages --no-run
+  fi
+fi
+[[ -x "$FLOE_BIN" && -x "$RAW_BIN" ]] || die "$FLOE_BIN or $RAW_BIN is missing (run without --skip-build)"
+
+step "private stack: kafka $FLOE_KAFKA_PORT, snowflake $FLOE_SNOWFLAKE_PORT, postgres $FLOE_PG_PORT, run dir $FLOE_RUN_DIR"
+stack_started=1
+"$DEV_DIR/stack.sh" clean >"$OUT/stack-clean.log" 2>&1 || {
+  cat "$OUT/stack-clean.log" >&2; die "cannot clean $FLOE_RUN_DIR"
+}
+"$DEV_DIR/stack.sh" start
+
+step "load: $changes changes through Debezium into tansu"
+"$DEV_DIR/workload.sh" "$changes" | tee "$OUT/workload.log" >&2
+expected=$(awk '/messages=/ { sub(/.*messages=/, ""); n += $1 } END { print n + 0 }' "$OUT/workload.log")
+((expected > 0)) || die "workload printed no message count"
+say "waiting until tansu holds all $expected messages (a draining consumer, not measured)"
+"$RAW_BIN" --brokers "$FLOE_KAFKA_BROKERS" --topics "$(IFS=,; echo "${TOPICS[*]}")" \
+  --count "$expected" --idle-secs 120 --start-timeout-secs 300 >"$OUT/drain.json" ||
+  die "Debezium forwarded only $(sed 's/.*"events":\([0-9]*\).*/\1/' "$OUT/drain.json") of $expected messages"
+say "all $expected messages are in tansu; stopping Debezium and PostgreSQL for the measurements"
+"$DEV_DIR/stack.sh" stop debezium postgres >"$OUT/stack-stop-load.log" 2>&1
+
+machine() {
+  local model
+  model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+  printf '%s, %s cores, %s GiB RAM' "${model:-unknown CPU}" "$(nproc)" \
+    "$(awk '/MemTotal/ { printf "%d", $2 / 1048576 + 0.5 }' /proc/meminfo)"
+}
+{
+  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '+dirty')"
+  echo "machine=$(machine)"
+  echo "events=$expected"
+  echo "changes=$changes"
+} >"$OUT/meta"
+
+# One measured run: NAME, then the command. Records the 1-minute load average before it,
+# /usr/bin/time -v's report, stdout, stderr and the exit code; never stops the bench.
+measure() {
+  local name="$1"; shift
+  cut -d' ' -f1 /proc/loadavg >"$OUT/$name.load"
+  say "$name: $*"
+  local rc=0
+  /usr/bin/time -v -o "$OUT/$name.time" timeout -k 30 "$RUN_TIMEOUT" "$@" \
+    >"$OUT/$name.out" 2>"$OUT/$name.err" || rc=$?
+  echo "$rc" >"$OUT/$name.rc"
+  ((rc == 0)) || say "$name exited $rc (see $OUT/$name.err)"
+}
+
+# A floe config: a fresh consumer group, the two topics, the emulator.
+floe_config() {
+  local name="$1"
+  cat >"$OUT/$name.toml" <<EOF
+[source.kafka]
+brokers = "$FLOE_KAFKA_BROKERS"
+group_id = "bench-$name-$(date +%s%N)"
+topics = [$(printf '"%s", ' "${TOPICS[@]}" | sed 's/, $//')]
+
+[sink.snowflake]
+account_url = "$FLOE_SNOWFLAKE_URL"
+database = "BENCH"
+schema = "CDC"
+EOF
+  echo "$OUT/$name.toml"
+}
+
+step "measured runs over $expected events (fresh consumer group each)"
+measure raw "$RAW_BIN" --brokers "$FLOE_KAFKA_BROKERS" --topics "$(IFS=,; echo "${TOPICS[*]}")" \
+  --count "$expected" --idle-secs 30
+cfg=$(floe_config floe-none)
+measure floe-none env FLOE_LOG=info "$FLOE_BIN" --config "$cfg" --log-format json \
+  run --sink none --exit-when-idle "$IDLE_SECS" --metrics-json "$OUT/floe-none.metrics.json"
+if ((sink)); then
+  cfg=$(floe_config floe-fakesnow)
+  measure floe-fakesnow env FLOE_LOG=info "$FLOE_BIN" --config "$cfg" --log-format json \
+    run --sink snowflake --exit-when-idle "$IDLE_SECS" --metrics-json "$OUT/floe-fakesnow.metrics.json"
+fi
+
+if ((stages)); then
+  step "per-stage cost, WASM vs native (criterion)"
+  rm -rf "$TARGET_DIR/criterion/validate" "$TARGET_DIR/criterion/transform" "$TARGET_DIR/criterion/build_merge"
+  cut -d' ' -f1 /proc/loadavg >"$OUT/stages.load"
+  "$CARGO" bench -p floe-host --bench stages 2>&1 | tee "$OUT/stages.log" >&2
+fi
+
+step "summary"
+python3 - "$OUT" "$TARGET_DIR/criterion" "$stages" <<'PY' | tee "$OUT/summary.md"
+import datetime, json, os, re, sys
+
+out, crit, stages = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+meta = dict(l.rstrip("\n").split("=", 1) for l in open(os.path.join(out, "meta")))
+expected = int(meta["events"])
+
+def read(name, ext):
+    p = os.path.join(out, f"{name}.{ext}")
+    return open(p).read() if os.path.exists(p) else None
+
+def peak_rss_mib(name):
+    t = read(name, "time") or ""
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", t)
+    return int(m.group(1)) / 1024 if m else None
+
+def wall_secs(name):
+    t = read(name, "time") or ""
+    m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", t)
+    if not m:
+        return None
+    secs = 0.0
+    for part in m.group(1).split(":"):
+        secs = secs * 60 + float(part)
+    return secs
+
+def ts(s):
+    # tracing-subscriber JSON: RFC 3339 with up to 9 fractional digits.
+    m = re.match(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", s)
+    base = datetime.datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
+    return base.timestamp() + (float("0." + m.group(2)) if m.group(2) else 0.0)
+
+def raw_run():
+    o = read("raw", "out")
+    try:
+        r = json.loads(o)
+        return r["events"], r["secs"], None
+    except Exception:
+        return None, None, "no result"
+
+def floe_run(name):
+    """Events committed, and the window from the assignment the first batch came under
+    to the last batch committed, from floe's JSON log."""
+    err = read(name, "err") or ""
+    assigned, first, last, events = None, None, None, 0
+    for line in err.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        msg = rec.get("fields", {}).get("message", "")
+        if msg == "kafka partitions assigned" and first is None:
+            assigned = ts(rec["timestamp"])
+        elif msg == "batch committed":
+            t = ts(rec["timestamp"])
+            first = first or t
+            last = t
+            events += int(rec["fields"]["events"])
+    if last is None or assigned is None:
+        return None, None, "no batch committed"
+    return events, last - assigned, None
+
+rows = [("raw librdkafka (`raw_consume`)", "raw", raw_run)]
+rows.append(("floe `--sink none`", "floe-none", lambda: floe_run("floe-none")))
+if read("floe-fakesnow", "rc") is not None:
+    rows.append(("floe → fakesnow", "floe-fakesnow", lambda: floe_run("floe-fakesnow")))
+
+print(f"Run of {meta['date']}, commit {meta['commit']}, on {meta['machine']}.")
+print(f"Topic set: {', '.join(['dbz.public.customers', 'dbz.public.orders'])}, "
+      f"{expected} Debezium messages from {meta['changes']} changes (`dev/workload.sh {meta['changes']}`).")
+print()
+print("| run | events | window (s) | events/s | process wall (s) | peak RSS (MiB) | load avg before | status |")
+print("|---|---:|---:|---:|---:|---:|---:|---|")
+for label, name, f in rows:
+    rc = (read(name, "rc") or "?").strip()
+    events, window, problem = f()
+    status = "ok"
+    if rc != "0":
+        status = f"exit {rc}"
+    elif problem:
+        status = problem
+    elif events != expected:
+        status = f"{events} of {expected} events"
+    rate = f"{events / window:,.0f}" if events and window else "–"
+    rss = peak_rss_mib(name)
+    wall = wall_secs(name)
+    load = (read(name, "load") or "?").strip()
+    cells = [label, f"{events:,}" if events is not None else "–",
+             f"{window:.2f}" if window else "–", rate,
+             f"{wall:.1f}" if wall is not None else "–",
+             f"{rss:.0f}" if rss is not None else "–", load, status]
+    print("| " + " | ".join(cells) + " |")
+
+if stages:
+    def est(stage, impl, n):
+        base = os.path.join(crit, stage, impl, str(n), "new")
+        try:
+            e = json.load(open(os.path.join(base, "estimates.json")))
+            b = json.load(open(os.path.join(base, "benchmark.json")))
+        except OSError:
+            return None
+        per = b["throughput"]["Elements"]
+        m = e["mean"]
+        return (m["point_estimate"] / per, m["confidence_interval"]["lower_bound"] / per,
+                m["confidence_interval"]["upper_bound"] / per, per)
+    print()
+    load = (read("stages", "load") or "?").strip()
+    print(f"Per-stage cost (criterion mean, 95% CI; load avg before: {load}):")
+    print()
+    print("| stage | batch (events) | records | WASM ns/record | native ns/record | WASM / native |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for stage in ["validate", "transform", "build_merge"]:
+        for n in [1000, 10000]:
+            w, nat = est(stage, "wasm", n), est(stage, "native", n)
+            if not w or not nat:
+                print(f"| {stage} | {n} | – | missing | missing | – |")
+                continue
+            print(f"| {stage} | {n:,} | {w[3]:,} | {w[0]:,.0f} ({w[1]:,.0f}–{w[2]:,.0f}) | "
+                  f"{nat[0]:,.0f} ({nat[1]:,.0f}–{nat[2]:,.0f}) | {w[0] / nat[0]:.2f}× |")
+PY
+say "raw outputs in $OUT"
