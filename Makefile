@@ -13,6 +13,7 @@ install: ## Install the dev stack's programs (tansu, fakesnow, PostgreSQL, Debez
 	dev/install.sh
 
 components: ## Build the three default WASM components into target/components/
+	dev/install.sh wasm
 	functions/build.sh
 
 build: components ## Build floe (dev profile: dependencies optimised) with its components embedded

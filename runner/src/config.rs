@@ -23,7 +23,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration of one `floe run`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where change events come from.
@@ -41,18 +41,6 @@ pub struct Config {
     /// Pipeline statistics export.
     #[serde(default)]
     pub metrics: MetricsConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            source: SourceConfig::default(),
-            batch: BatchConfig::default(),
-            components: ComponentsConfig::default(),
-            sink: SinkConfig::default(),
-            metrics: MetricsConfig::default(),
-        }
-    }
 }
 
 /// Which source to read.
@@ -440,10 +428,10 @@ impl Config {
                 if k.brokers.trim().is_empty() {
                     return bad("source.kafka.brokers is empty".into());
                 }
-                if k.topics.is_empty() {
-                    if let Err(e) = regex::Regex::new(&k.topic_pattern) {
-                        return bad(format!("source.kafka.topic_pattern: {e}"));
-                    }
+                if k.topics.is_empty()
+                    && let Err(e) = regex::Regex::new(&k.topic_pattern)
+                {
+                    return bad(format!("source.kafka.topic_pattern: {e}"));
                 }
                 for key in ["enable.auto.commit", "enable.auto.offset.store", "group.id"] {
                     if k.options.contains_key(key) {
@@ -476,6 +464,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
 

@@ -148,11 +148,11 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 break;
             };
             if batch.messages.is_empty() {
-                if let Some(idle) = self.settings.exit_when_idle {
-                    if last_event.elapsed() >= idle {
-                        tracing::info!(idle_secs = idle.as_secs_f64(), "idle; stopping");
-                        break;
-                    }
+                if let Some(idle) = self.settings.exit_when_idle
+                    && last_event.elapsed() >= idle
+                {
+                    tracing::info!(idle_secs = idle.as_secs_f64(), "idle; stopping");
+                    break;
                 }
                 continue;
             }

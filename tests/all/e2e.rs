@@ -160,7 +160,10 @@ async fn postgres_debezium_kafka_floe_snowflake() {
         .unwrap();
     for (key, value) in [
         (r#"{"id":999999}"#, "this is not json {".to_string()),
-        (r#"{"id":999998}"#, r#"{"op":"x","after":{"id":999998}}"#.to_string()),
+        (
+            r#"{"id":999998}"#,
+            r#"{"op":"x","after":{"id":999998}}"#.to_string(),
+        ),
     ] {
         producer
             .send(
@@ -175,14 +178,25 @@ async fn postgres_debezium_kafka_floe_snowflake() {
 
     // Caught up = every message consumed and the target equal to the source.
     let sf = snowflake().await;
-    let source_a = psql(&format!("SELECT {A_COLS_PG} FROM public.{a} ORDER BY id"));
-    let source_o = psql(&format!("SELECT {O_COLS_PG} FROM public.{o} ORDER BY id"));
+    let source_a = psql(&format!(
+        "SELECT {A_COLS_PG} FROM public.{a} t ORDER BY t.id"
+    ));
+    let source_o = psql(&format!(
+        "SELECT {O_COLS_PG} FROM public.{o} t ORDER BY t.id"
+    ));
     let target = |t: &str, cols: &str| {
-        format!(r#"SELECT {cols} FROM "{database}"."CDC"."{}" ORDER BY "ID""#, t.to_uppercase())
+        format!(
+            r#"SELECT {cols} FROM "{database}"."CDC"."{}" ORDER BY "ID""#,
+            t.to_uppercase()
+        )
     };
     let deadline = Instant::now() + Duration::from_secs(300);
+    let mut first_event: Option<Instant> = None;
     loop {
         let snap = stats.snapshot();
+        if snap.events_consumed > 0 && first_event.is_none() {
+            first_event = Some(Instant::now());
+        }
         if snap.events_consumed >= expected_messages && snap.commits > 0 {
             let ta = query(&sf, &target(&a, A_COLS_SF)).await;
             let to = query(&sf, &target(&o, O_COLS_SF)).await;
@@ -197,14 +211,20 @@ async fn postgres_debezium_kafka_floe_snowflake() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let caught_up = started.elapsed();
+    let streaming = first_event.map_or(caught_up, |t| t.elapsed());
     stop.send(true).unwrap();
     let snap = handle.await.unwrap().expect("floe run");
     eprintln!(
-        "e2e: {} changes ({} messages) caught up in {:.1} s = {:.0} events/s; stats {snap:?}",
+        "e2e: {} changes ({} messages) caught up {:.1} s after the workload started, {:.1} s after floe's first batch arrived (<= {:.0} events/s; polled every 0.5 s); batches {}, avg batch {:.0} ms (wasm {:.0} ms, load {:.0} ms)",
         w.inserts + w.updates + w.deletes,
         expected_messages,
         caught_up.as_secs_f64(),
-        expected_messages as f64 / caught_up.as_secs_f64()
+        streaming.as_secs_f64(),
+        expected_messages as f64 / streaming.as_secs_f64().max(0.5),
+        snap.batches,
+        snap.avg_batch_ms,
+        snap.avg_wasm_ms,
+        snap.avg_load_ms,
     );
     assert_eq!(snap.events_consumed, expected_messages, "{snap:?}");
     assert_eq!(snap.events_rejected, 2, "not JSON + unknown op: {snap:?}");
@@ -218,7 +238,11 @@ async fn postgres_debezium_kafka_floe_snowflake() {
     let to = query(&sf, &target(&o, O_COLS_SF)).await;
     assert_eq!(ta.len(), source_a.len());
     for (s, t) in source_a.iter().zip(&ta) {
-        let canon_row = |r: &[String]| r.iter().map(|v| crate::fixtures::canon(v)).collect::<Vec<_>>();
+        let canon_row = |r: &[String]| {
+            r.iter()
+                .map(|v| crate::fixtures::canon(v))
+                .collect::<Vec<_>>()
+        };
         let (s, t) = (canon_row(s), canon_row(t));
         assert_eq!(s, t, "{a}: source vs target");
     }
@@ -236,7 +260,10 @@ async fn postgres_debezium_kafka_floe_snowflake() {
     };
     let (_stop, _stats, handle) = spawn_run(config, options);
     let again = handle.await.unwrap().expect("second run");
-    assert_eq!(again.events_consumed, 0, "restart re-read committed events: {again:?}");
+    assert_eq!(
+        again.events_consumed, 0,
+        "restart re-read committed events: {again:?}"
+    );
     let ta2 = query(&sf, &target(&a, A_COLS_SF)).await;
     assert_eq!(ta, ta2);
 }

@@ -76,10 +76,15 @@ fn expect(rows: &[&[&str]]) -> Vec<Vec<String>> {
 
 /// The 9.6 kB TOASTed text of the `all_types` fixture row, from the event itself.
 fn big_text(v: Variant) -> String {
-    let text = std::fs::read_to_string(file(v, "types_toast_replica_identity_default.jsonl")).unwrap();
+    let text =
+        std::fs::read_to_string(file(v, "types_toast_replica_identity_default.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let value = &first["value"];
-    let payload = if v == Variant::Schemas { &value["payload"] } else { value };
+    let payload = if v == Variant::Schemas {
+        &value["payload"]
+    } else {
+        value
+    };
     let s = payload["after"]["big_text"].as_str().unwrap().to_string();
     assert!(s.len() > 9000);
     s
@@ -92,20 +97,46 @@ fn full_types_row(v: Variant, num12_2: &str, flag: &str, op: &str) -> Vec<String
     let big = big_text(v);
     let mut r: Vec<String> = match v {
         Variant::Schemas => vec![
-            "1", num12_2, "3.14159265358979", "2024-03-15 08:20:30.123456+00:00",
-            "2024-03-15 10:20:30.123456", "2024-03-15", "13:45:00.5",
-            r#"{"a":1,"b":[true,null,"x"],"nested":{"k":"v"}}"#, r#"{"raw":"spacing kept"}"#,
-            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "deadbeef00ff", flag,
-            r#"["red","green","with,comma","with \"quote\""]"#, "32767", "9007199254740993",
-            "1.5", "3.141592653589793", "hello", "93784000000",
+            "1",
+            num12_2,
+            "3.14159265358979",
+            "2024-03-15 08:20:30.123456+00:00",
+            "2024-03-15 10:20:30.123456",
+            "2024-03-15",
+            "13:45:00.5",
+            r#"{"a":1,"b":[true,null,"x"],"nested":{"k":"v"}}"#,
+            r#"{"raw":"spacing kept"}"#,
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "deadbeef00ff",
+            flag,
+            r#"["red","green","with,comma","with \"quote\""]"#,
+            "32767",
+            "9007199254740993",
+            "1.5",
+            "3.141592653589793",
+            "hello",
+            "93784000000",
         ],
         Variant::NoSchemas => vec![
-            "1", num12_2, r#"{"scale":14,"value":"AR2552okgw=="}"#, "2024-03-15T08:20:30.123456Z",
-            "1710498030123456", "19797", "49500500000",
-            r#"{"a": 1, "b": [true, null, "x"], "nested": {"k": "v"}}"#, r#"{"raw":  "spacing kept"}"#,
-            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "3q2+7wD/", flag,
-            r#"["red","green","with,comma","with \"quote\""]"#, "32767", "9007199254740993",
-            "1.5", "3.141592653589793", "hello", "93784000000",
+            "1",
+            num12_2,
+            r#"{"scale":14,"value":"AR2552okgw=="}"#,
+            "2024-03-15T08:20:30.123456Z",
+            "1710498030123456",
+            "19797",
+            "49500500000",
+            r#"{"a": 1, "b": [true, null, "x"], "nested": {"k": "v"}}"#,
+            r#"{"raw":  "spacing kept"}"#,
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "3q2+7wD/",
+            flag,
+            r#"["red","green","with,comma","with \"quote\""]"#,
+            "32767",
+            "9007199254740993",
+            "1.5",
+            "3.141592653589793",
+            "hello",
+            "93784000000",
         ],
     }
     .into_iter()
@@ -137,7 +168,11 @@ async fn check_scenarios(v: Variant) {
     // Snapshot reads.
     let d = db("snap");
     let s = replay(&[file(v, "snapshot_read.jsonl")], &d).await;
-    assert_eq!((s.events_consumed, s.ops.read, s.rows_loaded), (3, 3, 3), "{s:?}");
+    assert_eq!(
+        (s.events_consumed, s.ops.read, s.rows_loaded),
+        (3, 3, 3),
+        "{s:?}"
+    );
     let prices = match v {
         Variant::Schemas => ["10.50", "0.99"],
         Variant::NoSchemas => ["BBo=", "Yw=="],
@@ -165,9 +200,15 @@ async fn check_scenarios(v: Variant) {
         );
         let d = db("crud");
         let s = replay(&[file(v, name)], &d).await;
-        assert_eq!((s.events_skipped, s.ops.delete), (1, 1), "tombstone skipped: {s:?}");
+        assert_eq!(
+            (s.events_skipped, s.ops.delete),
+            (1, 1),
+            "tombstone skipped: {s:?}"
+        );
         assert!(
-            rows(&sf, &d, table, r#""ID", "NAME", "EMAIL""#).await.is_empty(),
+            rows(&sf, &d, table, r#""ID", "NAME", "EMAIL""#)
+                .await
+                .is_empty(),
             "{name}: the delete removed the row"
         );
     }
@@ -191,8 +232,16 @@ async fn check_scenarios(v: Variant) {
 
     // Every type, both rows, before the update and delete.
     let d = db("types2");
-    replay(&[prefix(v, "types_toast_replica_identity_default.jsonl", 2)], &d).await;
-    let num = if v == Variant::Schemas { "12345.67" } else { "EtaH" };
+    replay(
+        &[prefix(v, "types_toast_replica_identity_default.jsonl", 2)],
+        &d,
+    )
+    .await;
+    let num = if v == Variant::Schemas {
+        "12345.67"
+    } else {
+        "EtaH"
+    };
     assert_eq!(
         rows(&sf, &d, "ALL_TYPES", ALL_TYPES_COLS).await,
         vec![full_types_row(v, num, "true", "c"), sparse_types_row(v)]
@@ -206,8 +255,16 @@ async fn check_scenarios(v: Variant) {
     );
     // REPLICA IDENTITY FULL: insert + update carry every value.
     let d = db("typesfull2");
-    replay(&[prefix(v, "types_toast_replica_identity_full.jsonl", 2)], &d).await;
-    let num = if v == Variant::Schemas { "99.99" } else { "Jw8=" };
+    replay(
+        &[prefix(v, "types_toast_replica_identity_full.jsonl", 2)],
+        &d,
+    )
+    .await;
+    let num = if v == Variant::Schemas {
+        "99.99"
+    } else {
+        "Jw8="
+    };
     assert_eq!(
         rows(&sf, &d, "ALL_TYPES_FULL", ALL_TYPES_COLS).await,
         vec![full_types_row(v, num, "false", "u")]
@@ -219,7 +276,11 @@ async fn check_scenarios(v: Variant) {
     // A logical-decoding message carries no row: consumed and skipped.
     let d = db("msg");
     let s = replay(&[file(v, "logical_message.jsonl")], &d).await;
-    assert_eq!((s.events_consumed, s.events_skipped, s.rows_loaded), (1, 1, 0), "{s:?}");
+    assert_eq!(
+        (s.events_consumed, s.events_skipped, s.rows_loaded),
+        (1, 1, 0),
+        "{s:?}"
+    );
 
     // The whole stream in emission order, all tables in one run: same final states.
     let d = db("all");
@@ -231,7 +292,10 @@ async fn check_scenarios(v: Variant) {
     );
     assert!(rows(&sf, &d, "CUSTOMERS", r#""ID""#).await.is_empty());
     assert!(rows(&sf, &d, "CUSTOMERS_FULL", r#""ID""#).await.is_empty());
-    assert_eq!(rows(&sf, &d, "PK_ITEMS", r#""ID", "V""#).await, expect(&[&["2", "x"]]));
+    assert_eq!(
+        rows(&sf, &d, "PK_ITEMS", r#""ID", "V""#).await,
+        expect(&[&["2", "x"]])
+    );
     assert_eq!(
         rows(&sf, &d, "ALL_TYPES", ALL_TYPES_COLS).await,
         vec![sparse_types_row(v)]
@@ -253,9 +317,15 @@ async fn schemas_precise_fixtures_land_column_by_column() {
 
 #[test]
 fn canon_trims_fraction_zeros_only_of_times() {
-    assert_eq!(canon("2024-03-15 08:20:30.123456000+00:00"), "2024-03-15 08:20:30.123456+00:00");
+    assert_eq!(
+        canon("2024-03-15 08:20:30.123456000+00:00"),
+        "2024-03-15 08:20:30.123456+00:00"
+    );
     assert_eq!(canon("13:45:00.500000000"), "13:45:00.5");
-    assert_eq!(canon("2024-03-15 10:20:30.000000000"), "2024-03-15 10:20:30");
+    assert_eq!(
+        canon("2024-03-15 10:20:30.000000000"),
+        "2024-03-15 10:20:30"
+    );
     assert_eq!(canon("12345.670"), "12345.670");
     assert_eq!(canon("10.50"), "10.50");
 }

@@ -112,8 +112,26 @@ pub fn psql(sql: &str) -> Vec<Vec<String>> {
     let port = env("FLOE_PG_PORT");
     let mut child = Command::new("psql")
         .args([
-            "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port,
-            "-U", "postgres", "-d", "floe", "-F", "\u{1f}", "-P", "null=<NULL>", "-f", "-",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "floe",
+            "-F",
+            "\u{1f}",
+            "-P",
+            "null=<NULL>",
+            "-f",
+            "-",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -72,7 +72,10 @@ pub(crate) enum SfType {
 }
 
 impl SfType {
-    pub const INTEGER: SfType = SfType::Number { precision: 38, scale: 0 };
+    pub const INTEGER: SfType = SfType::Number {
+        precision: 38,
+        scale: 0,
+    };
 
     /// The type of a column seen with types `a` and `b` in one batch.
     pub fn unify(a: SfType, b: SfType) -> SfType {
@@ -80,9 +83,21 @@ impl SfType {
         match (a, b) {
             _ if a == b => a,
             (Number { scale: 0, .. }, Float) | (Float, Number { scale: 0, .. }) => Float,
-            (Number { precision: p1, scale: s1 }, Number { precision: p2, scale: s2 }) => {
+            (
+                Number {
+                    precision: p1,
+                    scale: s1,
+                },
+                Number {
+                    precision: p2,
+                    scale: s2,
+                },
+            ) => {
                 if s1 == s2 {
-                    Number { precision: p1.max(p2), scale: s1 }
+                    Number {
+                        precision: p1.max(p2),
+                        scale: s1,
+                    }
                 } else {
                     Varchar
                 }
@@ -120,7 +135,10 @@ pub(crate) enum Conv {
     Boolean,
     Text,
     Bytes,
-    Decimal { scale: i32, ty: SfType },
+    Decimal {
+        scale: i32,
+        ty: SfType,
+    },
     VariableScaleDecimal,
     Date,
     Time(Unit),
@@ -174,7 +192,10 @@ impl RowSchema {
     fn from_fields(fields: &[ConnectSchema]) -> Result<RowSchema, String> {
         let mut row = RowSchema::default();
         for f in fields {
-            let name = f.field.clone().ok_or("schema: a struct field has no 'field' name")?;
+            let name = f
+                .field
+                .clone()
+                .ok_or("schema: a struct field has no 'field' name")?;
             let conv = Conv::from_schema(f).map_err(|e| format!("schema: field '{name}': {e}"))?;
             row.index.insert(name.clone(), row.fields.len());
             row.fields.push((name, conv));
@@ -218,7 +239,10 @@ pub(crate) fn key_schema(raw: &str) -> Result<RowSchema, String> {
     let schema: ConnectSchema =
         serde_json::from_str(raw).map_err(|e| format!("schema: key schema: {e}"))?;
     if schema.ty != "struct" {
-        return Err(format!("schema: key schema is '{}', not a struct", schema.ty));
+        return Err(format!(
+            "schema: key schema is '{}', not a struct",
+            schema.ty
+        ));
     }
     RowSchema::from_fields(&schema.fields)
 }
@@ -227,7 +251,9 @@ impl Conv {
     fn from_schema(s: &ConnectSchema) -> Result<Conv, String> {
         let by_name = match s.name.as_deref() {
             Some("org.apache.kafka.connect.data.Decimal") => {
-                let scale = s.param_i64("scale").ok_or("Decimal without a 'scale' parameter")?;
+                let scale = s
+                    .param_i64("scale")
+                    .ok_or("Decimal without a 'scale' parameter")?;
                 let scale = i32::try_from(scale).map_err(|_| format!("Decimal scale {scale}"))?;
                 let precision = s
                     .param_i64("connect.decimal.precision")
@@ -236,7 +262,11 @@ impl Conv {
                 // Snowflake: scale 0..=37 and scale <= precision.
                 let ty = match u8::try_from(scale) {
                     Ok(scale) if scale <= 37 => {
-                        let precision = if i64::from(scale) > precision { 38 } else { precision as u8 };
+                        let precision = if i64::from(scale) > precision {
+                            38
+                        } else {
+                            precision as u8
+                        };
                         SfType::Number { precision, scale }
                     }
                     _ => SfType::Varchar,
@@ -244,7 +274,9 @@ impl Conv {
                 Some(Conv::Decimal { scale, ty })
             }
             Some("io.debezium.data.VariableScaleDecimal") => Some(Conv::VariableScaleDecimal),
-            Some("io.debezium.time.Date" | "org.apache.kafka.connect.data.Date") => Some(Conv::Date),
+            Some("io.debezium.time.Date" | "org.apache.kafka.connect.data.Date") => {
+                Some(Conv::Date)
+            }
             Some("io.debezium.time.Time" | "org.apache.kafka.connect.data.Time") => {
                 Some(Conv::Time(Unit::Milli))
             }
@@ -280,7 +312,10 @@ impl Conv {
             "struct" => {
                 let mut fields = Vec::with_capacity(s.fields.len());
                 for f in &s.fields {
-                    let name = f.field.clone().ok_or("a struct field has no 'field' name")?;
+                    let name = f
+                        .field
+                        .clone()
+                        .ok_or("a struct field has no 'field' name")?;
                     fields.push((name, Conv::from_schema(f)?));
                 }
                 Conv::Struct(fields)
@@ -350,7 +385,9 @@ fn write_json(out: &mut Vec<u8>, v: &Value) {
 
 fn as_i64(v: &Value, expected: &str) -> Result<i64, String> {
     match v {
-        Value::Number(n) => n.as_i64().ok_or_else(|| format!("expected {expected}, got {n}")),
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| format!("expected {expected}, got {n}")),
         _ => Err(mismatch(expected, v)),
     }
 }
@@ -363,7 +400,12 @@ fn decode_base64(s: &str) -> Result<Vec<u8>, String> {
 
 /// Writes `v` converted by `conv` as JSON to `out`. `top` is true for a column value
 /// (integers become strings), false inside arrays and objects.
-pub(crate) fn write_value(out: &mut Vec<u8>, v: &Value, conv: &Conv, top: bool) -> Result<(), String> {
+pub(crate) fn write_value(
+    out: &mut Vec<u8>,
+    v: &Value,
+    conv: &Conv,
+    top: bool,
+) -> Result<(), String> {
     if v.is_null() {
         out.extend_from_slice(b"null");
         return Ok(());
@@ -414,7 +456,10 @@ pub(crate) fn write_value(out: &mut Vec<u8>, v: &Value, conv: &Conv, top: bool) 
             let Value::Object(o) = v else {
                 return Err(mismatch("a {scale, value} object", v));
             };
-            let scale = o.get("scale").map(|s| as_i64(s, "an integer scale")).transpose()?;
+            let scale = o
+                .get("scale")
+                .map(|s| as_i64(s, "an integer scale"))
+                .transpose()?;
             let scale = scale
                 .and_then(|s| i32::try_from(s).ok())
                 .ok_or("VariableScaleDecimal without a valid 'scale'")?;
@@ -424,9 +469,10 @@ pub(crate) fn write_value(out: &mut Vec<u8>, v: &Value, conv: &Conv, top: bool) 
             write_json_str(out, &decimal_text(&decode_base64(bytes)?, scale));
         }
         Conv::Date => write_json_str(out, &temporal::format_date(as_i64(v, "days (int32)")?)?),
-        Conv::Time(unit) => {
-            write_json_str(out, &temporal::format_time(as_i64(v, "a time (integer)")?, *unit)?)
-        }
+        Conv::Time(unit) => write_json_str(
+            out,
+            &temporal::format_time(as_i64(v, "a time (integer)")?, *unit)?,
+        ),
         Conv::Timestamp(unit) => write_json_str(
             out,
             &temporal::format_timestamp(as_i64(v, "a timestamp (integer)")?, *unit)?,
@@ -458,7 +504,10 @@ pub(crate) fn write_value(out: &mut Vec<u8>, v: &Value, conv: &Conv, top: bool) 
                 return Err(mismatch("an object", v));
             };
             write_object(out, o, |name| {
-                fields.iter().find(|(n, _)| n == name).map_or(&Conv::Infer, |(_, c)| c)
+                fields
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(&Conv::Infer, |(_, c)| c)
             })?;
         }
         Conv::Map(values) => {
@@ -523,11 +572,20 @@ mod tests {
     #[test]
     fn integers_stay_exact() {
         let big = parse("9007199254740993");
-        assert_eq!(conv(big.clone(), &Conv::Integer).unwrap(), r#""9007199254740993""#);
-        assert_eq!(conv(big.clone(), &Conv::Infer).unwrap(), r#""9007199254740993""#);
+        assert_eq!(
+            conv(big.clone(), &Conv::Integer).unwrap(),
+            r#""9007199254740993""#
+        );
+        assert_eq!(
+            conv(big.clone(), &Conv::Infer).unwrap(),
+            r#""9007199254740993""#
+        );
         assert_eq!(Conv::Infer.column_type(&big), Some(SfType::INTEGER));
         let arr = parse("[9007199254740993, 1]");
-        assert_eq!(conv(arr, &Conv::Array(Box::new(Conv::Integer))).unwrap(), "[9007199254740993,1]");
+        assert_eq!(
+            conv(arr, &Conv::Array(Box::new(Conv::Integer))).unwrap(),
+            "[9007199254740993,1]"
+        );
         assert!(conv(json!(1.5), &Conv::Integer).is_err());
         assert!(conv(json!("1"), &Conv::Integer).is_err());
         assert_eq!(conv(parse("-0"), &Conv::Integer).unwrap(), r#""-0""#);
@@ -537,13 +595,26 @@ mod tests {
 
     #[test]
     fn decimals() {
-        let d = Conv::Decimal { scale: 2, ty: SfType::Number { precision: 12, scale: 2 } };
+        let d = Conv::Decimal {
+            scale: 2,
+            ty: SfType::Number {
+                precision: 12,
+                scale: 2,
+            },
+        };
         assert_eq!(conv(json!("EtaH"), &d).unwrap(), r#""12345.67""#);
         assert_eq!(conv(json!("zg=="), &d).unwrap(), r#""-0.50""#);
-        assert!(conv(json!("not base64!"), &d).unwrap_err().contains("invalid base64"));
+        assert!(
+            conv(json!("not base64!"), &d)
+                .unwrap_err()
+                .contains("invalid base64")
+        );
         assert!(conv(json!(12.5), &d).is_err());
         let v = json!({"scale": 14, "value": "AR2552okgw=="});
-        assert_eq!(conv(v, &Conv::VariableScaleDecimal).unwrap(), r#""3.14159265358979""#);
+        assert_eq!(
+            conv(v, &Conv::VariableScaleDecimal).unwrap(),
+            r#""3.14159265358979""#
+        );
         assert!(conv(json!({"value": "AA=="}), &Conv::VariableScaleDecimal).is_err());
         assert!(conv(json!({"scale": 1}), &Conv::VariableScaleDecimal).is_err());
     }
@@ -552,26 +623,48 @@ mod tests {
     fn temporals() {
         assert_eq!(conv(json!(19797), &Conv::Date).unwrap(), r#""2024-03-15""#);
         assert_eq!(conv(json!(-1), &Conv::Date).unwrap(), r#""1969-12-31""#);
-        assert_eq!(conv(json!(49500500000i64), &Conv::Time(Unit::Micro)).unwrap(), r#""13:45:00.500000""#);
+        assert_eq!(
+            conv(json!(49500500000i64), &Conv::Time(Unit::Micro)).unwrap(),
+            r#""13:45:00.500000""#
+        );
         assert_eq!(
             conv(json!(1710498030123456i64), &Conv::Timestamp(Unit::Micro)).unwrap(),
             r#""2024-03-15 10:20:30.123456""#
         );
-        assert_eq!(conv(json!(93784000000i64), &Conv::Duration).unwrap(), r#""93784000000""#);
+        assert_eq!(
+            conv(json!(93784000000i64), &Conv::Duration).unwrap(),
+            r#""93784000000""#
+        );
         let z = json!("2024-03-15T08:20:30.123456Z");
-        assert_eq!(conv(z, &Conv::ZonedTimestamp).unwrap(), r#""2024-03-15T08:20:30.123456Z""#);
+        assert_eq!(
+            conv(z, &Conv::ZonedTimestamp).unwrap(),
+            r#""2024-03-15T08:20:30.123456Z""#
+        );
         assert!(conv(json!("2024-03-15"), &Conv::Date).is_err());
-        assert!(conv(json!(i64::MAX), &Conv::Timestamp(Unit::Micro)).unwrap_err().contains("outside"));
+        assert!(
+            conv(json!(i64::MAX), &Conv::Timestamp(Unit::Micro))
+                .unwrap_err()
+                .contains("outside")
+        );
     }
 
     #[test]
     fn json_bytes_and_nesting() {
         let js = json!("{\"a\": 1, \"b\": [true, null, \"x\"]}");
-        assert_eq!(conv(js, &Conv::Json).unwrap(), r#"{"a": 1, "b": [true, null, "x"]}"#);
+        assert_eq!(
+            conv(js, &Conv::Json).unwrap(),
+            r#"{"a": 1, "b": [true, null, "x"]}"#
+        );
         assert_eq!(conv(json!("  7 "), &Conv::Json).unwrap(), "7");
         let toast = json!("__debezium_unavailable_value");
-        assert_eq!(conv(toast, &Conv::Json).unwrap(), r#""__debezium_unavailable_value""#);
-        assert_eq!(conv(json!("3q2+7wD/"), &Conv::Bytes).unwrap(), r#""3q2+7wD/""#);
+        assert_eq!(
+            conv(toast, &Conv::Json).unwrap(),
+            r#""__debezium_unavailable_value""#
+        );
+        assert_eq!(
+            conv(json!("3q2+7wD/"), &Conv::Bytes).unwrap(),
+            r#""3q2+7wD/""#
+        );
         assert!(conv(json!("***"), &Conv::Bytes).is_err());
         let s = Conv::Struct(vec![("d".into(), Conv::Date), ("n".into(), Conv::Integer)]);
         assert_eq!(
@@ -613,7 +706,14 @@ mod tests {
         let env = envelope_schema(raw).unwrap();
         let after = env.after.unwrap();
         assert_eq!(env.before.unwrap().fields.len(), 0);
-        let ty = |n: &str| after.get(n).unwrap().column_type(&Value::Null).unwrap().to_string();
+        let ty = |n: &str| {
+            after
+                .get(n)
+                .unwrap()
+                .column_type(&Value::Null)
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(ty("id"), "NUMBER(38,0)");
         assert_eq!(ty("a"), "NUMBER(12,2)");
         assert_eq!(ty("b"), "NUMBER(38,2)");

@@ -60,7 +60,11 @@ fn magnitude_digits(be: &[u8]) -> String {
     let mut limbs: Vec<u32> = Vec::with_capacity(be.len() / 4 + 1);
     let head = be.len() % 4;
     if head > 0 {
-        limbs.push(be[..head].iter().fold(0, |acc, &b| (acc << 8) | u32::from(b)));
+        limbs.push(
+            be[..head]
+                .iter()
+                .fold(0, |acc, &b| (acc << 8) | u32::from(b)),
+        );
     }
     for chunk in be[head..].chunks_exact(4) {
         limbs.push(u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]));
@@ -130,7 +134,17 @@ mod tests {
         assert_eq!(decimal_text(&be(128), 1), "12.8");
         assert_eq!(decimal_text(&be(i128::MIN), 0), i128::MIN.to_string());
         assert_eq!(decimal_text(&be(i128::MAX), 0), i128::MAX.to_string());
-        for v in [1i128, -1, 255, -255, 256, 65535, -65536, 10i128.pow(30), -(10i128.pow(37)) + 7] {
+        for v in [
+            1i128,
+            -1,
+            255,
+            -255,
+            256,
+            65535,
+            -65536,
+            10i128.pow(30),
+            -(10i128.pow(37)) + 7,
+        ] {
             assert_eq!(decimal_text(&be(v), 0), v.to_string(), "{v}");
         }
     }

@@ -111,7 +111,9 @@ pub(crate) struct Change<'a> {
 pub(crate) enum Decoded<'a> {
     #[allow(dead_code, reason = "the kind of skip is read by tests only")]
     Skip(Skip),
-    Truncate { table: String },
+    Truncate {
+        table: String,
+    },
     Change(Box<Change<'a>>),
 }
 
@@ -144,10 +146,12 @@ pub(crate) fn decode<'a>(event: &Event<'a>) -> Result<Decoded<'a>, String> {
         if event.topic.ends_with(TRANSACTION_TOPIC_SUFFIX) {
             return Ok(Decoded::Skip(Skip::TransactionMetadata));
         }
-        return Err("validation: unsupported format: no 'op' field (not a Debezium \
+        return Err(
+            "validation: unsupported format: no 'op' field (not a Debezium \
                     change-event envelope; flattened ExtractNewRecordState/unwrap records \
                     are not supported)"
-            .to_owned());
+                .to_owned(),
+        );
     };
     let op = match op {
         "m" => return Ok(Decoded::Skip(Skip::Message)),
@@ -208,7 +212,10 @@ fn classify(e: &serde_json::Error, bytes: &[u8], what: &str) -> String {
     }
 }
 
-fn object_or_null<'a>(raw: Option<&'a RawValue>, what: &str) -> Result<Option<&'a RawValue>, String> {
+fn object_or_null<'a>(
+    raw: Option<&'a RawValue>,
+    what: &str,
+) -> Result<Option<&'a RawValue>, String> {
     match raw {
         None => Ok(None),
         Some(raw) if raw.get().starts_with('{') => Ok(Some(raw)),
@@ -243,7 +250,12 @@ fn decode_key(key: Option<&[u8]>) -> Result<Key<'_>, String> {
 /// `source.schema + "." + source.table`, else the topic's last two dot-separated
 /// segments (`<prefix>.<schema>.<table>`).
 fn table_name(source: Option<&Source>, topic: &str) -> Result<String, String> {
-    if let Some(Source { schema: Some(schema), table: Some(table), .. }) = source {
+    if let Some(Source {
+        schema: Some(schema),
+        table: Some(table),
+        ..
+    }) = source
+    {
         return Ok(format!("{schema}.{table}"));
     }
     let mut parts = topic.rsplitn(3, '.');
@@ -283,12 +295,22 @@ mod tests {
 
     #[test]
     fn table_name_falls_back_to_topic() {
-        assert_eq!(table_name(None, "dbz.public.items").unwrap(), "public.items");
-        assert_eq!(table_name(None, "a.b.public.items").unwrap(), "public.items");
+        assert_eq!(
+            table_name(None, "dbz.public.items").unwrap(),
+            "public.items"
+        );
+        assert_eq!(
+            table_name(None, "a.b.public.items").unwrap(),
+            "public.items"
+        );
         assert_eq!(table_name(None, "public.items").unwrap(), "public.items");
         assert!(table_name(None, "items").is_err());
         assert!(table_name(None, "dbz.").is_err());
-        let src = Source { schema: Some("s".into()), table: Some("t".into()), ..Default::default() };
+        let src = Source {
+            schema: Some("s".into()),
+            table: Some("t".into()),
+            ..Default::default()
+        };
         assert_eq!(table_name(Some(&src), "x").unwrap(), "s.t");
     }
 
@@ -299,10 +321,20 @@ mod tests {
             reason(ev("t.s.x", Some("{\"id\":1}"), Some("[1,2]"))),
             "validation: value is not a JSON object"
         );
-        let r = reason(ev("t.s.x", Some("{\"id\":1}"), Some(r#"{"op":"c","source":5}"#)));
+        let r = reason(ev(
+            "t.s.x",
+            Some("{\"id\":1}"),
+            Some(r#"{"op":"c","source":5}"#),
+        ));
         assert!(r.starts_with("validation: value: invalid type"), "{r}");
-        assert!(reason(ev("t.s.x", Some("{\"id\""), Some(r#"{"op":"c","after":{}}"#)))
-            .starts_with("parse: key: "));
+        assert!(
+            reason(ev(
+                "t.s.x",
+                Some("{\"id\""),
+                Some(r#"{"op":"c","after":{}}"#)
+            ))
+            .starts_with("parse: key: ")
+        );
     }
 
     #[test]

@@ -66,7 +66,11 @@ pub fn load(variant: &str, scenario: &str) -> Vec<Record> {
 
 /// Events borrowing `records`, offsets in file order.
 pub fn events(records: &[Record]) -> Vec<Event<'_>> {
-    records.iter().enumerate().map(|(i, r)| r.event(i as i64)).collect()
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.event(i as i64))
+        .collect()
 }
 
 /// Every variant directory.

@@ -28,7 +28,9 @@ mod fixtures;
 
 pub use merge::{MAX_BIND_BYTES, build_merge};
 pub use sql::{create_table_sql, qualified, quote_ident, sql_string_literal};
-pub use transform::{LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, SOURCE_TS_MS_COLUMN, transform_batch};
+pub use transform::{
+    LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, SOURCE_TS_MS_COLUMN, transform_batch,
+};
 pub use types::{
     Bind, Column, Error, Event, Failure, IdentifierCase, MergeInput, MergePlan, Op, Row, Statement,
     TableShape, Transformed, Truncate, Verdict,
@@ -38,7 +40,13 @@ pub use validate::validate_batch;
 /// The topic name an event's `topic` index points at (WIT events index into
 /// `batch.topics`); out of range is [`Error::InvalidInput`].
 pub fn resolve_topic(topics: &[String], index: u32) -> Result<&str, Error> {
-    topics.get(index as usize).map(String::as_str).ok_or_else(|| {
-        Error::InvalidInput(format!("topic index {index} out of range ({} topics)", topics.len()))
-    })
+    topics
+        .get(index as usize)
+        .map(String::as_str)
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "topic index {index} out of range ({} topics)",
+                topics.len()
+            ))
+        })
 }

@@ -51,14 +51,21 @@ pub fn build_merge(input: &MergeInput<'_>) -> Result<MergePlan, Error> {
 }
 
 /// [`build_merge`] with a custom bind size limit (for tests and tuning).
-pub fn build_merge_with_limit(input: &MergeInput<'_>, max_bind_bytes: usize) -> Result<MergePlan, Error> {
+pub fn build_merge_with_limit(
+    input: &MergeInput<'_>,
+    max_bind_bytes: usize,
+) -> Result<MergePlan, Error> {
     sql::validate_target(input.target)?;
     if input.rows.is_empty() {
         return Ok(MergePlan::default());
     }
     let shape = input.shape;
     sql::validate_shape(shape, input.identifier_case)?;
-    if !shape.columns.iter().any(|c| c.name == OP_COLUMN && !c.is_key) {
+    if !shape
+        .columns
+        .iter()
+        .any(|c| c.name == OP_COLUMN && !c.is_key)
+    {
         return Err(Error::InvalidInput(format!(
             "table shape '{}' has no non-key '{OP_COLUMN}' column: the MERGE needs it to tell deletes",
             shape.name
@@ -84,14 +91,20 @@ pub fn build_merge_with_limit(input: &MergeInput<'_>, max_bind_bytes: usize) -> 
         array.push_str(data);
     }
     statements.push(statement(&merge_sql, array));
-    Ok(MergePlan { statements, rows_after_dedup })
+    Ok(MergePlan {
+        statements,
+        rows_after_dedup,
+    })
 }
 
 fn statement(sql: &str, mut array: String) -> Statement {
     array.push(']');
     Statement {
         sql: sql.to_owned(),
-        binds: vec![Bind { data_type: "TEXT".to_owned(), value: Some(array) }],
+        binds: vec![Bind {
+            data_type: "TEXT".to_owned(),
+            value: Some(array),
+        }],
     }
 }
 
@@ -117,12 +130,15 @@ pub fn dedup(rows: &[Row]) -> Vec<usize> {
 /// Rows are spliced into a JSON array as they are: each must be one JSON object.
 fn check_data(row: &Row, index: usize) -> Result<(), Error> {
     let data = row.data.trim();
-    let valid = data.starts_with('{')
-        && serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok();
+    let valid =
+        data.starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok();
     if valid {
         Ok(())
     } else {
-        Err(Error::InvalidInput(format!("row {index} (event {}): data is not a JSON object", row.event)))
+        Err(Error::InvalidInput(format!(
+            "row {index} (event {}): data is not a JSON object",
+            row.event
+        )))
     }
 }
 
@@ -133,7 +149,10 @@ fn merge_sql(input: &MergeInput<'_>) -> Result<String, Error> {
 
     let mut select = Vec::with_capacity(columns.len());
     for (c, ident) in columns.iter().zip(&idents) {
-        select.push(format!("{} AS {ident}", json_field_expr("f.value", &c.name, &c.data_type)?));
+        select.push(format!(
+            "{} AS {ident}",
+            json_field_expr("f.value", &c.name, &c.data_type)?
+        ));
     }
     let on: Vec<String> = columns
         .iter()
@@ -170,7 +189,11 @@ mod tests {
     use crate::types::{Column, IdentifierCase, Op, TableShape};
 
     fn shape() -> TableShape {
-        let col = |name: &str, ty: &str, key| Column { name: name.into(), data_type: ty.into(), is_key: key };
+        let col = |name: &str, ty: &str, key| Column {
+            name: name.into(),
+            data_type: ty.into(),
+            is_key: key,
+        };
         TableShape {
             name: "public.t".into(),
             columns: vec![
@@ -198,7 +221,13 @@ mod tests {
 
     fn plan(rows: &[Row]) -> MergePlan {
         let (t, s) = (target(), shape());
-        build_merge(&MergeInput { target: &t, identifier_case: IdentifierCase::Upper, shape: &s, rows }).unwrap()
+        build_merge(&MergeInput {
+            target: &t,
+            identifier_case: IdentifierCase::Upper,
+            shape: &s,
+            rows,
+        })
+        .unwrap()
     }
 
     #[test]
@@ -228,38 +257,98 @@ mod tests {
     #[test]
     fn preserve_case_and_composite_keys() {
         let mut s = shape();
-        s.columns.insert(1, Column { name: "Region".into(), data_type: "VARCHAR".into(), is_key: true });
+        s.columns.insert(
+            1,
+            Column {
+                name: "Region".into(),
+                data_type: "VARCHAR".into(),
+                is_key: true,
+            },
+        );
         let t = target();
         let rows = [row(1, "a", Op::Insert, 1)];
-        let p = build_merge(&MergeInput { target: &t, identifier_case: IdentifierCase::Preserve, shape: &s, rows: &rows })
-            .unwrap();
+        let p = build_merge(&MergeInput {
+            target: &t,
+            identifier_case: IdentifierCase::Preserve,
+            shape: &s,
+            rows: &rows,
+        })
+        .unwrap();
         let sql = &p.statements[0].sql;
-        assert!(sql.contains("ON t.\"id\" = s.\"id\" AND t.\"Region\" = s.\"Region\" WHEN"), "{sql}");
-        assert!(sql.contains("UPDATE SET t.\"name\" = s.\"name\", t.\"__op\" = s.\"__op\" WHEN"), "{sql}");
+        assert!(
+            sql.contains("ON t.\"id\" = s.\"id\" AND t.\"Region\" = s.\"Region\" WHEN"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("UPDATE SET t.\"name\" = s.\"name\", t.\"__op\" = s.\"__op\" WHEN"),
+            "{sql}"
+        );
         assert!(sql.contains("WHEN MATCHED AND s.\"__op\" = 'd'"), "{sql}");
     }
 
     #[test]
     fn hostile_names_stay_quoted() {
         let mut s = shape();
-        s.columns.insert(1, Column { name: "a\"b".into(), data_type: "VARCHAR".into(), is_key: false });
-        s.columns.insert(2, Column { name: "x'; drop table y; --".into(), data_type: "VARCHAR".into(), is_key: false });
-        s.columns.insert(3, Column { name: "back\\slash".into(), data_type: "VARCHAR".into(), is_key: false });
+        s.columns.insert(
+            1,
+            Column {
+                name: "a\"b".into(),
+                data_type: "VARCHAR".into(),
+                is_key: false,
+            },
+        );
+        s.columns.insert(
+            2,
+            Column {
+                name: "x'; drop table y; --".into(),
+                data_type: "VARCHAR".into(),
+                is_key: false,
+            },
+        );
+        s.columns.insert(
+            3,
+            Column {
+                name: "back\\slash".into(),
+                data_type: "VARCHAR".into(),
+                is_key: false,
+            },
+        );
         let t = vec!["d\"b".to_owned(), "s".to_owned(), "t'".to_owned()];
         let rows = [row(1, "a", Op::Insert, 1)];
-        let p = build_merge(&MergeInput { target: &t, identifier_case: IdentifierCase::Upper, shape: &s, rows: &rows })
-            .unwrap();
+        let p = build_merge(&MergeInput {
+            target: &t,
+            identifier_case: IdentifierCase::Upper,
+            shape: &s,
+            rows: &rows,
+        })
+        .unwrap();
         let sql = &p.statements[0].sql;
-        assert!(sql.starts_with("MERGE INTO \"d\"\"b\".\"s\".\"t'\" AS t"), "{sql}");
-        assert!(sql.contains("f.value['a\"b']::VARCHAR AS \"A\"\"B\""), "{sql}");
-        assert!(sql.contains("f.value['x''; drop table y; --']::VARCHAR AS \"X'; DROP TABLE Y; --\""), "{sql}");
-        assert!(sql.contains("f.value['back\\\\slash']::VARCHAR AS \"BACK\\SLASH\""), "{sql}");
+        assert!(
+            sql.starts_with("MERGE INTO \"d\"\"b\".\"s\".\"t'\" AS t"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("f.value['a\"b']::VARCHAR AS \"A\"\"B\""),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("f.value['x''; drop table y; --']::VARCHAR AS \"X'; DROP TABLE Y; --\""),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("f.value['back\\\\slash']::VARCHAR AS \"BACK\\SLASH\""),
+            "{sql}"
+        );
     }
 
     #[test]
     fn dedup_keeps_last_change() {
         // Same key: insert, update, delete in order -> the delete wins.
-        let rows = [row(1, "a", Op::Insert, 10), row(1, "b", Op::Update, 20), row(1, "b", Op::Delete, 30)];
+        let rows = [
+            row(1, "a", Op::Insert, 10),
+            row(1, "b", Op::Update, 20),
+            row(1, "b", Op::Delete, 30),
+        ];
         assert_eq!(dedup(&rows), vec![2]);
         // Higher LSN wins over a later position.
         let rows = [row(1, "new", Op::Update, 50), row(1, "old", Op::Update, 40)];
@@ -273,7 +362,11 @@ mod tests {
         let rows = [row(1, "a", Op::Update, -1), row(1, "b", Op::Update, 3)];
         assert_eq!(dedup(&rows), vec![1]);
         // Distinct keys all survive, in position order.
-        let rows = [row(2, "a", Op::Insert, 1), row(1, "b", Op::Insert, 2), row(2, "c", Op::Update, 3)];
+        let rows = [
+            row(2, "a", Op::Insert, 1),
+            row(1, "b", Op::Insert, 2),
+            row(2, "c", Op::Update, 3),
+        ];
         assert_eq!(dedup(&rows), vec![1, 2]);
         let p = plan(&rows);
         assert_eq!(p.rows_after_dedup, 2);
@@ -285,9 +378,16 @@ mod tests {
 
     #[test]
     fn splits_large_batches() {
-        let rows: Vec<Row> = (0..100).map(|i| row(i, "xxxxxxxxxx", Op::Insert, i)).collect();
+        let rows: Vec<Row> = (0..100)
+            .map(|i| row(i, "xxxxxxxxxx", Op::Insert, i))
+            .collect();
         let (t, s) = (target(), shape());
-        let input = MergeInput { target: &t, identifier_case: IdentifierCase::Upper, shape: &s, rows: &rows };
+        let input = MergeInput {
+            target: &t,
+            identifier_case: IdentifierCase::Upper,
+            shape: &s,
+            rows: &rows,
+        };
         let p = build_merge_with_limit(&input, 400).unwrap();
         assert!(p.statements.len() > 1);
         assert_eq!(p.rows_after_dedup, 100);
@@ -297,7 +397,11 @@ mod tests {
             let v = st.binds[0].value.as_deref().unwrap();
             assert!(v.len() <= 400, "{}", v.len());
             let parsed: Vec<serde_json::Value> = serde_json::from_str(v).unwrap();
-            ids.extend(parsed.iter().map(|r| r["id"].as_str().unwrap().parse::<i64>().unwrap()));
+            ids.extend(
+                parsed
+                    .iter()
+                    .map(|r| r["id"].as_str().unwrap().parse::<i64>().unwrap()),
+            );
         }
         assert_eq!(ids, (0..100).collect::<Vec<_>>());
         // A row larger than the limit still goes, alone.
@@ -310,7 +414,12 @@ mod tests {
         let t = target();
         let rows = [row(1, "a", Op::Insert, 1)];
         let check = |target: &[String], shape: &TableShape, rows: &[Row]| {
-            build_merge(&MergeInput { target, identifier_case: IdentifierCase::Upper, shape, rows })
+            build_merge(&MergeInput {
+                target,
+                identifier_case: IdentifierCase::Upper,
+                shape,
+                rows,
+            })
         };
         let err = |r: Result<MergePlan, Error>| match r {
             Err(Error::InvalidInput(m)) => m,
@@ -320,7 +429,10 @@ mod tests {
         let mut no_key = shape();
         no_key.columns[0].is_key = false;
         assert!(err(check(&t, &no_key, &rows)).contains("no key"));
-        let empty = TableShape { name: "x".into(), columns: vec![] };
+        let empty = TableShape {
+            name: "x".into(),
+            columns: vec![],
+        };
         assert!(err(check(&t, &empty, &rows)).contains("no columns"));
         let mut no_op = shape();
         no_op.columns.pop();

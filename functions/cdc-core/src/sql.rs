@@ -142,7 +142,9 @@ fn check_identifier(ident: &str, what: &str) -> Result<(), Error> {
         return Err(Error::InvalidInput(format!("empty {what}")));
     }
     if ident.contains('\0') {
-        return Err(Error::InvalidInput(format!("{what} {ident:?} contains NUL")));
+        return Err(Error::InvalidInput(format!(
+            "{what} {ident:?} contains NUL"
+        )));
     }
     if ident.chars().count() > MAX_IDENTIFIER_CHARS {
         return Err(Error::InvalidInput(format!(
@@ -157,10 +159,16 @@ fn check_identifier(ident: &str, what: &str) -> Result<(), Error> {
 /// and `ID` would collide once upper-cased).
 pub fn validate_shape(shape: &TableShape, case: IdentifierCase) -> Result<(), Error> {
     if shape.columns.is_empty() {
-        return Err(Error::InvalidInput(format!("table shape '{}' has no columns", shape.name)));
+        return Err(Error::InvalidInput(format!(
+            "table shape '{}' has no columns",
+            shape.name
+        )));
     }
     if !shape.columns.iter().any(|c| c.is_key) {
-        return Err(Error::InvalidInput(format!("table shape '{}' has no key column", shape.name)));
+        return Err(Error::InvalidInput(format!(
+            "table shape '{}' has no key column",
+            shape.name
+        )));
     }
     let mut seen = std::collections::HashSet::with_capacity(shape.columns.len());
     for c in &shape.columns {
@@ -180,7 +188,11 @@ pub fn validate_shape(shape: &TableShape, case: IdentifierCase) -> Result<(), Er
 
 /// `CREATE TABLE IF NOT EXISTS <target> (<col> <type> [NOT NULL], ..., PRIMARY KEY (<keys>))`
 /// with columns in shape order, key columns `NOT NULL`, names quoted as in the MERGE.
-pub fn create_table_sql(target: &[String], shape: &TableShape, case: IdentifierCase) -> Result<String, Error> {
+pub fn create_table_sql(
+    target: &[String],
+    shape: &TableShape,
+    case: IdentifierCase,
+) -> Result<String, Error> {
     validate_target(target)?;
     validate_shape(shape, case)?;
     let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (", qualified(target));
@@ -195,8 +207,12 @@ pub fn create_table_sql(target: &[String], shape: &TableShape, case: IdentifierC
             sql.push_str(" NOT NULL");
         }
     }
-    let keys: Vec<String> =
-        shape.columns.iter().filter(|c| c.is_key).map(|c| quote_ident(&c.name, case)).collect();
+    let keys: Vec<String> = shape
+        .columns
+        .iter()
+        .filter(|c| c.is_key)
+        .map(|c| quote_ident(&c.name, case))
+        .collect();
     sql.push_str(", PRIMARY KEY (");
     sql.push_str(&keys.join(", "));
     sql.push_str("))");
@@ -209,17 +225,30 @@ mod tests {
     use crate::types::Column;
 
     fn col(name: &str, ty: &str, key: bool) -> Column {
-        Column { name: name.into(), data_type: ty.into(), is_key: key }
+        Column {
+            name: name.into(),
+            data_type: ty.into(),
+            is_key: key,
+        }
     }
 
     #[test]
     fn identifiers() {
-        assert_eq!(quote_ident("customer_id", IdentifierCase::Upper), "\"CUSTOMER_ID\"");
-        assert_eq!(quote_ident("customer_id", IdentifierCase::Preserve), "\"customer_id\"");
+        assert_eq!(
+            quote_ident("customer_id", IdentifierCase::Upper),
+            "\"CUSTOMER_ID\""
+        );
+        assert_eq!(
+            quote_ident("customer_id", IdentifierCase::Preserve),
+            "\"customer_id\""
+        );
         assert_eq!(quote_ident("a\"b", IdentifierCase::Upper), "\"A\"\"B\"");
         assert_eq!(quote_ident("straße", IdentifierCase::Upper), "\"STRASSE\"");
         assert_eq!(quote_ident("ünïcode", IdentifierCase::Upper), "\"ÜNÏCODE\"");
-        assert_eq!(quote_ident("\"\"", IdentifierCase::Preserve), "\"\"\"\"\"\"");
+        assert_eq!(
+            quote_ident("\"\"", IdentifierCase::Preserve),
+            "\"\"\"\"\"\""
+        );
         let t = vec!["db".to_owned(), "PUB\"LIC".to_owned(), "t".to_owned()];
         assert_eq!(qualified(&t), "\"db\".\"PUB\"\"LIC\".\"t\"");
     }
@@ -227,17 +256,30 @@ mod tests {
     #[test]
     fn literals() {
         assert_eq!(sql_string_literal("x"), "'x'");
-        assert_eq!(sql_string_literal("x'; drop table y; --"), "'x''; drop table y; --'");
+        assert_eq!(
+            sql_string_literal("x'; drop table y; --"),
+            "'x''; drop table y; --'"
+        );
         assert_eq!(sql_string_literal("a\\'b"), "'a\\\\''b'");
         assert_eq!(sql_string_literal(""), "''");
     }
 
     #[test]
     fn data_types() {
-        for ok in ["NUMBER(38,0)", "number(12, 2)", "VARCHAR", "TIMESTAMP_NTZ(6)", "DOUBLE PRECISION", " variant "] {
+        for ok in [
+            "NUMBER(38,0)",
+            "number(12, 2)",
+            "VARCHAR",
+            "TIMESTAMP_NTZ(6)",
+            "DOUBLE PRECISION",
+            " variant ",
+        ] {
             assert!(validate_data_type(ok).is_ok(), "{ok}");
         }
-        assert_eq!(validate_data_type("number(12, 2)").unwrap(), "NUMBER(12, 2)");
+        assert_eq!(
+            validate_data_type("number(12, 2)").unwrap(),
+            "NUMBER(12, 2)"
+        );
         for bad in [
             "",
             "NUMBER(38,0); DROP TABLE x",
@@ -260,9 +302,18 @@ mod tests {
         let e = |f: &str, t: &str| json_field_expr("f.value", f, t).unwrap();
         assert_eq!(e("id", "NUMBER(38,0)"), "f.value['id']::NUMBER(38,0)");
         assert_eq!(e("js", "VARIANT"), "STRIP_NULL_VALUE(f.value['js'])");
-        assert_eq!(e("tags", "ARRAY"), "STRIP_NULL_VALUE(f.value['tags'])::ARRAY");
-        assert_eq!(e("b", "BINARY"), "TO_BINARY(f.value['b']::VARCHAR, 'BASE64')");
-        assert_eq!(e("x'; drop table y; --", "VARCHAR"), "f.value['x''; drop table y; --']::VARCHAR");
+        assert_eq!(
+            e("tags", "ARRAY"),
+            "STRIP_NULL_VALUE(f.value['tags'])::ARRAY"
+        );
+        assert_eq!(
+            e("b", "BINARY"),
+            "TO_BINARY(f.value['b']::VARCHAR, 'BASE64')"
+        );
+        assert_eq!(
+            e("x'; drop table y; --", "VARCHAR"),
+            "f.value['x''; drop table y; --']::VARCHAR"
+        );
         assert_eq!(e("a\\b", "date"), "f.value['a\\\\b']::DATE");
         assert!(json_field_expr("f.value", "x", "VARCHAR); DROP TABLE t; --").is_err());
     }
@@ -296,11 +347,17 @@ mod tests {
 
     #[test]
     fn shape_checks() {
-        let shape = |cols: Vec<Column>| TableShape { name: "s.t".into(), columns: cols };
+        let shape = |cols: Vec<Column>| TableShape {
+            name: "s.t".into(),
+            columns: cols,
+        };
         let up = IdentifierCase::Upper;
         assert!(validate_shape(&shape(vec![]), up).is_err());
         assert!(validate_shape(&shape(vec![col("a", "VARCHAR", false)]), up).is_err());
-        let dup = shape(vec![col("id", "VARCHAR", true), col("ID", "VARCHAR", false)]);
+        let dup = shape(vec![
+            col("id", "VARCHAR", true),
+            col("ID", "VARCHAR", false),
+        ]);
         assert!(validate_shape(&dup, up).is_err());
         assert!(validate_shape(&dup, IdentifierCase::Preserve).is_ok());
         assert!(validate_shape(&shape(vec![col("", "VARCHAR", true)]), up).is_err());

@@ -60,11 +60,15 @@ pub fn format_date(days: i64) -> Result<String, String> {
 fn push_date(out: &mut String, days: i64) -> Result<(), String> {
     // Bound first so the arithmetic below cannot overflow.
     if !(-800_000..=3_000_000).contains(&days) {
-        return Err(format!("date {days} days from the epoch is outside years {MIN_YEAR}-{MAX_YEAR}"));
+        return Err(format!(
+            "date {days} days from the epoch is outside years {MIN_YEAR}-{MAX_YEAR}"
+        ));
     }
     let (y, m, d) = civil_from_days(days);
     if !(MIN_YEAR..=MAX_YEAR).contains(&y) {
-        return Err(format!("date {y:04}-{m:02}-{d:02} is outside years {MIN_YEAR}-{MAX_YEAR}"));
+        return Err(format!(
+            "date {y:04}-{m:02}-{d:02} is outside years {MIN_YEAR}-{MAX_YEAR}"
+        ));
     }
     write!(out, "{y:04}-{m:02}-{d:02}").expect("writing to a String");
     Ok(())
@@ -85,7 +89,9 @@ fn push_time_of_day(out: &mut String, since_midnight: i64, unit: Unit) {
 pub fn format_time(since_midnight: i64, unit: Unit) -> Result<String, String> {
     let day = 86_400 * unit.per_second();
     if !(0..day).contains(&since_midnight) {
-        return Err(format!("time of day {since_midnight} is outside 00:00:00-23:59:59.999999999"));
+        return Err(format!(
+            "time of day {since_midnight} is outside 00:00:00-23:59:59.999999999"
+        ));
     }
     let mut out = String::with_capacity(18);
     push_time_of_day(&mut out, since_midnight, unit);
@@ -150,9 +156,15 @@ mod tests {
 
     #[test]
     fn times() {
-        assert_eq!(format_time(49_500_500_000, Unit::Micro).unwrap(), "13:45:00.500000");
+        assert_eq!(
+            format_time(49_500_500_000, Unit::Micro).unwrap(),
+            "13:45:00.500000"
+        );
         assert_eq!(format_time(0, Unit::Micro).unwrap(), "00:00:00.000000");
-        assert_eq!(format_time(86_399_999, Unit::Milli).unwrap(), "23:59:59.999");
+        assert_eq!(
+            format_time(86_399_999, Unit::Milli).unwrap(),
+            "23:59:59.999"
+        );
         assert_eq!(format_time(1, Unit::Nano).unwrap(), "00:00:00.000000001");
         assert!(format_time(86_400_000_000, Unit::Micro).is_err());
         assert!(format_time(-1, Unit::Micro).is_err());
@@ -164,9 +176,18 @@ mod tests {
             format_timestamp(1_710_498_030_123_456, Unit::Micro).unwrap(),
             "2024-03-15 10:20:30.123456"
         );
-        assert_eq!(format_timestamp(-1, Unit::Micro).unwrap(), "1969-12-31 23:59:59.999999");
-        assert_eq!(format_timestamp(-1, Unit::Milli).unwrap(), "1969-12-31 23:59:59.999");
-        assert_eq!(format_timestamp(0, Unit::Nano).unwrap(), "1970-01-01 00:00:00.000000000");
+        assert_eq!(
+            format_timestamp(-1, Unit::Micro).unwrap(),
+            "1969-12-31 23:59:59.999999"
+        );
+        assert_eq!(
+            format_timestamp(-1, Unit::Milli).unwrap(),
+            "1969-12-31 23:59:59.999"
+        );
+        assert_eq!(
+            format_timestamp(0, Unit::Nano).unwrap(),
+            "1970-01-01 00:00:00.000000000"
+        );
         assert_eq!(
             format_timestamp(1_710_498_030_123_456_789, Unit::Nano).unwrap(),
             "2024-03-15 10:20:30.123456789"

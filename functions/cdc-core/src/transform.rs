@@ -48,20 +48,32 @@ pub const METADATA_COLUMNS: [(&str, &str); 3] = [
 /// (more than `u32::MAX` events).
 pub fn transform_batch(events: &[Event<'_>]) -> Result<Transformed, Error> {
     if u32::try_from(events.len()).is_err() {
-        return Err(Error::InvalidInput(format!("{} events in one batch", events.len())));
+        return Err(Error::InvalidInput(format!(
+            "{} events in one batch",
+            events.len()
+        )));
     }
     let mut t = Transformer::default();
     for (i, event) in events.iter().enumerate() {
         let index = i as u32;
         match envelope::decode(event) {
             Ok(Decoded::Skip(_)) => {}
-            Ok(Decoded::Truncate { table }) => t.out.truncates.push(Truncate { event: index, table }),
+            Ok(Decoded::Truncate { table }) => t.out.truncates.push(Truncate {
+                event: index,
+                table,
+            }),
             Ok(Decoded::Change(change)) => {
                 if let Err(reason) = t.row(index, &change) {
-                    t.out.failures.push(Failure { event: index, reason });
+                    t.out.failures.push(Failure {
+                        event: index,
+                        reason,
+                    });
                 }
             }
-            Err(reason) => t.out.failures.push(Failure { event: index, reason }),
+            Err(reason) => t.out.failures.push(Failure {
+                event: index,
+                reason,
+            }),
         }
     }
     Ok(t.finish())
@@ -90,7 +102,11 @@ impl TableAcc {
             Some(&i) => i,
             None => {
                 self.by_name.insert(name.to_owned(), self.columns.len());
-                self.columns.push(ColumnAcc { name: name.to_owned(), ty: None, key_rank: None });
+                self.columns.push(ColumnAcc {
+                    name: name.to_owned(),
+                    ty: None,
+                    key_rank: None,
+                });
                 self.columns.len() - 1
             }
         };
@@ -105,7 +121,11 @@ impl TableAcc {
     }
 
     fn finish(self) -> TableShape {
-        let mut keys: Vec<&ColumnAcc> = self.columns.iter().filter(|c| c.key_rank.is_some()).collect();
+        let mut keys: Vec<&ColumnAcc> = self
+            .columns
+            .iter()
+            .filter(|c| c.key_rank.is_some())
+            .collect();
         keys.sort_by_key(|c| c.key_rank);
         let others = self.columns.iter().filter(|c| c.key_rank.is_none());
         let mut columns: Vec<Column> = keys
@@ -122,7 +142,10 @@ impl TableAcc {
             data_type: (*ty).to_owned(),
             is_key: false,
         }));
-        TableShape { name: self.name, columns }
+        TableShape {
+            name: self.name,
+            columns,
+        }
     }
 }
 
@@ -155,25 +178,50 @@ fn cached<'a, T>(
 impl<'a> Transformer<'a> {
     fn row(&mut self, event: u32, c: &Change<'a>) -> Result<(), String> {
         let key_schema = cached(&mut self.key_schemas, c.key.schema, convert::key_schema)?;
-        let value_schema = cached(&mut self.value_schemas, c.value_schema, convert::envelope_schema)?;
+        let value_schema = cached(
+            &mut self.value_schemas,
+            c.value_schema,
+            convert::envelope_schema,
+        )?;
 
         let (source, row_schema): (Option<&RawValue>, Option<&RowSchema>) = match c.op {
-            Op::Delete => (c.before, value_schema.as_deref().and_then(|s| s.before.as_ref())),
-            _ => (c.after, value_schema.as_deref().and_then(|s| s.after.as_ref())),
+            Op::Delete => (
+                c.before,
+                value_schema.as_deref().and_then(|s| s.before.as_ref()),
+            ),
+            _ => (
+                c.after,
+                value_schema.as_deref().and_then(|s| s.after.as_ref()),
+            ),
         };
         let source: Map<String, Value> = match source {
-            Some(raw) => serde_json::from_str(raw.get())
-                .map_err(|e| format!("validation: '{}': {e}", if c.op == Op::Delete { "before" } else { "after" }))?,
+            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| {
+                format!(
+                    "validation: '{}': {e}",
+                    if c.op == Op::Delete {
+                        "before"
+                    } else {
+                        "after"
+                    }
+                )
+            })?,
             None => Map::new(),
         };
         let conv_of = |name: &str, key: bool| -> &Conv {
-            let from_key = if key { key_schema.as_deref().and_then(|s| s.get(name)) } else { None };
-            from_key.or_else(|| row_schema.and_then(|s| s.get(name))).unwrap_or(&Conv::Infer)
+            let from_key = if key {
+                key_schema.as_deref().and_then(|s| s.get(name))
+            } else {
+                None
+            };
+            from_key
+                .or_else(|| row_schema.and_then(|s| s.get(name)))
+                .unwrap_or(&Conv::Infer)
         };
 
         let mut data = Vec::with_capacity(256);
         let mut key = Vec::with_capacity(16);
-        let mut seen: Vec<(&str, Option<SfType>, bool)> = Vec::with_capacity(source.len() + c.key.fields.len());
+        let mut seen: Vec<(&str, Option<SfType>, bool)> =
+            Vec::with_capacity(source.len() + c.key.fields.len());
         data.push(b'{');
         key.push(b'[');
         for (i, (name, v)) in c.key.fields.iter().enumerate() {
@@ -223,7 +271,10 @@ impl<'a> Transformer<'a> {
             Some(&t) => t,
             None => {
                 self.table_index.insert(c.table.clone(), self.tables.len());
-                self.tables.push(TableAcc { name: c.table.clone(), ..TableAcc::default() });
+                self.tables.push(TableAcc {
+                    name: c.table.clone(),
+                    ..TableAcc::default()
+                });
                 self.tables.len() - 1
             }
         };

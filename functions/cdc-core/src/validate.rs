@@ -59,17 +59,50 @@ mod tests {
     #[test]
     fn accepts() {
         assert_eq!(verdict(T, K, None), Verdict::Ok);
-        assert_eq!(verdict(T, K, Some(r#"{"op":"c","after":{"id":1}}"#)), Verdict::Ok);
-        assert_eq!(verdict(T, K, Some(r#"{"op":"r","after":{"id":1}}"#)), Verdict::Ok);
-        assert_eq!(verdict(T, K, Some(r#"{"op":"u","before":null,"after":{"id":1}}"#)), Verdict::Ok);
-        assert_eq!(verdict(T, K, Some(r#"{"op":"d","before":null,"after":null}"#)), Verdict::Ok);
-        assert_eq!(verdict(T, None, Some(r#"{"op":"t","source":{"schema":"s","table":"t"}}"#)), Verdict::Ok);
-        assert_eq!(verdict("dbz.message", None, Some(r#"{"op":"m","message":{}}"#)), Verdict::Ok);
-        assert_eq!(verdict("__debezium-heartbeat.dbz", None, Some(r#"{"ts_ms":1}"#)), Verdict::Ok);
-        assert_eq!(verdict("dbz.transaction", None, Some(r#"{"status":"END","id":"1"}"#)), Verdict::Ok);
+        assert_eq!(
+            verdict(T, K, Some(r#"{"op":"c","after":{"id":1}}"#)),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict(T, K, Some(r#"{"op":"r","after":{"id":1}}"#)),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict(T, K, Some(r#"{"op":"u","before":null,"after":{"id":1}}"#)),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict(T, K, Some(r#"{"op":"d","before":null,"after":null}"#)),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict(
+                T,
+                None,
+                Some(r#"{"op":"t","source":{"schema":"s","table":"t"}}"#)
+            ),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict("dbz.message", None, Some(r#"{"op":"m","message":{}}"#)),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict("__debezium-heartbeat.dbz", None, Some(r#"{"ts_ms":1}"#)),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict(
+                "dbz.transaction",
+                None,
+                Some(r#"{"status":"END","id":"1"}"#)
+            ),
+            Verdict::Ok
+        );
         // With schemas: the key payload and the value payload are what count.
         let key = r#"{"schema":{"type":"struct","fields":[]},"payload":{"id":1}}"#;
-        let value = r#"{"schema":{"type":"struct","fields":[]},"payload":{"op":"c","after":{"id":1}}}"#;
+        let value =
+            r#"{"schema":{"type":"struct","fields":[]},"payload":{"op":"c","after":{"id":1}}}"#;
         assert_eq!(verdict(T, Some(key), Some(value)), Verdict::Ok);
     }
 
@@ -77,29 +110,68 @@ mod tests {
     fn rejects() {
         assert!(rejected(T, K, Some("{\"op\":")).starts_with("parse: EOF while parsing"));
         assert!(rejected(T, K, Some("\u{0}")).starts_with("parse: "));
-        assert_eq!(rejected(T, K, Some("42")), "validation: value is not a JSON object");
-        assert_eq!(rejected(T, K, Some(r#"{"op":"x"}"#)), "validation: unknown op 'x'");
-        assert_eq!(rejected(T, K, Some(r#"{"op":"c\n"}"#)), "validation: unknown op 'c\\n'");
+        assert_eq!(
+            rejected(T, K, Some("42")),
+            "validation: value is not a JSON object"
+        );
+        assert_eq!(
+            rejected(T, K, Some(r#"{"op":"x"}"#)),
+            "validation: unknown op 'x'"
+        );
+        assert_eq!(
+            rejected(T, K, Some(r#"{"op":"c\n"}"#)),
+            "validation: unknown op 'c\\n'"
+        );
         assert!(rejected(T, K, Some(r#"{"id":1,"name":"flat"}"#)).contains("unsupported format"));
         let c = Some(r#"{"op":"c","after":{"id":1}}"#);
         assert_eq!(rejected(T, None, c), "validation: missing key");
-        assert_eq!(rejected(T, Some("null"), c), "validation: missing key (the key is not a JSON object)");
-        assert_eq!(rejected(T, Some("[1]"), c), "validation: missing key (the key is not a JSON object)");
-        assert_eq!(rejected(T, Some("{}"), c), "validation: missing key (the key has no fields)");
+        assert_eq!(
+            rejected(T, Some("null"), c),
+            "validation: missing key (the key is not a JSON object)"
+        );
+        assert_eq!(
+            rejected(T, Some("[1]"), c),
+            "validation: missing key (the key is not a JSON object)"
+        );
+        assert_eq!(
+            rejected(T, Some("{}"), c),
+            "validation: missing key (the key has no fields)"
+        );
         assert!(rejected(T, Some("{"), c).starts_with("parse: key: "));
         let framed_bad = r#"{"schema":{"type":"int32"},"payload":5}"#;
         assert!(rejected(T, Some(framed_bad), c).starts_with("validation: missing key"));
-        assert_eq!(rejected(T, K, Some(r#"{"op":"c","after":null}"#)), "validation: op 'c' without 'after'");
-        assert_eq!(rejected(T, K, Some(r#"{"op":"u"}"#)), "validation: op 'u' without 'after'");
-        assert_eq!(rejected(T, K, Some(r#"{"op":"c","after":[1]}"#)), "validation: 'after' is not a JSON object");
-        assert_eq!(rejected(T, K, Some(r#"{"op":"d","before":"x"}"#)), "validation: 'before' is not a JSON object");
-        assert!(rejected("t", K, Some(r#"{"op":"c","after":{}}"#)).starts_with("validation: cannot tell the table"));
-        assert!(rejected(T, K, Some(r#"{"op":"c","after":{},"source":{"lsn":"x"}}"#)).starts_with("validation: value: "));
+        assert_eq!(
+            rejected(T, K, Some(r#"{"op":"c","after":null}"#)),
+            "validation: op 'c' without 'after'"
+        );
+        assert_eq!(
+            rejected(T, K, Some(r#"{"op":"u"}"#)),
+            "validation: op 'u' without 'after'"
+        );
+        assert_eq!(
+            rejected(T, K, Some(r#"{"op":"c","after":[1]}"#)),
+            "validation: 'after' is not a JSON object"
+        );
+        assert_eq!(
+            rejected(T, K, Some(r#"{"op":"d","before":"x"}"#)),
+            "validation: 'before' is not a JSON object"
+        );
+        assert!(
+            rejected("t", K, Some(r#"{"op":"c","after":{}}"#))
+                .starts_with("validation: cannot tell the table")
+        );
+        assert!(
+            rejected(T, K, Some(r#"{"op":"c","after":{},"source":{"lsn":"x"}}"#))
+                .starts_with("validation: value: ")
+        );
     }
 
     #[test]
     fn every_real_envelope_is_accepted() {
-        for variant in fixtures::VARIANTS.iter().filter(|v| !v.starts_with("unwrap")) {
+        for variant in fixtures::VARIANTS
+            .iter()
+            .filter(|v| !v.starts_with("unwrap"))
+        {
             let recs = fixtures::load(variant, "_all_in_order");
             let verdicts = validate_batch(&fixtures::events(&recs));
             assert_eq!(verdicts.len(), recs.len());

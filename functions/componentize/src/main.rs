@@ -43,7 +43,12 @@ fn componentize(module: &Path, out_dir: &Path) -> Result<()> {
     let bytes = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
     let component = wit_component::ComponentEncoder::default()
         .module(&bytes)
-        .with_context(|| format!("{}: not a core module with component type metadata", module.display()))?
+        .with_context(|| {
+            format!(
+                "{}: not a core module with component type metadata",
+                module.display()
+            )
+        })?
         .validate(true)
         .encode()
         .with_context(|| format!("{}: encoding the component", module.display()))?;
@@ -81,7 +86,10 @@ fn output_name(module: &Path) -> Result<String> {
         .file_stem()
         .and_then(|s| s.to_str())
         .with_context(|| format!("{}: no UTF-8 file name", module.display()))?;
-    Ok(format!("{}.wasm", stem.strip_prefix("floe_").unwrap_or(stem)))
+    Ok(format!(
+        "{}.wasm",
+        stem.strip_prefix("floe_").unwrap_or(stem)
+    ))
 }
 
 /// The component's own (top-level) imports, split into what a host must provide and
@@ -138,11 +146,15 @@ fn component_imports(component: &[u8]) -> Result<Imports> {
 
 fn needs_host(types: &Types, ty: &ComponentEntityType) -> bool {
     match ty {
-        ComponentEntityType::Type { created: ComponentAnyTypeId::Resource(_), .. } => true,
+        ComponentEntityType::Type {
+            created: ComponentAnyTypeId::Resource(_),
+            ..
+        } => true,
         ComponentEntityType::Type { .. } => false,
-        ComponentEntityType::Instance(id) => {
-            types[*id].exports.values().any(|export| needs_host(types, &export.ty))
-        }
+        ComponentEntityType::Instance(id) => types[*id]
+            .exports
+            .values()
+            .any(|export| needs_host(types, &export.ty)),
         _ => true,
     }
 }
@@ -153,8 +165,14 @@ mod tests {
 
     #[test]
     fn output_names() {
-        assert_eq!(output_name(Path::new("a/floe_validator.wasm")).unwrap(), "validator.wasm");
-        assert_eq!(output_name(Path::new("floe_merge_builder.wasm")).unwrap(), "merge_builder.wasm");
+        assert_eq!(
+            output_name(Path::new("a/floe_validator.wasm")).unwrap(),
+            "validator.wasm"
+        );
+        assert_eq!(
+            output_name(Path::new("floe_merge_builder.wasm")).unwrap(),
+            "merge_builder.wasm"
+        );
         assert_eq!(output_name(Path::new("other.wasm")).unwrap(), "other.wasm");
     }
 

@@ -24,7 +24,11 @@ mod component {
                     .shape
                     .columns
                     .into_iter()
-                    .map(|c| core::Column { name: c.name, data_type: c.data_type, is_key: c.is_key })
+                    .map(|c| core::Column {
+                        name: c.name,
+                        data_type: c.data_type,
+                        is_key: c.is_key,
+                    })
                     .collect(),
             };
             let rows: Vec<core::Row> = input
@@ -61,7 +65,10 @@ mod component {
                         binds: s
                             .binds
                             .into_iter()
-                            .map(|b| Bind { data_type: b.data_type, value: b.value })
+                            .map(|b| Bind {
+                                data_type: b.data_type,
+                                value: b.value,
+                            })
                             .collect(),
                     })
                     .collect(),

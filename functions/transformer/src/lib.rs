@@ -39,7 +39,11 @@ mod component {
                         columns: s
                             .columns
                             .into_iter()
-                            .map(|c| Column { name: c.name, data_type: c.data_type, is_key: c.is_key })
+                            .map(|c| Column {
+                                name: c.name,
+                                data_type: c.data_type,
+                                is_key: c.is_key,
+                            })
                             .collect(),
                     })
                     .collect(),
@@ -58,12 +62,18 @@ mod component {
                 truncates: t
                     .truncates
                     .into_iter()
-                    .map(|t| Truncate { event: t.event, table: t.table })
+                    .map(|t| Truncate {
+                        event: t.event,
+                        table: t.table,
+                    })
                     .collect(),
                 failures: t
                     .failures
                     .into_iter()
-                    .map(|f| Failure { event: f.event, reason: f.reason })
+                    .map(|f| Failure {
+                        event: f.event,
+                        reason: f.reason,
+                    })
                     .collect(),
             })
         }

@@ -51,11 +51,13 @@ struct Template {
     value: Option<Value>,
 }
 
+/// One Kafka record of a batch: topic index, key, value.
+type Record = (usize, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// An owned batch; both the WIT batch and the native events are views of it.
 struct Owned {
     topics: Vec<String>,
-    /// (topic index, key, value)
-    records: Vec<(usize, Option<Vec<u8>>, Option<Vec<u8>>)>,
+    records: Vec<Record>,
 }
 
 impl Owned {

@@ -108,7 +108,11 @@ impl Host {
     }
 
     /// A fresh store for one call, with the limits applied.
-    pub(crate) fn store(&self, name: &str, limits: &Limits) -> Result<Store<StoreState>, HostError> {
+    pub(crate) fn store(
+        &self,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Store<StoreState>, HostError> {
         let mut store = Store::new(
             &self.engine,
             StoreState {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use floe_host::types::{Batch, Event, IdentifierCase, MergeInput, Op, Verdict};
-use floe_host::{Host, HostError, Limits, MergeBuilder, TrapKind, Transformer, Validator};
+use floe_host::{Host, HostError, Limits, MergeBuilder, Transformer, TrapKind, Validator};
 
 fn component(name: &str) -> Vec<u8> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -19,20 +19,26 @@ fn component(name: &str) -> Vec<u8> {
     })
 }
 
-fn fixture_lines(variant: &str, file: &str) -> Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>)> {
+/// (topic, key, value) of one Kafka record.
+type Line = (String, Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn fixture_lines(variant: &str, file: &str) -> Vec<Line> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/debezium-fixtures")
         .join(variant)
         .join(file);
-    let text = std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("{}: {e} (the Debezium fixtures live in ../shared)", p.display()));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the Debezium fixtures live in ../shared)",
+            p.display()
+        )
+    });
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let bytes = |x: &serde_json::Value| {
-                (!x.is_null()).then(|| serde_json::to_vec(x).unwrap())
-            };
+            let bytes =
+                |x: &serde_json::Value| (!x.is_null()).then(|| serde_json::to_vec(x).unwrap());
             (
                 v["topic"].as_str().unwrap().to_string(),
                 bytes(&v["key"]),
@@ -42,7 +48,7 @@ fn fixture_lines(variant: &str, file: &str) -> Vec<(String, Option<Vec<u8>>, Opt
         .collect()
 }
 
-fn batch_of(lines: Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>)>) -> Batch {
+fn batch_of(lines: Vec<Line>) -> Batch {
     let mut topics: Vec<String> = Vec::new();
     let events = lines
         .into_iter()
@@ -78,7 +84,11 @@ fn validator_accepts_debezium_and_rejects_garbage() {
     let v = Validator::new(&h, "validator", &component("validator"), Limits::default()).unwrap();
     let mut lines = fixture_lines("schemas_precise", "crud_replica_identity_default.jsonl");
     let good = lines.len();
-    lines.push(("dbz.public.x".into(), Some(br#"{"id":1}"#.to_vec()), Some(b"not json".to_vec())));
+    lines.push((
+        "dbz.public.x".into(),
+        Some(br#"{"id":1}"#.to_vec()),
+        Some(b"not json".to_vec()),
+    ));
     lines.push((
         "dbz.public.x".into(),
         Some(br#"{"id":1}"#.to_vec()),
@@ -86,7 +96,10 @@ fn validator_accepts_debezium_and_rejects_garbage() {
     ));
     let verdicts = v.validate(&batch_of(lines)).unwrap();
     assert_eq!(verdicts.len(), good + 2);
-    assert!(verdicts[..good].iter().all(|x| matches!(x, Verdict::Ok)), "{verdicts:?}");
+    assert!(
+        verdicts[..good].iter().all(|x| matches!(x, Verdict::Ok)),
+        "{verdicts:?}"
+    );
     match &verdicts[good] {
         Verdict::Rejected(r) => assert!(r.starts_with("parse"), "{r}"),
         other => panic!("not JSON accepted: {other:?}"),
@@ -100,15 +113,34 @@ fn validator_accepts_debezium_and_rejects_garbage() {
 #[test]
 fn transformer_and_merge_builder_turn_fixtures_into_one_merge() {
     let h = host();
-    let t = Transformer::new(&h, "transformer", &component("transformer"), Limits::default()).unwrap();
-    let m = MergeBuilder::new(&h, "merge_builder", &component("merge_builder"), Limits::default()).unwrap();
-    let batch = batch_of(fixture_lines("schemas_precise", "crud_replica_identity_default.jsonl"));
+    let t = Transformer::new(
+        &h,
+        "transformer",
+        &component("transformer"),
+        Limits::default(),
+    )
+    .unwrap();
+    let m = MergeBuilder::new(
+        &h,
+        "merge_builder",
+        &component("merge_builder"),
+        Limits::default(),
+    )
+    .unwrap();
+    let batch = batch_of(fixture_lines(
+        "schemas_precise",
+        "crud_replica_identity_default.jsonl",
+    ));
     let out = t.transform(&batch).unwrap();
     assert!(out.failures.is_empty(), "{:?}", out.failures);
     assert_eq!(out.tables.len(), 1);
     assert_eq!(out.tables[0].name, "public.customers");
     let ops: Vec<Op> = out.rows.iter().map(|r| r.op).collect();
-    assert_eq!(ops, vec![Op::Insert, Op::Update, Op::Delete], "tombstone skipped");
+    assert_eq!(
+        ops,
+        vec![Op::Insert, Op::Update, Op::Delete],
+        "tombstone skipped"
+    );
     let shape = out.tables[0].clone();
     assert!(shape.columns[0].is_key && shape.columns[0].name == "id");
     let plan = m
@@ -119,12 +151,20 @@ fn transformer_and_merge_builder_turn_fixtures_into_one_merge() {
             rows: out.rows,
         })
         .unwrap();
-    assert_eq!(plan.rows_after_dedup, 1, "three changes of one key dedup to the last");
+    assert_eq!(
+        plan.rows_after_dedup, 1,
+        "three changes of one key dedup to the last"
+    );
     assert_eq!(plan.statements.len(), 1);
     let st = &plan.statements[0];
-    assert!(st.sql.starts_with("MERGE INTO \"DB\".\"S\".\"CUSTOMERS\""), "{}", st.sql);
+    assert!(
+        st.sql.starts_with("MERGE INTO \"DB\".\"S\".\"CUSTOMERS\""),
+        "{}",
+        st.sql
+    );
     assert_eq!(st.binds.len(), 1, "one JSON-array bind");
-    let rows: serde_json::Value = serde_json::from_str(st.binds[0].value.as_deref().unwrap()).unwrap();
+    let rows: serde_json::Value =
+        serde_json::from_str(st.binds[0].value.as_deref().unwrap()).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
     assert_eq!(rows[0]["__op"], "d");
 }
@@ -143,12 +183,19 @@ fn memory_cap_traps_the_batch_and_the_next_call_works() {
         Some(vec![b' '; 16 * 1024 * 1024]),
     )];
     match v.validate(&batch_of(big)) {
-        Err(HostError::Trap { kind: TrapKind::Memory, .. }) => {}
+        Err(HostError::Trap {
+            kind: TrapKind::Memory,
+            ..
+        }) => {}
         other => panic!("expected a memory trap, got {other:?}"),
     }
     let ok = fixture_lines("noschemas_precise", "snapshot_read.jsonl");
     let n = ok.len();
-    assert_eq!(v.validate(&batch_of(ok)).unwrap().len(), n, "a fresh instance serves the next batch");
+    assert_eq!(
+        v.validate(&batch_of(ok)).unwrap().len(),
+        n,
+        "a fresh instance serves the next batch"
+    );
 }
 
 #[test]
@@ -162,8 +209,16 @@ fn deadline_traps_a_long_call() {
     let one = fixture_lines("schemas_precise", "types_toast_replica_identity_full.jsonl");
     let many: Vec<_> = (0..200).flat_map(|_| one.clone()).collect();
     match t.transform(&batch_of(many)) {
-        Err(e @ HostError::Trap { kind: TrapKind::Deadline, .. }) => assert!(e.is_retryable()),
-        other => panic!("expected a deadline trap, got {:?}", other.map(|o| o.rows.len())),
+        Err(
+            e @ HostError::Trap {
+                kind: TrapKind::Deadline,
+                ..
+            },
+        ) => assert!(e.is_retryable()),
+        other => panic!(
+            "expected a deadline trap, got {:?}",
+            other.map(|o| o.rows.len())
+        ),
     }
 }
 

@@ -63,10 +63,10 @@ impl ClientContext for Timing {}
 
 impl ConsumerContext for Timing {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            if tpl.count() > 0 {
-                *self.assigned_at.lock().unwrap() = Some(Instant::now());
-            }
+        if let Rebalance::Assign(tpl) = rebalance
+            && tpl.count() > 0
+        {
+            *self.assigned_at.lock().unwrap() = Some(Instant::now());
         }
     }
 }

@@ -12,7 +12,11 @@ fn data(row: &Row) -> Value {
 }
 
 fn types(shape: &TableShape) -> Vec<(&str, &str, bool)> {
-    shape.columns.iter().map(|c| (c.name.as_str(), c.data_type.as_str(), c.is_key)).collect()
+    shape
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.data_type.as_str(), c.is_key))
+        .collect()
 }
 
 fn event<'a>(topic: &'a str, key: Option<&'a str>, value: Option<&'a str>) -> Event<'a> {
@@ -63,10 +67,19 @@ fn all_types_with_schemas() {
     assert_eq!(types(&t.tables[0]), ALL_TYPES_WITH_SCHEMAS);
     // c, c, u, d; the tombstone is skipped.
     assert_eq!(recs.len(), 5);
-    let ops: Vec<(u32, Op, &str)> = t.rows.iter().map(|r| (r.event, r.op, r.key.as_str())).collect();
+    let ops: Vec<(u32, Op, &str)> = t
+        .rows
+        .iter()
+        .map(|r| (r.event, r.op, r.key.as_str()))
+        .collect();
     assert_eq!(
         ops,
-        [(0, Op::Insert, "[\"1\"]"), (1, Op::Insert, "[\"2\"]"), (2, Op::Update, "[\"1\"]"), (3, Op::Delete, "[\"1\"]")]
+        [
+            (0, Op::Insert, "[\"1\"]"),
+            (1, Op::Insert, "[\"2\"]"),
+            (2, Op::Update, "[\"1\"]"),
+            (3, Op::Delete, "[\"1\"]")
+        ]
     );
 
     let first = data(&t.rows[0]);
@@ -78,16 +91,22 @@ fn all_types_with_schemas() {
         ("ts", json!("2024-03-15 10:20:30.123456")),
         ("d", json!("2024-03-15")),
         ("t", json!("13:45:00.500000")),
-        ("js", json!({"a": 1, "b": [true, null, "x"], "nested": {"k": "v"}})),
+        (
+            "js",
+            json!({"a": 1, "b": [true, null, "x"], "nested": {"k": "v"}}),
+        ),
         ("j", json!({"raw": "spacing kept"})),
         ("u", json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")),
         ("b", json!("3q2+7wD/")),
         ("flag", json!(true)),
-        ("tags", json!(["red", "green", "with,comma", "with \"quote\""])),
+        (
+            "tags",
+            json!(["red", "green", "with,comma", "with \"quote\""]),
+        ),
         ("i2", json!("32767")),
         ("i8", json!("9007199254740993")),
         ("f4", json!(1.5)),
-        ("f8", json!(3.141592653589793)),
+        ("f8", json!(std::f64::consts::PI)),
         ("vc", json!("hello")),
         ("iv", json!("93784000000")),
         ("__op", json!("c")),
@@ -102,10 +121,24 @@ fn all_types_with_schemas() {
     assert!(t.rows[0].data.contains(r#""i8":"9007199254740993""#));
     // Metadata: lsn and source.ts_ms as exact integer strings.
     assert_eq!(first["__lsn"], json!(t.rows[0].lsn.to_string()));
-    assert!(first["__source_ts_ms"].as_str().unwrap().starts_with("1795"));
+    assert!(
+        first["__source_ts_ms"]
+            .as_str()
+            .unwrap()
+            .starts_with("1795")
+    );
     // Data keys: key first, then source order, then metadata.
-    let keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
-    let shape_names: Vec<&str> = t.tables[0].columns.iter().map(|c| c.name.as_str()).collect();
+    let keys: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let shape_names: Vec<&str> = t.tables[0]
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
     assert_eq!(keys, shape_names);
 
     let second = data(&t.rows[1]);
@@ -150,32 +183,61 @@ fn all_types_without_schemas() {
         ("iv", "NUMBER(38,0)"),
     ];
     for (name, ty) in inferred {
-        assert!(got.iter().any(|(n, t, _)| *n == name && *t == ty), "{name}: {got:?}");
+        assert!(
+            got.iter().any(|(n, t, _)| *n == name && *t == ty),
+            "{name}: {got:?}"
+        );
     }
     let first = data(&t.rows[0]);
     // Without schemas a precise decimal is only base64 text, a date a day count.
     assert_eq!(first["num12_2"], json!("EtaH"));
     assert_eq!(first["d"], json!("19797"));
     assert_eq!(first["i8"], json!("9007199254740993"));
-    assert_eq!(first["num_var"], json!({"scale": 14, "value": "AR2552okgw=="}));
-    assert_eq!(first["js"], json!("{\"a\": 1, \"b\": [true, null, \"x\"], \"nested\": {\"k\": \"v\"}}"));
+    assert_eq!(
+        first["num_var"],
+        json!({"scale": 14, "value": "AR2552okgw=="})
+    );
+    assert_eq!(
+        first["js"],
+        json!("{\"a\": 1, \"b\": [true, null, \"x\"], \"nested\": {\"k\": \"v\"}}")
+    );
 }
 
 #[test]
 fn string_and_double_decimal_modes() {
-    let t = transform(&fixtures::load("schemas_string", "types_toast_replica_identity_default"));
+    let t = transform(&fixtures::load(
+        "schemas_string",
+        "types_toast_replica_identity_default",
+    ));
     assert!(t.failures.is_empty(), "{:?}", t.failures);
     let s = &t.tables[0];
-    let ty = |name: &str| s.columns.iter().find(|c| c.name == name).unwrap().data_type.clone();
+    let ty = |name: &str| {
+        s.columns
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .data_type
+            .clone()
+    };
     assert_eq!(ty("num12_2"), "VARCHAR");
     assert_eq!(ty("num_var"), "VARCHAR");
     assert_eq!(data(&t.rows[0])["num12_2"], json!("12345.67"));
     assert_eq!(data(&t.rows[1])["num12_2"], json!("-0.50"));
 
-    let t = transform(&fixtures::load("noschemas_double", "types_toast_replica_identity_default"));
+    let t = transform(&fixtures::load(
+        "noschemas_double",
+        "types_toast_replica_identity_default",
+    ));
     assert!(t.failures.is_empty(), "{:?}", t.failures);
     let s = &t.tables[0];
-    let ty = |name: &str| s.columns.iter().find(|c| c.name == name).unwrap().data_type.clone();
+    let ty = |name: &str| {
+        s.columns
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .data_type
+            .clone()
+    };
     assert_eq!(ty("num12_2"), "FLOAT");
     assert_eq!(data(&t.rows[0])["num12_2"], json!(12345.67));
 }
@@ -219,15 +281,29 @@ fn pk_update_truncate_snapshot_and_message() {
     for variant in ["schemas_precise", "noschemas_string"] {
         // UPDATE SET id=2: d(1) + tombstone + c(2).
         let t = transform(&fixtures::load(variant, "pk_update"));
-        let ops: Vec<(u32, Op, &str)> = t.rows.iter().map(|r| (r.event, r.op, r.key.as_str())).collect();
+        let ops: Vec<(u32, Op, &str)> = t
+            .rows
+            .iter()
+            .map(|r| (r.event, r.op, r.key.as_str()))
+            .collect();
         assert_eq!(
             ops,
-            [(0, Op::Insert, "[\"1\"]"), (1, Op::Delete, "[\"1\"]"), (3, Op::Insert, "[\"2\"]")]
+            [
+                (0, Op::Insert, "[\"1\"]"),
+                (1, Op::Delete, "[\"1\"]"),
+                (3, Op::Insert, "[\"2\"]")
+            ]
         );
 
         let t = transform(&fixtures::load(variant, "truncate"));
         assert_eq!(t.rows.len(), 2);
-        assert_eq!(t.truncates, [Truncate { event: 2, table: "public.trunc_items".into() }]);
+        assert_eq!(
+            t.truncates,
+            [Truncate {
+                event: 2,
+                table: "public.trunc_items".into()
+            }]
+        );
         assert!(t.failures.is_empty());
 
         let t = transform(&fixtures::load(variant, "snapshot_read"));
@@ -258,7 +334,13 @@ fn whole_streams_of_every_variant() {
         assert_eq!(rejected, failed, "{variant}");
         // Every event is accounted for once: row, truncate, failure or skip.
         let mut seen = vec![0; events.len()];
-        for i in t.rows.iter().map(|r| r.event).chain(t.truncates.iter().map(|x| x.event)).chain(t.failures.iter().map(|f| f.event)) {
+        for i in t
+            .rows
+            .iter()
+            .map(|r| r.event)
+            .chain(t.truncates.iter().map(|x| x.event))
+            .chain(t.failures.iter().map(|f| f.event))
+        {
             seen[i as usize] += 1;
         }
         assert!(seen.iter().all(|&n| n <= 1), "{variant}");
@@ -291,7 +373,11 @@ fn whole_streams_of_every_variant() {
             assert!(t.rows.is_empty(), "{variant}");
             assert!(!t.failures.is_empty());
             for f in &t.failures {
-                assert!(f.reason.contains("unsupported format"), "{variant}: {}", f.reason);
+                assert!(
+                    f.reason.contains("unsupported format"),
+                    "{variant}: {}",
+                    f.reason
+                );
             }
         } else {
             assert!(t.failures.is_empty(), "{variant}: {:?}", t.failures);
@@ -305,12 +391,36 @@ fn whole_streams_of_every_variant() {
 fn one_bad_event_fails_alone() {
     let recs = fixtures::load("schemas_precise", "crud_replica_identity_default");
     let mut events = fixtures::events(&recs);
-    events.insert(1, event("dbz.public.customers", Some(r#"{"id":1}"#), Some("{broken")));
-    events.insert(2, event("dbz.public.customers", None, Some(r#"{"op":"c","after":{"id":1}}"#)));
-    events.insert(3, event("dbz.public.customers", Some(r#"{"id":1}"#), Some(r#"{"op":"x"}"#)));
+    events.insert(
+        1,
+        event("dbz.public.customers", Some(r#"{"id":1}"#), Some("{broken")),
+    );
+    events.insert(
+        2,
+        event(
+            "dbz.public.customers",
+            None,
+            Some(r#"{"op":"c","after":{"id":1}}"#),
+        ),
+    );
+    events.insert(
+        3,
+        event(
+            "dbz.public.customers",
+            Some(r#"{"id":1}"#),
+            Some(r#"{"op":"x"}"#),
+        ),
+    );
     let t = transform_batch(&events).unwrap();
-    assert_eq!(t.rows.iter().map(|r| r.event).collect::<Vec<_>>(), [0, 4, 5]);
-    let failures: Vec<(u32, &str)> = t.failures.iter().map(|f| (f.event, f.reason.as_str())).collect();
+    assert_eq!(
+        t.rows.iter().map(|r| r.event).collect::<Vec<_>>(),
+        [0, 4, 5]
+    );
+    let failures: Vec<(u32, &str)> = t
+        .failures
+        .iter()
+        .map(|f| (f.event, f.reason.as_str()))
+        .collect();
     assert_eq!(failures.len(), 3);
     assert_eq!(failures[0].0, 1);
     assert!(failures[0].1.starts_with("parse: "), "{}", failures[0].1);
@@ -326,52 +436,104 @@ fn conversion_failure_does_not_shape_the_table() {
     let bad = format!(
         r#"{{"schema":{schema},"payload":{{"op":"c","after":{{"id":2,"late":99999999}},"source":{{"schema":"s","table":"t"}}}}}}"#
     );
-    let events = [event("p.s.t", Some(r#"{"id":1}"#), Some(ok)), event("p.s.t", Some(r#"{"id":2}"#), Some(&bad))];
+    let events = [
+        event("p.s.t", Some(r#"{"id":1}"#), Some(ok)),
+        event("p.s.t", Some(r#"{"id":2}"#), Some(&bad)),
+    ];
     let t = transform_batch(&events).unwrap();
     assert_eq!(t.rows.len(), 1);
     assert_eq!(t.failures.len(), 1);
-    assert!(t.failures[0].reason.starts_with("conversion: column 'late': date"), "{}", t.failures[0].reason);
+    assert!(
+        t.failures[0]
+            .reason
+            .starts_with("conversion: column 'late': date"),
+        "{}",
+        t.failures[0].reason
+    );
     assert!(t.tables[0].columns.iter().all(|c| c.name != "late"));
 }
 
 #[test]
 fn skipped_events() {
-    let heartbeat = event("__debezium-heartbeat.dbz", Some(r#"{"serverName":"dbz"}"#), Some(r#"{"ts_ms":1}"#));
+    let heartbeat = event(
+        "__debezium-heartbeat.dbz",
+        Some(r#"{"serverName":"dbz"}"#),
+        Some(r#"{"ts_ms":1}"#),
+    );
     let txn = event(
         "dbz.transaction",
         Some(r#"{"id":"571:53195829"}"#),
-        Some(r#"{"status":"BEGIN","id":"571:53195829","event_count":null,"data_collections":null,"ts_ms":1}"#),
+        Some(
+            r#"{"status":"BEGIN","id":"571:53195829","event_count":null,"data_collections":null,"ts_ms":1}"#,
+        ),
     );
     let tombstone = event("dbz.public.t", Some(r#"{"id":1}"#), None);
     let null_text = event("dbz.public.t", Some(r#"{"id":1}"#), Some(" null "));
-    let schema_null_payload = event("dbz.public.t", Some(r#"{"id":1}"#), Some(r#"{"schema":{"type":"struct"},"payload":null}"#));
+    let schema_null_payload = event(
+        "dbz.public.t",
+        Some(r#"{"id":1}"#),
+        Some(r#"{"schema":{"type":"struct"},"payload":null}"#),
+    );
     // A real table called `transaction` still loads: its events have an op.
     let real = event(
         "dbz.public.transaction",
         Some(r#"{"id":1}"#),
         Some(r#"{"op":"c","after":{"id":1},"source":{"schema":"public","table":"transaction"}}"#),
     );
-    let events = [heartbeat, txn, tombstone, null_text, schema_null_payload, real];
+    let events = [
+        heartbeat,
+        txn,
+        tombstone,
+        null_text,
+        schema_null_payload,
+        real,
+    ];
     let t = transform_batch(&events).unwrap();
     assert!(t.failures.is_empty(), "{:?}", t.failures);
     assert_eq!(t.rows.len(), 1);
     assert_eq!(t.rows[0].event, 5);
     assert_eq!(t.tables[0].name, "public.transaction");
-    assert!(crate::validate_batch(&events).iter().all(|v| *v == crate::Verdict::Ok));
+    assert!(
+        crate::validate_batch(&events)
+            .iter()
+            .all(|v| *v == crate::Verdict::Ok)
+    );
 }
 
 #[test]
 fn shapes_across_tables_and_events() {
     let events = [
-        event("p.s.a", Some(r#"{"k2":"x","k1":1}"#), Some(r#"{"op":"c","after":{"k1":1,"v":null,"k2":"x","n":1}}"#)),
-        event("p.s.b", Some(r#"{"id":1}"#), Some(r#"{"op":"r","after":{"id":1}}"#)),
-        event("p.s.a", Some(r#"{"k2":"y","k1":2}"#), Some(r#"{"op":"u","after":{"k1":2,"v":null,"k2":"y","n":2.5,"extra":true}}"#)),
-        event("p.s.a", Some(r#"{"k2":"z","k1":3}"#), Some(r#"{"op":"d","before":null}"#)),
+        event(
+            "p.s.a",
+            Some(r#"{"k2":"x","k1":1}"#),
+            Some(r#"{"op":"c","after":{"k1":1,"v":null,"k2":"x","n":1}}"#),
+        ),
+        event(
+            "p.s.b",
+            Some(r#"{"id":1}"#),
+            Some(r#"{"op":"r","after":{"id":1}}"#),
+        ),
+        event(
+            "p.s.a",
+            Some(r#"{"k2":"y","k1":2}"#),
+            Some(r#"{"op":"u","after":{"k1":2,"v":null,"k2":"y","n":2.5,"extra":true}}"#),
+        ),
+        event(
+            "p.s.a",
+            Some(r#"{"k2":"z","k1":3}"#),
+            Some(r#"{"op":"d","before":null}"#),
+        ),
     ];
     let t = transform_batch(&events).unwrap();
     assert!(t.failures.is_empty(), "{:?}", t.failures);
-    assert_eq!(t.tables.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["s.a", "s.b"]);
-    assert_eq!(t.rows.iter().map(|r| r.table).collect::<Vec<_>>(), [0, 1, 0, 0]);
+    assert_eq!(
+        t.tables.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["s.a", "s.b"]
+    );
+    assert_eq!(
+        t.rows.iter().map(|r| r.table).collect::<Vec<_>>(),
+        [0, 1, 0, 0]
+    );
     assert_eq!(
         types(&t.tables[0]),
         [
@@ -402,7 +564,11 @@ fn key_values_come_from_the_key_and_match_across_events() {
     let schema_key = r#"{"schema":{"type":"struct","fields":[{"type":"int64","field":"id"}]},"payload":{"id":9007199254740993}}"#;
     let plain_key = r#"{"id":9007199254740993}"#;
     let v = r#"{"op":"c","after":{"id":9007199254740993,"x":1},"source":{"schema":"s","table":"t","lsn":-1,"ts_ms":7}}"#;
-    let t = transform_batch(&[event("p.s.t", Some(schema_key), Some(v)), event("p.s.t", Some(plain_key), Some(v))]).unwrap();
+    let t = transform_batch(&[
+        event("p.s.t", Some(schema_key), Some(v)),
+        event("p.s.t", Some(plain_key), Some(v)),
+    ])
+    .unwrap();
     assert_eq!(t.rows[0].key, r#"["9007199254740993"]"#);
     assert_eq!(t.rows[0].key, t.rows[1].key);
     assert_eq!(t.rows[0].lsn, -1);
@@ -416,7 +582,11 @@ fn metadata_name_collision_fails_the_event() {
     let v = r#"{"op":"c","after":{"id":1,"__op":"mine"}}"#;
     let t = transform_batch(&[event("p.s.t", Some(r#"{"id":1}"#), Some(v))]).unwrap();
     assert!(t.rows.is_empty());
-    assert!(t.failures[0].reason.contains("collides"), "{}", t.failures[0].reason);
+    assert!(
+        t.failures[0].reason.contains("collides"),
+        "{}",
+        t.failures[0].reason
+    );
 }
 
 #[test]
@@ -428,5 +598,9 @@ fn schema_errors_are_event_failures() {
     ])
     .unwrap();
     assert_eq!(t.failures.len(), 2);
-    assert!(t.failures[1].reason.contains("scale"), "{}", t.failures[1].reason);
+    assert!(
+        t.failures[1].reason.contains("scale"),
+        "{}",
+        t.failures[1].reason
+    );
 }
