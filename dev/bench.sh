@@ -55,7 +55,8 @@ OUT="${FLOE_BENCH_OUT:-$TARGET_DIR/bench}"
 FLOE_BIN="$TARGET_DIR/release/floe"
 RAW_BIN="$TARGET_DIR/release/raw_consume"
 TOPICS=(dbz.public.customers dbz.public.orders)
-IDLE_SECS="${FLOE_BENCH_IDLE_SECS:-15}"
+# floe's --exit-when-idle counts from its start, and joining a group on tansu took 15 s here.
+IDLE_SECS="${FLOE_BENCH_IDLE_SECS:-45}"
 RUN_TIMEOUT="${FLOE_BENCH_RUN_TIMEOUT:-1800}"
 CARGO="${CARGO:-cargo}"
 

@@ -25,11 +25,11 @@ eval "$("$here/stack.sh" env)"
 step "sample workload: $changes changes on public.customers and public.orders"
 "$here/workload.sh" "$changes"
 
-step "floe run (embedded defaults: topics ^dbz\\.[^.]+\\.[^.]+\$ -> FLOE.CDC.<TABLE>), until 15 s idle"
+step "floe run (embedded defaults: topics ^dbz\\.[^.]+\\.[^.]+$ -> FLOE.CDC.<TABLE>), until 10 s idle"
 stats="$root/target/demo-stats.json"
 FLOE__SOURCE__KAFKA__BROKERS="$FLOE_KAFKA_BROKERS" \
 FLOE__SINK__SNOWFLAKE__ACCOUNT_URL="$FLOE_SNOWFLAKE_URL" \
-  "$floe" run --exit-when-idle 15 --metrics-json "$stats" >/dev/null
+  "$floe" run --exit-when-idle 10 --metrics-json "$stats" >/dev/null
 
 psql_q() { psql -X -qAt -h 127.0.0.1 -p "$FLOE_PG_PORT" -U postgres -d floe -c "$1"; }
 floe_q() { FLOE__SINK__SNOWFLAKE__ACCOUNT_URL="$FLOE_SNOWFLAKE_URL" "$floe" query "$1" 2>/dev/null; }

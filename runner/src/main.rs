@@ -48,7 +48,8 @@ enum Command {
         /// Replay these fixture-format JSON-lines files instead of consuming Kafka.
         #[arg(long = "file", value_name = "PATH")]
         files: Vec<PathBuf>,
-        /// Stop after no event arrived for this many seconds.
+        /// Stop after no event arrived for this many seconds (counted while the source
+        /// owns partitions, so a slow consumer-group join does not end the run).
         #[arg(long, value_name = "SECS")]
         exit_when_idle: Option<f64>,
         /// Write the statistics JSON here after every batch and at exit.

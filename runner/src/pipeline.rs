@@ -148,6 +148,9 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 break;
             };
             if batch.messages.is_empty() {
+                if !self.source.is_ready() {
+                    last_event = Instant::now();
+                }
                 if let Some(idle) = self.settings.exit_when_idle
                     && last_event.elapsed() >= idle
                 {

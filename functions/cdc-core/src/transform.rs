@@ -184,27 +184,23 @@ impl<'a> Transformer<'a> {
             convert::envelope_schema,
         )?;
 
-        let (source, row_schema): (Option<&RawValue>, Option<&RowSchema>) = match c.op {
+        // Deletes read `before`, everything else `after`.
+        let (side, raw, row_schema) = match c.op {
             Op::Delete => (
+                "before",
                 c.before,
                 value_schema.as_deref().and_then(|s| s.before.as_ref()),
             ),
             _ => (
+                "after",
                 c.after,
                 value_schema.as_deref().and_then(|s| s.after.as_ref()),
             ),
         };
-        let source: Map<String, Value> = match source {
-            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| {
-                format!(
-                    "validation: '{}': {e}",
-                    if c.op == Op::Delete {
-                        "before"
-                    } else {
-                        "after"
-                    }
-                )
-            })?,
+        let source: Map<String, Value> = match raw {
+            Some(raw) => {
+                serde_json::from_str(raw.get()).map_err(|e| format!("validation: '{side}': {e}"))?
+            }
             None => Map::new(),
         };
         let conv_of = |name: &str, key: bool| -> &Conv {

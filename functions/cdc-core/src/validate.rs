@@ -10,9 +10,10 @@
 //! * `c`/`u`/`r` need a non-null `after` object; `d` needs `before` or a key;
 //! * the table must be known (`source.schema`/`source.table` or the topic).
 //!
-//! These are exactly the conditions under which the default transformer can build a
-//! row, so an accepted event never becomes a transformer failure except for value
-//! conversions (e.g. a date beyond year 9999).
+//! The transformer applies the same rules (they share [`crate::envelope`]), so an
+//! accepted event becomes a transformer failure only when a value cannot be converted
+//! (e.g. a date beyond year 9999), its Connect schema is malformed, or a source column
+//! is named like a metadata column.
 
 use crate::envelope;
 use crate::types::{Event, Verdict};

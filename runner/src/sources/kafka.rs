@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -15,8 +16,11 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::{BatchLimits, Checkpoint, Message, Source, SourceBatch, SourceError};
 use crate::config::KafkaConfig;
 
-/// Logs rebalances (partition assignment changes) as they happen.
-pub struct FloeContext;
+/// Logs rebalances (partition assignment changes) as they happen and tracks whether
+/// this consumer owns any partition.
+pub struct FloeContext {
+    assigned: Arc<AtomicBool>,
+}
 
 impl ClientContext for FloeContext {}
 
@@ -36,11 +40,24 @@ impl ConsumerContext for FloeContext {
             Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance error"),
         }
     }
+
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        match rebalance {
+            Rebalance::Assign(tpl) => self.assigned.store(tpl.count() > 0, Ordering::Relaxed),
+            Rebalance::Revoke(_) => self.assigned.store(false, Ordering::Relaxed),
+            Rebalance::Error(_) => {}
+        }
+    }
 }
 
 /// A Kafka consumer-group source.
 pub struct KafkaSource {
     consumer: StreamConsumer<FloeContext>,
+    assigned: Arc<AtomicBool>,
     topics: HashMap<String, Arc<str>>,
 }
 
@@ -66,7 +83,10 @@ impl KafkaSource {
         if !config.options.contains_key("auto.offset.reset") {
             cc.set("auto.offset.reset", "earliest");
         }
-        let consumer: StreamConsumer<FloeContext> = cc.create_with_context(FloeContext)?;
+        let assigned = Arc::new(AtomicBool::new(false));
+        let consumer: StreamConsumer<FloeContext> = cc.create_with_context(FloeContext {
+            assigned: assigned.clone(),
+        })?;
         let subscription: Vec<String> = if config.topics.is_empty() {
             let p = &config.topic_pattern;
             // librdkafka treats a subscription starting with '^' as a regex.
@@ -83,6 +103,7 @@ impl KafkaSource {
         tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?subscription, "kafka source subscribed");
         Ok(KafkaSource {
             consumer,
+            assigned,
             topics: HashMap::new(),
         })
     }
@@ -125,6 +146,10 @@ fn is_fatal(e: &KafkaError) -> bool {
 }
 
 impl Source for KafkaSource {
+    fn is_ready(&self) -> bool {
+        self.assigned.load(Ordering::Relaxed)
+    }
+
     async fn next_batch(
         &mut self,
         limits: BatchLimits,

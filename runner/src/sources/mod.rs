@@ -116,6 +116,12 @@ impl SourceError {
 /// A stream of change events with at-least-once delivery: a checkpoint passed to
 /// [`Source::commit`] is only ever one whose batch the sink has committed.
 pub trait Source: Send {
+    /// Whether the source can deliver events now (a Kafka consumer owns partitions).
+    /// Idle time is only counted while it is.
+    fn is_ready(&self) -> bool {
+        true
+    }
+
     /// The next batch, cut by `limits`. An empty batch means nothing arrived within
     /// `limits.idle_poll`; `None` means the source is exhausted (files) and will never
     /// yield again.
