@@ -30,43 +30,32 @@ fn contract(name: &str, message: String) -> HostError {
     }
 }
 
-/// Runs one guest call in a fresh store and maps every failure to a [`HostError`].
-fn run<R>(
-    host: &Host,
-    name: &str,
-    limits: &Limits,
-    call: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<Result<R, GuestError>>,
-) -> Result<R, HostError> {
-    let mut store = host.store(name, limits)?;
-    match call(&mut store) {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(guest_err(name, e)),
-        Err(e) => {
-            let exceeded = store.data().memory_exceeded;
-            Err(classify_trap(name, e, exceeded))
-        }
-    }
-}
-
-/// A loaded validator component (world `validator`).
-pub struct Validator {
+/// What the three component kinds share: the compiled, linked component and how to
+/// call it in a fresh store.
+struct Loaded<P> {
     host: Host,
     name: String,
     limits: Limits,
-    pre: gen_::validator::ValidatorPre<StoreState>,
+    pre: P,
 }
 
-impl Validator {
-    /// Compiles and links the component once; each [`Validator::validate`] instantiates
-    /// it afresh.
-    pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
+impl<P> Loaded<P> {
+    /// Compiles and links the component once with an empty linker, then checks it
+    /// exports the world (`typed`).
+    fn new(
+        host: &Host,
+        name: &str,
+        wasm: &[u8],
+        limits: Limits,
+        typed: impl FnOnce(wasmtime::component::InstancePre<StoreState>) -> wasmtime::Result<P>,
+    ) -> Result<Self, HostError> {
         let component = host.compile(name, wasm)?;
         let pre = host
             .linker()
             .instantiate_pre(&component)
-            .and_then(gen_::validator::ValidatorPre::new)
+            .and_then(typed)
             .map_err(|e| load_err(name, e))?;
-        Ok(Validator {
+        Ok(Loaded {
             host: host.clone(),
             name: name.to_string(),
             limits,
@@ -74,20 +63,47 @@ impl Validator {
         })
     }
 
+    /// Runs one guest call in a fresh store and maps every failure to a [`HostError`].
+    fn call<R>(
+        &self,
+        call: impl FnOnce(&P, &mut Store<StoreState>) -> wasmtime::Result<Result<R, GuestError>>,
+    ) -> Result<R, HostError> {
+        let mut store = self.host.store(&self.name, &self.limits)?;
+        match call(&self.pre, &mut store) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(guest_err(&self.name, e)),
+            Err(e) => {
+                let exceeded = store.data().memory_exceeded;
+                Err(classify_trap(&self.name, e, exceeded))
+            }
+        }
+    }
+}
+
+/// A loaded validator component (world `validator`).
+pub struct Validator(Loaded<gen_::validator::ValidatorPre<StoreState>>);
+
+impl Validator {
+    /// Compiles and links the component once; each [`Validator::validate`] instantiates
+    /// it afresh.
+    pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
+        Loaded::new(host, name, wasm, limits, gen_::validator::ValidatorPre::new).map(Validator)
+    }
+
     /// The component's name, as given when loading.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     /// One verdict per event of the batch, in order.
     pub fn validate(&self, batch: &Batch) -> Result<Vec<Verdict>, HostError> {
-        let verdicts = run(&self.host, &self.name, &self.limits, |store| {
-            let instance = self.pre.instantiate(&mut *store)?;
+        let verdicts = self.0.call(|pre, store| {
+            let instance = pre.instantiate(&mut *store)?;
             instance.call_validate(&mut *store, batch)
         })?;
         if verdicts.len() != batch.events.len() {
             return Err(contract(
-                &self.name,
+                &self.0.name,
                 format!(
                     "{} verdicts for {} events",
                     verdicts.len(),
@@ -100,38 +116,30 @@ impl Validator {
 }
 
 /// A loaded transformer component (world `transformer`).
-pub struct Transformer {
-    host: Host,
-    name: String,
-    limits: Limits,
-    pre: gen_::transformer::TransformerPre<StoreState>,
-}
+pub struct Transformer(Loaded<gen_::transformer::TransformerPre<StoreState>>);
 
 impl Transformer {
     pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
-        let component = host.compile(name, wasm)?;
-        let pre = host
-            .linker()
-            .instantiate_pre(&component)
-            .and_then(gen_::transformer::TransformerPre::new)
-            .map_err(|e| load_err(name, e))?;
-        Ok(Transformer {
-            host: host.clone(),
-            name: name.to_string(),
+        Loaded::new(
+            host,
+            name,
+            wasm,
             limits,
-            pre,
-        })
+            gen_::transformer::TransformerPre::new,
+        )
+        .map(Transformer)
     }
 
+    /// The component's name, as given when loading.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     /// Rows, truncates and per-event failures for the batch; every index in the answer
     /// is checked against the batch.
     pub fn transform(&self, batch: &Batch) -> Result<Transformed, HostError> {
-        let out = run(&self.host, &self.name, &self.limits, |store| {
-            let instance = self.pre.instantiate(&mut *store)?;
+        let out = self.0.call(|pre, store| {
+            let instance = pre.instantiate(&mut *store)?;
             instance.call_transform(&mut *store, batch)
         })?;
         let events = batch.events.len();
@@ -142,7 +150,7 @@ impl Transformer {
             .find(|r| r.event as usize >= events || r.table as usize >= tables);
         if let Some(r) = bad_row {
             return Err(contract(
-                &self.name,
+                &self.0.name,
                 format!(
                     "row refers to event {} / table {} but the batch has {events} events and the answer {tables} tables",
                     r.event, r.table
@@ -157,7 +165,7 @@ impl Transformer {
             .find(|&e| e as usize >= events);
         if let Some(e) = bad_event {
             return Err(contract(
-                &self.name,
+                &self.0.name,
                 format!("answer refers to event {e} but the batch has {events} events"),
             ));
         }
@@ -166,42 +174,34 @@ impl Transformer {
 }
 
 /// A loaded MERGE builder component (world `merge-builder`).
-pub struct MergeBuilder {
-    host: Host,
-    name: String,
-    limits: Limits,
-    pre: gen_::merge_builder::MergeBuilderPre<StoreState>,
-}
+pub struct MergeBuilder(Loaded<gen_::merge_builder::MergeBuilderPre<StoreState>>);
 
 impl MergeBuilder {
     pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
-        let component = host.compile(name, wasm)?;
-        let pre = host
-            .linker()
-            .instantiate_pre(&component)
-            .and_then(gen_::merge_builder::MergeBuilderPre::new)
-            .map_err(|e| load_err(name, e))?;
-        Ok(MergeBuilder {
-            host: host.clone(),
-            name: name.to_string(),
+        Loaded::new(
+            host,
+            name,
+            wasm,
             limits,
-            pre,
-        })
+            gen_::merge_builder::MergeBuilderPre::new,
+        )
+        .map(MergeBuilder)
     }
 
+    /// The component's name, as given when loading.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     /// The statements that apply one table's rows.
     pub fn build(&self, input: &MergeInput) -> Result<MergePlan, HostError> {
-        let plan = run(&self.host, &self.name, &self.limits, |store| {
-            let instance = self.pre.instantiate(&mut *store)?;
+        let plan = self.0.call(|pre, store| {
+            let instance = pre.instantiate(&mut *store)?;
             instance.call_build_merge(&mut *store, input)
         })?;
         if !input.rows.is_empty() && plan.statements.is_empty() {
             return Err(contract(
-                &self.name,
+                &self.0.name,
                 format!("no statement for {} rows", input.rows.len()),
             ));
         }
