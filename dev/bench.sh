@@ -19,8 +19,9 @@
 # The stack is stopped on exit, whatever happens; no process is left running.
 #
 # events/s is events / window, window = from the partition assignment the first message
-# came under (the consumer-group join, ~5 s against tansu, is excluded) to the last event
-# done: received and copied (raw_consume), batch committed (floe; from its JSON log).
+# came under (the consumer-group join, 15 s against tansu here, is excluded) to the last
+# event done: received and copied (raw_consume), batch committed (floe; from its JSON log).
+# "steady" is the same from the 10,000th to the 100,000th event.
 set -euo pipefail
 
 DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,8 +56,9 @@ OUT="${FLOE_BENCH_OUT:-$TARGET_DIR/bench}"
 FLOE_BIN="$TARGET_DIR/release/floe"
 RAW_BIN="$TARGET_DIR/release/raw_consume"
 TOPICS=(dbz.public.customers dbz.public.orders)
-# floe's --exit-when-idle counts from its start, and joining a group on tansu took 15 s here.
-IDLE_SECS="${FLOE_BENCH_IDLE_SECS:-45}"
+# floe --exit-when-idle: counted while floe owns partitions, so the group join (15 s on
+# tansu here) is not in it; longer than batch.max_wait_ms (5 s), so the last batch is in.
+IDLE_SECS="${FLOE_BENCH_IDLE_SECS:-15}"
 RUN_TIMEOUT="${FLOE_BENCH_RUN_TIMEOUT:-1800}"
 CARGO="${CARGO:-cargo}"
 
@@ -172,6 +174,14 @@ if ((sink)); then
   cfg=$(floe_config floe-fakesnow)
   measure floe-fakesnow env FLOE_LOG=info "$FLOE_BIN" --config "$cfg" --log-format json \
     run --sink snowflake --exit-when-idle "$IDLE_SECS" --metrics-json "$OUT/floe-fakesnow.metrics.json"
+  # The load must be right, not just fast: target rows = source rows, per table.
+  for t in customers orders; do
+    want=$(sed -n "s/.*public\.$t .*rows=\([0-9]*\).*/\1/p" "$OUT/workload.log")
+    got=$("$FLOE_BIN" --config "$cfg" query "SELECT COUNT(*) FROM BENCH.CDC.${t^^}" \
+      2>>"$OUT/floe-fakesnow.check.err" | tail -n 1) || got="query failed"
+    echo "$t|$want|$got" >>"$OUT/floe-fakesnow.check"
+    say "floe-fakesnow: $t source rows $want, target rows $got"
+  done
 fi
 
 if ((stages)); then
@@ -214,35 +224,57 @@ def ts(s):
     base = datetime.datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
     return base.timestamp() + (float("0." + m.group(2)) if m.group(2) else 0.0)
 
+def steady(points, events, every):
+    """Rate between the first mark and the last one at or below the last multiple of
+    `every` (10,000th to 100,000th event for 103,493 events): points are (events done,
+    secs), in order."""
+    top = events // every * every
+    inside = [p for p in points if p[0] <= top]
+    if len(inside) < 2 or inside[-1][1] <= inside[0][1]:
+        return None
+    (c0, t0), (c1, t1) = inside[0], inside[-1]
+    return (c1 - c0) / (t1 - t0)
+
 def raw_run():
     o = read("raw", "out")
     try:
         r = json.loads(o)
-        return r["events"], r["secs"], None
     except Exception:
-        return None, None, "no result"
+        return None, None, None, None, "no result"
+    every = r.get("mark_every") or 10000
+    points = [((i + 1) * every, t) for i, t in enumerate(r.get("marks", []))]
+    return r["events"], r["join_secs"], r["secs"], steady(points, r["events"], every), None
 
 def floe_run(name):
-    """Events committed, and the window from the assignment the first batch came under
-    to the last batch committed, from floe's JSON log."""
+    """From floe's JSON log: events committed, subscribe -> assignment, the window from
+    the assignment the first batch came under to the last batch committed, and the
+    steady rate between batch commits."""
     err = read(name, "err") or ""
-    assigned, first, last, events = None, None, None, 0
+    subscribed, assigned, points, events = None, None, [], 0
     for line in err.splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue
         msg = rec.get("fields", {}).get("message", "")
-        if msg == "kafka partitions assigned" and first is None:
+        if msg == "kafka source subscribed":
+            subscribed = ts(rec["timestamp"])
+        elif msg == "kafka partitions assigned" and not points:
             assigned = ts(rec["timestamp"])
         elif msg == "batch committed":
-            t = ts(rec["timestamp"])
-            first = first or t
-            last = t
             events += int(rec["fields"]["events"])
-    if last is None or assigned is None:
-        return None, None, "no batch committed"
-    return events, last - assigned, None
+            points.append((events, ts(rec["timestamp"])))
+    if not points or assigned is None:
+        return None, None, None, None, "no batch committed"
+    join = assigned - subscribed if subscribed else None
+    return events, join, points[-1][1] - assigned, steady(points, events, 10000), None
+
+def check(name):
+    c = read(name, "check")
+    if c is None:
+        return None
+    bad = [l for l in c.splitlines() if len(set(l.split("|")[1:])) != 1]
+    return "target rows ≠ source rows" if bad else None
 
 rows = [("raw librdkafka (`raw_consume`)", "raw", raw_run)]
 rows.append(("floe `--sink none`", "floe-none", lambda: floe_run("floe-none")))
@@ -250,14 +282,16 @@ if read("floe-fakesnow", "rc") is not None:
     rows.append(("floe → fakesnow", "floe-fakesnow", lambda: floe_run("floe-fakesnow")))
 
 print(f"Run of {meta['date']}, commit {meta['commit']}, on {meta['machine']}.")
-print(f"Topic set: {', '.join(['dbz.public.customers', 'dbz.public.orders'])}, "
-      f"{expected} Debezium messages from {meta['changes']} changes (`dev/workload.sh {meta['changes']}`).")
+print(f"Topics dbz.public.customers and dbz.public.orders (4 partitions each): {expected:,} Debezium "
+      f"messages from `dev/workload.sh {meta['changes']}`.")
 print()
-print("| run | events | window (s) | events/s | process wall (s) | peak RSS (MiB) | load avg before | status |")
-print("|---|---:|---:|---:|---:|---:|---:|---|")
+print("| run | events | group join (s) | window (s) | events/s over the window | events/s steady (10k→100k) "
+      "| process wall (s) | peak RSS (MiB) | load avg before | status |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+fmt = lambda v, f: "–" if v is None else format(v, f)
 for label, name, f in rows:
     rc = (read(name, "rc") or "?").strip()
-    events, window, problem = f()
+    events, join, window, rate_steady, problem = f()
     status = "ok"
     if rc != "0":
         status = f"exit {rc}"
@@ -265,15 +299,29 @@ for label, name, f in rows:
         status = problem
     elif events != expected:
         status = f"{events} of {expected} events"
-    rate = f"{events / window:,.0f}" if events and window else "–"
-    rss = peak_rss_mib(name)
-    wall = wall_secs(name)
-    load = (read(name, "load") or "?").strip()
-    cells = [label, f"{events:,}" if events is not None else "–",
-             f"{window:.2f}" if window else "–", rate,
-             f"{wall:.1f}" if wall is not None else "–",
-             f"{rss:.0f}" if rss is not None else "–", load, status]
+    elif check(name):
+        status = check(name)
+    elif read(name, "check") is not None:
+        status = "ok; target rows = source rows"
+    rate = events / window if events and window else None
+    cells = [label, fmt(events, ","), fmt(join, ".1f"), fmt(window, ".2f"), fmt(rate, ",.0f"),
+             fmt(rate_steady, ",.0f"), fmt(wall_secs(name), ".1f"), fmt(peak_rss_mib(name), ".0f"),
+             (read(name, "load") or "?").strip(), status]
     print("| " + " | ".join(cells) + " |")
+
+print()
+print("floe's own statistics (the JSON it prints at exit), per event consumed:")
+print()
+print("| run | batches | WASM stages (µs/event) | warehouse load (µs/event) | whole batch (µs/event) |")
+print("|---|---:|---:|---:|---:|")
+for label, name, _ in rows[1:]:
+    try:
+        st = json.loads(read(name, "out"))
+        n, b = st["events_consumed"], st["batches"]
+        per = lambda k: f"{st[k] * b * 1000 / n:,.1f}"
+        print(f"| {label} | {b} | {per('avg_wasm_ms')} | {per('avg_load_ms')} | {per('avg_batch_ms')} |")
+    except Exception:
+        print(f"| {label} | – | – | – | – |")
 
 if stages:
     def est(stage, impl, n):

@@ -8,14 +8,17 @@
 //! object on stdout:
 //!
 //! ```json
-//! {"events": 103493, "bytes": 123456789, "secs": 1.9, "events_per_sec": 54470.0,
-//!  "join_secs": 5.1, "first_event_secs": 0.02, "wall_secs": 7.0, "complete": true}
+//! {"events": 103493, "bytes": 326144471, "secs": 1.9, "events_per_sec": 54470.0,
+//!  "join_secs": 15.1, "first_event_secs": 0.14, "wall_secs": 17.0,
+//!  "mark_every": 10000, "marks": [0.3, 0.5, ...], "group": "...", "complete": true}
 //! ```
 //!
-//! `secs` runs from the partition assignment the first message came under to the last message counted, so the
-//! consumer-group join (~5 s against tansu) is not in `events_per_sec`; `join_secs` is
-//! start to assignment, `first_event_secs` assignment to the first message. The count must
-//! be known up front: tansu's high watermarks are wrong, so "caught up" cannot be asked.
+//! `secs` runs from the partition assignment the first message came under to the last
+//! message counted, so the consumer-group join (15 s against tansu on the bench machine)
+//! is not in `events_per_sec`; `join_secs` is start to assignment, `first_event_secs`
+//! assignment to the first message, `marks[i]` assignment to message `(i + 1) *
+//! mark_every` (for a steady-state rate that leaves out the start). The count must be
+//! known up front: tansu's high watermarks are wrong, so "caught up" cannot be asked.
 //! Exits 1 when fewer than `--count` messages arrived.
 
 use std::sync::Mutex;
@@ -49,6 +52,9 @@ struct Args {
     /// Give up when no message arrived this long after start (group join included).
     #[arg(long, default_value_t = 120.0)]
     start_timeout_secs: f64,
+    /// Record the time of every this-many-th message (`marks` in the output).
+    #[arg(long, default_value_t = 10_000)]
+    mark_every: u64,
     /// Consumer group id; a fresh one per run when unset.
     #[arg(long)]
     group: Option<String>,
@@ -102,6 +108,7 @@ fn main() -> anyhow::Result<()> {
     let mut bytes: u64 = 0;
     let mut first_at: Option<Instant> = None;
     let mut last_at: Option<Instant> = None;
+    let mut marks: Vec<Instant> = Vec::new();
     // The assignment the first message was fetched under (a later rebalance does not move it).
     let mut assigned_at: Option<Instant> = None;
     while args.count == 0 || events < args.count {
@@ -129,6 +136,9 @@ fn main() -> anyhow::Result<()> {
                     assigned_at = *consumer.context().assigned_at.lock().unwrap();
                 }
                 last_at = Some(now);
+                if args.mark_every > 0 && events.is_multiple_of(args.mark_every) {
+                    marks.push(now);
+                }
             }
             Some(Err(e)) => eprintln!("raw_consume: consume error (librdkafka retries): {e}"),
             None => {
@@ -156,6 +166,8 @@ fn main() -> anyhow::Result<()> {
         "join_secs": secs(started, Some(assigned_at)),
         "first_event_secs": secs(assigned_at, first_at),
         "wall_secs": started.elapsed().as_secs_f64(),
+        "mark_every": args.mark_every,
+        "marks": marks.iter().map(|&t| secs(assigned_at, Some(t))).collect::<Vec<_>>(),
         "group": group,
         "complete": complete,
     });
