@@ -293,6 +293,17 @@ pub enum IdentifierCase {
     Preserve,
 }
 
+/// What to do with a TRUNCATE of a source table.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TruncateMode {
+    /// Empty the target table too, in order with the batch's other changes (default).
+    #[default]
+    Apply,
+    /// Keep the target's rows; the truncate is logged and counted.
+    Ignore,
+}
+
 /// Snowflake connection and table settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -330,6 +341,10 @@ pub struct SnowflakeConfig {
     /// `upper` (default) or `preserve`.
     #[serde(default)]
     pub identifier_case: IdentifierCase,
+    /// Source TRUNCATE events: `apply` (default) or `ignore`. (Debezium emits them only
+    /// with `skipped.operations` not containing `t`.)
+    #[serde(default)]
+    pub truncate: TruncateMode,
     /// Source table (`schema.table`) -> target table name. Unmapped tables keep the
     /// source table name.
     #[serde(default)]
@@ -375,6 +390,7 @@ impl Default for SnowflakeConfig {
             role: None,
             create_tables: default_true(),
             identifier_case: IdentifierCase::default(),
+            truncate: TruncateMode::default(),
             tables: BTreeMap::new(),
             request_timeout_secs: default_request_timeout_secs(),
         }

@@ -17,6 +17,7 @@ pub struct Stats {
     pub events_failed: AtomicU64,
     pub events_skipped: AtomicU64,
     pub truncates_ignored: AtomicU64,
+    pub tables_truncated: AtomicU64,
     pub rows_transformed: AtomicU64,
     pub rows_loaded: AtomicU64,
     pub rows_inserted: AtomicU64,
@@ -51,6 +52,7 @@ pub struct StatsSnapshot {
     pub events_failed: u64,
     pub events_skipped: u64,
     pub truncates_ignored: u64,
+    pub tables_truncated: u64,
     pub rows_transformed: u64,
     pub rows_loaded: u64,
     pub rows_inserted: u64,
@@ -116,6 +118,7 @@ impl Stats {
             events_failed: g(&self.events_failed),
             events_skipped: g(&self.events_skipped),
             truncates_ignored: g(&self.truncates_ignored),
+            tables_truncated: g(&self.tables_truncated),
             rows_transformed: g(&self.rows_transformed),
             rows_loaded: g(&self.rows_loaded),
             rows_inserted: g(&self.rows_inserted),
@@ -205,7 +208,7 @@ impl EventDropped<'_> {
     }
 }
 
-/// A TRUNCATE event was seen and, for now, not applied.
+/// A TRUNCATE event was seen and, as configured, not applied.
 pub struct TruncateIgnored<'a> {
     pub position: Position<'a>,
     pub table: &'a str,
@@ -277,6 +280,7 @@ pub struct BatchCommitted {
     pub updated: u64,
     pub deleted: u64,
     pub tables_created: u64,
+    pub tables_truncated: u64,
     pub wasm: Duration,
     pub load: Duration,
     pub total: Duration,
@@ -298,6 +302,9 @@ impl BatchCommitted {
         stats.rows_updated.fetch_add(self.updated, Relaxed);
         stats.rows_deleted.fetch_add(self.deleted, Relaxed);
         stats.tables_created.fetch_add(self.tables_created, Relaxed);
+        stats
+            .tables_truncated
+            .fetch_add(self.tables_truncated, Relaxed);
         stats
             .wasm_micros_total
             .fetch_add(self.wasm.as_micros() as u64, Relaxed);

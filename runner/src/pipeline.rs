@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use floe_host::types::{Batch, Event, MergeInput, Op, Row, Verdict};
+use floe_host::types::{Batch, Event, MergeInput, MergePlan, Op, Row, TableShape, Verdict};
 
 use crate::components::Components;
-use crate::config::{IdentifierCase, SnowflakeConfig};
+use crate::config::{IdentifierCase, SnowflakeConfig, TruncateMode};
 use crate::events::{
     BatchCommitted, BatchReceived, ComponentFailed, EventDropped, LoadRetry, Position, Stats,
     StatsSnapshot, TruncateIgnored,
@@ -192,6 +192,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             updated: report.rows_updated,
             deleted: report.rows_deleted,
             tables_created: report.tables_created,
+            tables_truncated: report.tables_truncated,
             wasm: prepared.wasm,
             load,
             total: started.elapsed(),
@@ -348,17 +349,32 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             }
             .emit(&self.stats);
         }
+        // The last TRUNCATE per table: rows before it are wiped by it, so only the rows
+        // after it are loaded, into the emptied table.
+        let mut truncated_at: HashMap<&str, u32> = HashMap::new();
         for t in &out.truncates {
             produced[t.event as usize] = true;
-            TruncateIgnored {
-                position: pos(original[t.event as usize]),
-                table: &t.table,
+            match self.settings.target.truncate {
+                TruncateMode::Apply => {
+                    let at = truncated_at.entry(t.table.as_str()).or_insert(t.event);
+                    *at = (*at).max(t.event);
+                }
+                TruncateMode::Ignore => TruncateIgnored {
+                    position: pos(original[t.event as usize]),
+                    table: &t.table,
+                }
+                .emit(&self.stats),
             }
-            .emit(&self.stats);
         }
         let mut per_table: Vec<Vec<Row>> = (0..out.tables.len()).map(|_| Vec::new()).collect();
         for row in out.rows {
             produced[row.event as usize] = true;
+            let wiped = truncated_at
+                .get(out.tables[row.table as usize].name.as_str())
+                .is_some_and(|&at| row.event < at);
+            if wiped {
+                continue;
+            }
             let counter = match row.op {
                 Op::Insert => &self.stats.ops_insert,
                 Op::Update => &self.stats.ops_update,
@@ -374,10 +390,25 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         let skipped = produced.iter().filter(|p| !**p).count() as u64;
 
         // 3. one MERGE plan per table
+        let mut truncate: std::collections::BTreeSet<String> =
+            truncated_at.keys().map(|t| t.to_string()).collect();
         let mut loads = Vec::new();
         let mut rows = 0;
         for (shape, rows_of_table) in out.tables.into_iter().zip(per_table) {
+            let truncate_first = truncate.remove(&shape.name);
             if rows_of_table.is_empty() {
+                if truncate_first {
+                    loads.push(TableLoad {
+                        target: target_for(&self.settings.target, &shape.name),
+                        source_table: shape.name.clone(),
+                        shape,
+                        truncate_first,
+                        plan: MergePlan {
+                            statements: Vec::new(),
+                            rows_after_dedup: 0,
+                        },
+                    });
+                }
                 continue;
             }
             let target = target_for(&self.settings.target, &shape.name);
@@ -394,6 +425,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                         source_table: input.shape.name.clone(),
                         target,
                         shape: input.shape,
+                        truncate_first,
                         plan,
                     });
                 }
@@ -413,6 +445,22 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     );
                 }
             }
+        }
+        // Tables truncated in this batch without any row of theirs in it.
+        for table in truncate {
+            loads.push(TableLoad {
+                target: target_for(&self.settings.target, &table),
+                shape: TableShape {
+                    name: table.clone(),
+                    columns: Vec::new(),
+                },
+                source_table: table,
+                truncate_first: true,
+                plan: MergePlan {
+                    statements: Vec::new(),
+                    rows_after_dedup: 0,
+                },
+            });
         }
         Prepared {
             loads,

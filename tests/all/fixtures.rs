@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use floe_snowflake::Client;
 
-use crate::support::{fixtures_dir, query, replay, snowflake, unique};
+use crate::support::{fixtures_dir, query, replay, replay_with, snowflake, unique};
 
 /// Schema-less JSON keeps what the JSON says (decimals stay base64 text, temporal
 /// values stay numbers); with schemas every type is decoded.
@@ -221,10 +221,24 @@ async fn check_scenarios(v: Variant) {
         expect(&[&["2", "x", "c"]])
     );
 
-    // Truncate: not applied by this version (counted and logged instead).
+    // Truncate (default: applied). Two inserts loaded, then the truncate in a later batch:
+    // the target is emptied.
     let d = db("trunc");
+    replay(&[prefix(v, "truncate.jsonl", 2)], &d).await;
+    assert_eq!(
+        rows(&sf, &d, "TRUNC_ITEMS", r#""ID", "V""#).await,
+        expect(&[&["1", "a"], &["2", "b"]])
+    );
     let s = replay(&[file(v, "truncate.jsonl")], &d).await;
-    assert_eq!(s.truncates_ignored, 1, "{s:?}");
+    assert_eq!((s.tables_truncated, s.truncates_ignored), (1, 0), "{s:?}");
+    assert!(rows(&sf, &d, "TRUNC_ITEMS", r#""ID""#).await.is_empty());
+    // Ignored when configured so: the rows stay.
+    let d = db("truncign");
+    let s = replay_with(&[file(v, "truncate.jsonl")], &d, |c| {
+        c.sink.snowflake.truncate = floe::config::TruncateMode::Ignore;
+    })
+    .await;
+    assert_eq!((s.tables_truncated, s.truncates_ignored), (0, 1), "{s:?}");
     assert_eq!(
         rows(&sf, &d, "TRUNC_ITEMS", r#""ID", "V""#).await,
         expect(&[&["1", "a"], &["2", "b"]])
@@ -301,6 +315,17 @@ async fn check_scenarios(v: Variant) {
         vec![sparse_types_row(v)]
     );
     assert!(rows(&sf, &d, "ALL_TYPES_FULL", r#""ID""#).await.is_empty());
+    // Inserts and their truncate in one batch: nothing to load, no table needed.
+    match sf
+        .execute(
+            &format!(r#"SELECT COUNT(*) FROM "{d}"."CDC"."TRUNC_ITEMS""#),
+            &[],
+        )
+        .await
+    {
+        Ok(r) => assert_eq!(r.rows[0][0].as_deref(), Some("0")),
+        Err(e) => assert!(e.to_string().contains("does not exist"), "{e}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

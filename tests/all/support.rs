@@ -81,7 +81,17 @@ pub fn sink_config(database: &str) -> Config {
 
 /// Replays fixture-format files into `database`; returns the run's statistics.
 pub async fn replay(files: &[PathBuf], database: &str) -> StatsSnapshot {
+    replay_with(files, database, |_| {}).await
+}
+
+/// [`replay`] with a changed configuration.
+pub async fn replay_with(
+    files: &[PathBuf],
+    database: &str,
+    change: impl FnOnce(&mut Config),
+) -> StatsSnapshot {
     let mut c = sink_config(database);
+    change(&mut c);
     c.source.kind = SourceKind::File;
     c.source.file.paths = files.to_vec();
     let (_tx, rx) = tokio::sync::watch::channel(false);

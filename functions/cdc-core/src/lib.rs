@@ -29,7 +29,8 @@ mod fixtures;
 pub use merge::{MAX_BIND_BYTES, build_merge};
 pub use sql::{create_table_sql, qualified, quote_ident, sql_string_literal};
 pub use transform::{
-    LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, SOURCE_TS_MS_COLUMN, transform_batch,
+    LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, SOURCE_TS_MS_COLUMN, UNAVAILABLE_COLUMN,
+    UNAVAILABLE_PLACEHOLDER, UNAVAILABLE_PLACEHOLDER_BASE64, transform_batch,
 };
 pub use types::{
     Bind, Column, Error, Event, Failure, IdentifierCase, MergeInput, MergePlan, Op, Row, Statement,

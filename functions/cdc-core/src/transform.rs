@@ -13,13 +13,25 @@
 //! * Metadata columns appended to every row: `__op` (`c`/`u`/`d`/`r`, VARCHAR),
 //!   `__lsn` (`source.lsn`, NUMBER(38,0), null when absent or -1) and
 //!   `__source_ts_ms` (`source.ts_ms`, NUMBER(38,0)). A source column with one of
-//!   these names makes its events fail.
+//!   these names (or [`UNAVAILABLE_COLUMN`]) makes its events fail.
+//! * Unchanged TOASTed values: with REPLICA IDENTITY DEFAULT, an update that leaves
+//!   a TOASTed column untouched carries Debezium's placeholder
+//!   ([`UNAVAILABLE_PLACEHOLDER`]) instead of the value. Such a column is written as
+//!   JSON `null` and its name listed in [`UNAVAILABLE_COLUMN`] (`"__unavailable":
+//!   ["big_text"]`, present only when the list is not empty). That field is not a
+//!   target column: the MERGE ([`crate::merge`]) reads it to keep the target's
+//!   current value, and its in-batch dedup carries an earlier row's real value
+//!   forward. Recognised forms ([`is_unavailable`]): the placeholder string (any
+//!   column type, e.g. text, json, hstore), its base64 (`bytea` columns, and any
+//!   column without schema), and a one-element array of the placeholder (arrays).
+//!   Key columns are never checked (keys are not TOASTed). A real value equal to
+//!   the placeholder is indistinguishable from it: that is Debezium's contract.
 //! * Skipped (no row, no failure): tombstones, heartbeats, transaction metadata,
 //!   logical messages (`op: "m"`).
 //!
-//! Not handled yet: the unchanged-TOAST placeholder (`__debezium_unavailable_value`)
-//! is loaded as the column's value, and flattened (ExtractNewRecordState) records fail
-//! as an unsupported format.
+//! Not handled yet: flattened (ExtractNewRecordState) records fail as an unsupported
+//! format, and the placeholder is not configurable (Debezium's
+//! `unavailable.value.placeholder` must keep its default).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -37,6 +49,16 @@ pub const OP_COLUMN: &str = "__op";
 pub const LSN_COLUMN: &str = "__lsn";
 /// Name of the metadata column holding `source.ts_ms`.
 pub const SOURCE_TS_MS_COLUMN: &str = "__source_ts_ms";
+/// Name of the field of `row.data` listing the columns whose value Debezium did not
+/// send (unchanged TOASTed values): a JSON array of source column names, present only
+/// when not empty. Not a target column: the MERGE reads it and keeps the target's value.
+pub const UNAVAILABLE_COLUMN: &str = "__unavailable";
+/// Debezium's default `unavailable.value.placeholder`, sent instead of an unchanged
+/// TOASTed value.
+pub const UNAVAILABLE_PLACEHOLDER: &str = "__debezium_unavailable_value";
+/// [`UNAVAILABLE_PLACEHOLDER`]'s bytes in base64, as Debezium sends it for `bytea`
+/// columns (`binary.handling.mode=bytes`).
+pub const UNAVAILABLE_PLACEHOLDER_BASE64: &str = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==";
 /// The metadata columns appended to every row, in order, with their Snowflake types.
 pub const METADATA_COLUMNS: [(&str, &str); 3] = [
     (OP_COLUMN, "VARCHAR"),
@@ -234,6 +256,7 @@ impl<'a> Transformer<'a> {
             seen.push((name, conv.column_type(v), true));
         }
         key.push(b']');
+        let mut unavailable: Vec<&str> = Vec::new();
         for (name, v) in &source {
             if c.key.fields.contains_key(name) {
                 continue;
@@ -242,6 +265,14 @@ impl<'a> Transformer<'a> {
             let conv = conv_of(name, false);
             data.push(b',');
             convert::write_key(&mut data, name);
+            if is_unavailable(v, conv) {
+                // The value was not sent: null here, listed below; typed by the
+                // schema only (a placeholder says nothing about the column's type).
+                data.extend_from_slice(b"null");
+                unavailable.push(name);
+                seen.push((name, conv.column_type(&Value::Null), false));
+                continue;
+            }
             convert::write_value(&mut data, v, conv, true).map_err(|e| column_error(name, e))?;
             seen.push((name, conv.column_type(v), false));
         }
@@ -259,6 +290,18 @@ impl<'a> Transformer<'a> {
         match c.source_ts_ms {
             Some(ts) => convert::write_int_string(&mut data, ts),
             None => data.extend_from_slice(b"null"),
+        }
+        if !unavailable.is_empty() {
+            data.push(b',');
+            convert::write_key(&mut data, UNAVAILABLE_COLUMN);
+            data.push(b'[');
+            for (i, name) in unavailable.iter().enumerate() {
+                if i > 0 {
+                    data.push(b',');
+                }
+                convert::write_string(&mut data, name);
+            }
+            data.push(b']');
         }
         data.push(b'}');
 
@@ -295,8 +338,25 @@ impl<'a> Transformer<'a> {
     }
 }
 
+/// Whether `v`, the value of a non-key column converted by `conv`, is Debezium's
+/// unchanged-TOAST placeholder: the placeholder string (any type: text, json, hstore,
+/// enum...), its base64 for binary columns (`bytes`, and values without schema,
+/// whose type is unknown), or a one-element array holding the placeholder (arrays).
+pub(crate) fn is_unavailable(v: &Value, conv: &Conv) -> bool {
+    match v {
+        Value::String(s) if s == UNAVAILABLE_PLACEHOLDER => true,
+        Value::String(s) if s == UNAVAILABLE_PLACEHOLDER_BASE64 => {
+            matches!(conv, Conv::Bytes | Conv::Infer)
+        }
+        Value::Array(items) if matches!(conv, Conv::Array(_) | Conv::Infer) => {
+            matches!(items.as_slice(), [Value::String(s)] if s == UNAVAILABLE_PLACEHOLDER)
+        }
+        _ => false,
+    }
+}
+
 fn check_name(name: &str) -> Result<(), String> {
-    if METADATA_COLUMNS.iter().any(|(m, _)| *m == name) {
+    if name == UNAVAILABLE_COLUMN || METADATA_COLUMNS.iter().any(|(m, _)| *m == name) {
         return Err(format!(
             "validation: source column '{}' collides with floe's metadata column of that name",
             name.escape_debug()

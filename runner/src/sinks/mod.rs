@@ -16,7 +16,10 @@ pub struct TableLoad {
     pub target: Vec<String>,
     /// Columns as reported by the transformer for this batch.
     pub shape: TableShape,
-    /// Statements to run, in order.
+    /// Empty the target table before running the plan: the batch held a TRUNCATE of
+    /// the source table, and the plan holds only the changes that came after it.
+    pub truncate_first: bool,
+    /// Statements to run, in order (none when the batch only truncated the table).
     pub plan: MergePlan,
 }
 
@@ -31,6 +34,8 @@ pub struct LoadReport {
     pub rows_deleted: u64,
     /// Tables created because they were missing.
     pub tables_created: u64,
+    /// Tables truncated.
+    pub tables_truncated: u64,
 }
 
 /// Errors of a sink.

@@ -121,6 +121,28 @@ impl Sink for SnowflakeSink {
     async fn load(&mut self, loads: &[TableLoad]) -> Result<LoadReport, SinkError> {
         let mut report = LoadReport::default();
         for load in loads {
+            if load.truncate_first {
+                let target = floe_cdc_core::qualified(&load.target);
+                // Not `IF EXISTS`: the emulator lacks it. A missing table has nothing to
+                // empty (Snowflake's 002003: object does not exist).
+                match self
+                    .client
+                    .execute(&format!("TRUNCATE TABLE {target}"), &[])
+                    .await
+                {
+                    Ok(_) => {
+                        report.tables_truncated += 1;
+                        tracing::info!(table = %load.target.join("."), "target table truncated");
+                    }
+                    Err(floe_snowflake::Error::Sql { code, .. }) if code == "002003" => {
+                        tracing::info!(table = %load.target.join("."), "truncate of a table that does not exist yet: nothing to empty");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if load.plan.statements.is_empty() {
+                continue;
+            }
             if self.ensure_table(load).await? {
                 report.tables_created += 1;
             }
