@@ -18,6 +18,7 @@ pub struct Stats {
     pub events_skipped: AtomicU64,
     pub truncates_ignored: AtomicU64,
     pub tables_truncated: AtomicU64,
+    pub columns_added: AtomicU64,
     pub rows_transformed: AtomicU64,
     pub rows_loaded: AtomicU64,
     pub rows_inserted: AtomicU64,
@@ -53,6 +54,7 @@ pub struct StatsSnapshot {
     pub events_skipped: u64,
     pub truncates_ignored: u64,
     pub tables_truncated: u64,
+    pub columns_added: u64,
     pub rows_transformed: u64,
     pub rows_loaded: u64,
     pub rows_inserted: u64,
@@ -119,6 +121,7 @@ impl Stats {
             events_skipped: g(&self.events_skipped),
             truncates_ignored: g(&self.truncates_ignored),
             tables_truncated: g(&self.tables_truncated),
+            columns_added: g(&self.columns_added),
             rows_transformed: g(&self.rows_transformed),
             rows_loaded: g(&self.rows_loaded),
             rows_inserted: g(&self.rows_inserted),
@@ -281,6 +284,7 @@ pub struct BatchCommitted {
     pub deleted: u64,
     pub tables_created: u64,
     pub tables_truncated: u64,
+    pub columns_added: u64,
     pub wasm: Duration,
     pub load: Duration,
     pub total: Duration,
@@ -305,6 +309,7 @@ impl BatchCommitted {
         stats
             .tables_truncated
             .fetch_add(self.tables_truncated, Relaxed);
+        stats.columns_added.fetch_add(self.columns_added, Relaxed);
         stats
             .wasm_micros_total
             .fetch_add(self.wasm.as_micros() as u64, Relaxed);

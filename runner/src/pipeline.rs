@@ -193,6 +193,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             deleted: report.rows_deleted,
             tables_created: report.tables_created,
             tables_truncated: report.tables_truncated,
+            columns_added: report.columns_added,
             wasm: prepared.wasm,
             load,
             total: started.elapsed(),

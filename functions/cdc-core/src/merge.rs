@@ -3,32 +3,62 @@
 //! 1. Rows are deduplicated per `row.key`, keeping the last change: the highest `lsn`,
 //!    ties broken by the later position; a row with `lsn` -1 (unknown) is ordered by
 //!    position only. Snowflake rejects a MERGE whose source has duplicate keys, and
-//!    only the last change of a key matters.
-//! 2. The surviving rows' `data` objects are concatenated (not re-serialised) into one
-//!    JSON array bound as a single `TEXT` parameter, read back through
-//!    [`ROWS_SOURCE`]: the SQL text depends only on the shape (Snowflake can cache its
-//!    plan) and no value is ever inlined.
-//! 3. Rows whose `__op` is `d` delete, others upsert:
+//!    only the last change of a key matters. When a surviving change lacks values
+//!    (unchanged TOASTed columns, listed in `data.__unavailable`, see
+//!    [`crate::transform`]), the value of the change it replaced is carried forward
+//!    when that one had it (e.g. insert with the real text, then an update with the
+//!    placeholder: the row keeps the inserted text). See [`dedup_carry_forward`].
+//! 2. The surviving rows' `data` objects are concatenated (not re-serialised unless
+//!    a value was carried forward) into one JSON array bound as a single `TEXT`
+//!    parameter, read back through [`ROWS_SOURCE`]: the SQL text depends only on the
+//!    shape (Snowflake can cache its plan) and no value is ever inlined.
+//! 3. Rows whose `__op` is `d` delete, others upsert, but only over a target row that
+//!    is not newer (`__lsn`); columns listed in `__unavailable` keep the target's value:
 //!
 //! ```sql
 //! MERGE INTO "DB"."S"."T" AS t
-//! USING (SELECT f.value['id']::NUMBER(38,0) AS "ID", ..., f.value['__op']::VARCHAR AS "__OP"
+//! USING (SELECT f.value['id']::NUMBER(38,0) AS "ID", ..., f.value['__op']::VARCHAR AS "__OP",
+//!               f.value['__lsn']::NUMBER(38,0) AS "__LSN", f.value['__unavailable'] AS "__UNAVAILABLE"
 //!        FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) AS f) AS s
-//! ON t."ID" = s."ID"
-//! WHEN MATCHED AND s."__OP" = 'd' THEN DELETE
-//! WHEN MATCHED THEN UPDATE SET t."NAME" = s."NAME", ...
+//! ON t."ID" = s."ID" AND (s."__UNAVAILABLE" IS NULL OR TRUE)
+//! WHEN MATCHED AND s."__OP" = 'd' AND (t."__LSN" IS NULL OR s."__LSN" IS NULL OR s."__LSN" >= t."__LSN") THEN DELETE
+//! WHEN MATCHED AND (t."__LSN" IS NULL OR s."__LSN" IS NULL OR s."__LSN" >= t."__LSN")
+//!   THEN UPDATE SET t."NAME" = IFF(s."__UNAVAILABLE"['name'] IS NULL, s."NAME", t."NAME"), ...,
+//!                   t."__OP" = s."__OP", t."__LSN" = s."__LSN", ...
 //! WHEN NOT MATCHED AND s."__OP" <> 'd' THEN INSERT ("ID", ...) VALUES (s."ID", ...)
 //! ```
+//!
+//! Ordering and idempotence: a change applies only when its LSN is at least the
+//! target row's, so replaying a batch changes nothing (equal LSNs rewrite the same
+//! values) and an older change never overwrites a newer one. Rows without an LSN (in
+//! the target or the change, e.g. events without `source.lsn`) always apply.
+//! Snapshot reads (`r`) carry the snapshot's LSN and follow the same rule. The LSN
+//! conditions are present only when the shape has a non-key `__lsn` column.
+//! Limitation: a hard delete removes the row and its LSN, so replaying an older insert
+//! of that key afterwards inserts it again (soft deletes, which keep the row and its
+//! LSN, will close this gap).
+//!
+//! Unavailable values: the UPDATE keeps `t."C"` for a column `C` listed in
+//! `s."__UNAVAILABLE"` (an object, `{"c": true}`); an INSERT writes NULL for it, nothing
+//! better being known. The `AND (s."__UNAVAILABLE" IS NULL OR TRUE)` term of the `ON`
+//! clause is always true: it is there for the fakesnow emulator, which carries into
+//! its UPDATE only the source columns that appear in the `ON` clause or as a whole
+//! value of `SET`/`INSERT`. The metadata columns `__op`, `__lsn`, `__source_ts_ms`
+//! are always written.
 //!
 //! When the array would exceed [`MAX_BIND_BYTES`] the rows are split over several
 //! identical statements (each key appears in exactly one, so their order does not
 //! matter and re-running any of them is harmless).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::sql::{self, json_field_expr, quote_ident};
-use crate::transform::OP_COLUMN;
-use crate::types::{Bind, Error, MergeInput, MergePlan, Row, Statement};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::sql::{self, json_field_expr, quote_ident, sql_string_literal};
+use crate::transform::{LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, UNAVAILABLE_COLUMN};
+use crate::types::{Bind, Error, MergeInput, MergePlan, Op, Row, Statement};
 
 /// The MERGE's row source: one row per element of the bound JSON array, as `f.value`.
 ///
@@ -72,9 +102,21 @@ pub fn build_merge_with_limit(
         )));
     }
 
-    let winners = dedup(input.rows);
-    for &i in &winners {
-        check_data(&input.rows[i], i)?;
+    let unavailable_ident = quote_ident(UNAVAILABLE_COLUMN, input.identifier_case);
+    if let Some(c) = shape
+        .columns
+        .iter()
+        .find(|c| quote_ident(&c.name, input.identifier_case) == unavailable_ident)
+    {
+        return Err(Error::InvalidInput(format!(
+            "table shape '{}': column {:?} collides with the MERGE's '{UNAVAILABLE_COLUMN}' source column",
+            shape.name, c.name
+        )));
+    }
+
+    let winners = dedup_carry_forward(input.rows)?;
+    for (i, data) in &winners {
+        check_data(&input.rows[*i], data, *i)?;
     }
     let merge_sql = merge_sql(input)?;
     let rows_after_dedup = u32::try_from(winners.len())
@@ -82,8 +124,8 @@ pub fn build_merge_with_limit(
 
     let mut statements = Vec::new();
     let mut array = String::new();
-    for &i in &winners {
-        let data = input.rows[i].data.trim();
+    for (_, data) in &winners {
+        let data = data.trim();
         if !array.is_empty() && array.len() + data.len() + 2 > max_bind_bytes {
             statements.push(statement(&merge_sql, std::mem::take(&mut array)));
         }
@@ -108,15 +150,19 @@ fn statement(sql: &str, mut array: String) -> Statement {
     }
 }
 
+/// Whether `row` replaces `current` as the last change of their key: a later
+/// position wins unless both LSNs are known and the later row's is lower.
+fn supersedes(row: &Row, current: &Row) -> bool {
+    row.lsn == -1 || current.lsn == -1 || row.lsn >= current.lsn
+}
+
 /// Indices of the rows that survive deduplication, in position order.
 pub fn dedup(rows: &[Row]) -> Vec<usize> {
     let mut best: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
         best.entry(row.key.as_str())
             .and_modify(|cur| {
-                let old = &rows[*cur];
-                // Later position wins unless both LSNs are known and the new one is lower.
-                if row.lsn == -1 || old.lsn == -1 || row.lsn >= old.lsn {
+                if supersedes(row, &rows[*cur]) {
                     *cur = i;
                 }
             })
@@ -127,18 +173,131 @@ pub fn dedup(rows: &[Row]) -> Vec<usize> {
     winners
 }
 
-/// Rows are spliced into a JSON array as they are: each must be one JSON object.
-fn check_data(row: &Row, index: usize) -> Result<(), Error> {
-    let data = row.data.trim();
-    let valid =
-        data.starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok();
-    if valid {
-        Ok(())
+/// The JSON key of [`UNAVAILABLE_COLUMN`] as it appears in `row.data`: rows without
+/// it are never parsed here.
+const UNAVAILABLE_KEY_JSON: &str = "\"__unavailable\"";
+
+/// [`dedup`], plus the carrying forward of unavailable values: the surviving rows
+/// (index and `data` to load), in position order.
+///
+/// Each key's changes are folded in position order, as [`dedup`] does. When a change
+/// replaces the previous one and lists columns in `__unavailable`, each such column
+/// the previous change had (present, not itself unavailable) takes that value and
+/// leaves the list (which disappears when empty); the data is then re-serialised.
+/// Nothing is carried across a delete (from or to). Values of a change that does not
+/// replace the current one (an older LSN arriving later) are never carried.
+///
+/// Errors: [`Error::InvalidInput`] when a row involved in carrying is not a JSON
+/// object.
+pub fn dedup_carry_forward(rows: &[Row]) -> Result<Vec<(usize, Cow<'_, str>)>, Error> {
+    // Per key: the current winner and its rewritten data, if any.
+    let mut best: HashMap<&str, (usize, Option<String>)> = HashMap::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let Some(slot) = best.get_mut(row.key.as_str()) else {
+            best.insert(row.key.as_str(), (i, None));
+            continue;
+        };
+        let current = &rows[slot.0];
+        if !supersedes(row, current) {
+            continue;
+        }
+        let carried = if row.op != Op::Delete
+            && current.op != Op::Delete
+            && row.data.contains(UNAVAILABLE_KEY_JSON)
+        {
+            let previous = slot.1.as_deref().unwrap_or(&current.data);
+            carry_forward(&row.data, previous).map_err(|e| {
+                Error::InvalidInput(format!("row {i} (event {}): {e}", row.event))
+            })?
+        } else {
+            None
+        };
+        *slot = (i, carried);
+    }
+    let mut winners: Vec<(usize, Cow<'_, str>)> = best
+        .into_values()
+        .map(|(i, data)| (i, data.map_or(Cow::Borrowed(rows[i].data.as_str()), Cow::Owned)))
+        .collect();
+    winners.sort_unstable_by_key(|(i, _)| *i);
+    Ok(winners)
+}
+
+fn parse_object(data: &str) -> Result<Map<String, Value>, String> {
+    serde_json::from_str(data).map_err(|e| format!("data is not a JSON object: {e}"))
+}
+
+/// The `__unavailable` members of a parsed row, if any.
+fn unavailable_of(object: &Map<String, Value>) -> Option<&Map<String, Value>> {
+    object.get(UNAVAILABLE_COLUMN).and_then(Value::as_object)
+}
+
+/// `data` with its unavailable columns filled from `previous` where it has them;
+/// `None` when nothing could be filled.
+fn carry_forward(data: &str, previous: &str) -> Result<Option<String>, String> {
+    let mut object = parse_object(data)?;
+    let Some(missing) = unavailable_of(&object) else {
+        return Ok(None);
+    };
+    let missing: Vec<String> = missing.keys().cloned().collect();
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let previous = parse_object(previous)?;
+    let previous_missing = unavailable_of(&previous);
+    let mut filled = Vec::new();
+    for name in missing {
+        if previous_missing.is_some_and(|m| m.contains_key(&name)) {
+            continue;
+        }
+        if let Some(value) = previous.get(&name) {
+            object.insert(name.clone(), value.clone());
+            filled.push(name);
+        }
+    }
+    if filled.is_empty() {
+        return Ok(None);
+    }
+    if let Some(Value::Object(list)) = object.get_mut(UNAVAILABLE_COLUMN) {
+        for name in &filled {
+            list.shift_remove(name);
+        }
+        if list.is_empty() {
+            object.shift_remove(UNAVAILABLE_COLUMN);
+        }
+    }
+    serde_json::to_string(&object)
+        .map(Some)
+        .map_err(|e| format!("cannot re-serialise data: {e}"))
+}
+
+/// `data.__unavailable` as the MERGE reads it: absent, null, or an object.
+#[derive(Deserialize)]
+struct RowMeta {
+    #[serde(rename = "__unavailable", default)]
+    _unavailable: Option<Map<String, Value>>,
+}
+
+/// Rows are spliced into a JSON array as they are: each must be one JSON object whose
+/// `__unavailable`, if present, is an object or null.
+fn check_data(row: &Row, data: &str, index: usize) -> Result<(), Error> {
+    let data = data.trim();
+    let problem = if !data.starts_with('{') {
+        Some("data is not a JSON object".to_owned())
     } else {
-        Err(Error::InvalidInput(format!(
-            "row {index} (event {}): data is not a JSON object",
+        match serde_json::from_str::<RowMeta>(data) {
+            Ok(_) => None,
+            Err(e) if e.is_data() && data.contains(UNAVAILABLE_KEY_JSON) => Some(format!(
+                "data is not a JSON object with an object '{UNAVAILABLE_COLUMN}': {e}"
+            )),
+            Err(_) => Some("data is not a JSON object".to_owned()),
+        }
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(Error::InvalidInput(format!(
+            "row {index} (event {}): {p}",
             row.event
-        )))
+        ))),
     }
 }
 
@@ -146,33 +305,55 @@ fn merge_sql(input: &MergeInput<'_>) -> Result<String, Error> {
     let case = input.identifier_case;
     let columns = &input.shape.columns;
     let idents: Vec<String> = columns.iter().map(|c| quote_ident(&c.name, case)).collect();
+    let unavailable = quote_ident(UNAVAILABLE_COLUMN, case);
 
-    let mut select = Vec::with_capacity(columns.len());
+    let mut select = Vec::with_capacity(columns.len() + 1);
     for (c, ident) in columns.iter().zip(&idents) {
         select.push(format!(
             "{} AS {ident}",
             json_field_expr("f.value", &c.name, &c.data_type)?
         ));
     }
-    let on: Vec<String> = columns
+    select.push(format!(
+        "f.value[{}] AS {unavailable}",
+        sql_string_literal(UNAVAILABLE_COLUMN)
+    ));
+    let mut on: Vec<String> = columns
         .iter()
         .zip(&idents)
         .filter(|(c, _)| c.is_key)
         .map(|(_, i)| format!("t.{i} = s.{i}"))
         .collect();
+    // Always true; makes fakesnow carry the column into its UPDATE (module docs).
+    on.push(format!("(s.{unavailable} IS NULL OR TRUE)"));
     let set: Vec<String> = columns
         .iter()
         .zip(&idents)
         .filter(|(c, _)| !c.is_key)
-        .map(|(_, i)| format!("t.{i} = s.{i}"))
+        .map(|(c, i)| {
+            if METADATA_COLUMNS.iter().any(|(m, _)| *m == c.name) {
+                format!("t.{i} = s.{i}")
+            } else {
+                format!(
+                    "t.{i} = IFF(s.{unavailable}[{}] IS NULL, s.{i}, t.{i})",
+                    sql_string_literal(&c.name)
+                )
+            }
+        })
         .collect();
     let values: Vec<String> = idents.iter().map(|i| format!("s.{i}")).collect();
     let op = quote_ident(OP_COLUMN, case);
+    let newer = if columns.iter().any(|c| c.name == LSN_COLUMN && !c.is_key) {
+        let lsn = quote_ident(LSN_COLUMN, case);
+        format!(" AND (t.{lsn} IS NULL OR s.{lsn} IS NULL OR s.{lsn} >= t.{lsn})")
+    } else {
+        String::new()
+    };
     Ok(format!(
         "MERGE INTO {target} AS t USING (SELECT {select} FROM {ROWS_SOURCE}) AS s \
          ON {on} \
-         WHEN MATCHED AND s.{op} = 'd' THEN DELETE \
-         WHEN MATCHED THEN UPDATE SET {set} \
+         WHEN MATCHED AND s.{op} = 'd'{newer} THEN DELETE \
+         WHEN MATCHED{newer} THEN UPDATE SET {set} \
          WHEN NOT MATCHED AND s.{op} <> 'd' THEN INSERT ({cols}) VALUES ({values})",
         target = sql::qualified(input.target),
         select = select.join(", "),

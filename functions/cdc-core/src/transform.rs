@@ -18,7 +18,9 @@
 //!   a TOASTed column untouched carries Debezium's placeholder
 //!   ([`UNAVAILABLE_PLACEHOLDER`]) instead of the value. Such a column is written as
 //!   JSON `null` and its name listed in [`UNAVAILABLE_COLUMN`] (`"__unavailable":
-//!   ["big_text"]`, present only when the list is not empty). That field is not a
+//!   {"big_text":true}`, present only when not empty; an object rather than an array
+//!   because `v['name']` works alike in Snowflake and its emulator, `ARRAY_CONTAINS`
+//!   does not). That field is not a
 //!   target column: the MERGE ([`crate::merge`]) reads it to keep the target's
 //!   current value, and its in-batch dedup carries an earlier row's real value
 //!   forward. Recognised forms ([`is_unavailable`]): the placeholder string (any
@@ -50,8 +52,8 @@ pub const LSN_COLUMN: &str = "__lsn";
 /// Name of the metadata column holding `source.ts_ms`.
 pub const SOURCE_TS_MS_COLUMN: &str = "__source_ts_ms";
 /// Name of the field of `row.data` listing the columns whose value Debezium did not
-/// send (unchanged TOASTed values): a JSON array of source column names, present only
-/// when not empty. Not a target column: the MERGE reads it and keeps the target's value.
+/// send (unchanged TOASTed values): a JSON object with one `true` member per such
+/// source column (`{"big_text":true}`), present only when not empty. Not a target column: the MERGE reads it and keeps the target's value.
 pub const UNAVAILABLE_COLUMN: &str = "__unavailable";
 /// Debezium's default `unavailable.value.placeholder`, sent instead of an unchanged
 /// TOASTed value.
@@ -294,14 +296,15 @@ impl<'a> Transformer<'a> {
         if !unavailable.is_empty() {
             data.push(b',');
             convert::write_key(&mut data, UNAVAILABLE_COLUMN);
-            data.push(b'[');
+            data.push(b'{');
             for (i, name) in unavailable.iter().enumerate() {
                 if i > 0 {
                     data.push(b',');
                 }
-                convert::write_string(&mut data, name);
+                convert::write_key(&mut data, name);
+                data.extend_from_slice(b"true");
             }
-            data.push(b']');
+            data.push(b'}');
         }
         data.push(b'}');
 
@@ -346,7 +349,7 @@ pub(crate) fn is_unavailable(v: &Value, conv: &Conv) -> bool {
     match v {
         Value::String(s) if s == UNAVAILABLE_PLACEHOLDER => true,
         Value::String(s) if s == UNAVAILABLE_PLACEHOLDER_BASE64 => {
-            matches!(conv, Conv::Bytes | Conv::Infer)
+            matches!(conv, Conv::Bytes | Conv::Decimal { .. } | Conv::Infer)
         }
         Value::Array(items) if matches!(conv, Conv::Array(_) | Conv::Infer) => {
             matches!(items.as_slice(), [Value::String(s)] if s == UNAVAILABLE_PLACEHOLDER)

@@ -32,8 +32,10 @@ pub struct LoadReport {
     pub rows_inserted: u64,
     pub rows_updated: u64,
     pub rows_deleted: u64,
-    /// Tables created because they were missing.
+    /// Tables ensured on first sight this run (created when missing).
     pub tables_created: u64,
+    /// Columns added to existing tables (new source columns).
+    pub columns_added: u64,
     /// Tables truncated.
     pub tables_truncated: u64,
 }

@@ -1,7 +1,7 @@
 //! The Snowflake sink: runs each table's MERGE plan over Snowflake's driver protocol
 //! (`floe-snowflake`), creating the database, schema and missing tables first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use floe_snowflake::{Auth, Bind, Client, ConnectOptions};
@@ -35,8 +35,8 @@ pub(crate) fn core_case(case: IdentifierCase) -> floe_cdc_core::IdentifierCase {
 pub struct SnowflakeSink {
     client: Client,
     cfg: SnowflakeConfig,
-    /// Tables known to exist (created or checked this run).
-    known_tables: HashSet<Vec<String>>,
+    /// Tables known to exist this run, with their columns (target identifiers).
+    known_tables: HashMap<Vec<String>, HashSet<String>>,
 }
 
 impl SnowflakeSink {
@@ -73,7 +73,7 @@ impl SnowflakeSink {
         let sink = SnowflakeSink {
             client,
             cfg: cfg.clone(),
-            known_tables: HashSet::new(),
+            known_tables: HashMap::new(),
         };
         if cfg.create_tables {
             let db = floe_cdc_core::sql::quote_ident(
@@ -100,20 +100,65 @@ impl SnowflakeSink {
         &self.client
     }
 
-    async fn ensure_table(&mut self, load: &TableLoad) -> Result<bool, SinkError> {
-        if !self.cfg.create_tables || self.known_tables.contains(&load.target) {
-            return Ok(false);
+    /// On a table's first sight this run: creates it when missing and reads its columns.
+    /// Then adds every column of the batch's shape the table lacks (a column added at the
+    /// source). Columns dropped at the source stay in the target and are no longer
+    /// written. Returns (tables ensured, columns added).
+    async fn ensure_table(&mut self, load: &TableLoad) -> Result<(u64, u64), SinkError> {
+        if !self.cfg.create_tables {
+            return Ok((0, 0));
         }
-        let ddl = floe_cdc_core::sql::create_table_sql(
-            &load.target,
-            &core_shape(&load.shape),
-            core_case(self.cfg.identifier_case),
-        )
-        .map_err(|e| SinkError::Config(format!("table {}: {e}", load.source_table)))?;
-        self.client.execute(&ddl, &[]).await?;
-        tracing::info!(table = %load.target.join("."), "target table ensured");
-        self.known_tables.insert(load.target.clone());
-        Ok(true)
+        let case = core_case(self.cfg.identifier_case);
+        let invalid = |e: floe_cdc_core::Error| {
+            SinkError::Config(format!("table {}: {e}", load.source_table))
+        };
+        let mut ensured = 0;
+        if !self.known_tables.contains_key(&load.target) {
+            let ddl =
+                floe_cdc_core::sql::create_table_sql(&load.target, &core_shape(&load.shape), case)
+                    .map_err(invalid)?;
+            self.client.execute(&ddl, &[]).await?;
+            let columns_sql = format!(
+                "SELECT COLUMN_NAME FROM {}.INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+                floe_cdc_core::qualified(&load.target[..1]),
+                floe_cdc_core::sql_string_literal(&load.target[1]),
+                floe_cdc_core::sql_string_literal(&load.target[2]),
+            );
+            let existing: HashSet<String> = self
+                .client
+                .execute(&columns_sql, &[])
+                .await?
+                .rows
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect();
+            tracing::info!(table = %load.target.join("."), columns = existing.len(), "target table ensured");
+            self.known_tables.insert(load.target.clone(), existing);
+            ensured = 1;
+        }
+        let table = floe_cdc_core::qualified(&load.target);
+        let mut added = 0;
+        for column in &load.shape.columns {
+            let ident = floe_cdc_core::sql::identifier(&column.name, case);
+            let known = self.known_tables.get(&load.target).expect("inserted above");
+            if known.contains(&ident) {
+                continue;
+            }
+            let data_type =
+                floe_cdc_core::sql::validate_data_type(&column.data_type).map_err(invalid)?;
+            let sql = format!(
+                "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {data_type}",
+                floe_cdc_core::quote_ident(&column.name, case)
+            );
+            self.client.execute(&sql, &[]).await?;
+            tracing::info!(table = %load.target.join("."), column = %ident, data_type = %data_type, "target column added");
+            self.known_tables
+                .get_mut(&load.target)
+                .expect("inserted above")
+                .insert(ident);
+            added += 1;
+        }
+        Ok((ensured, added))
     }
 }
 
@@ -143,9 +188,9 @@ impl Sink for SnowflakeSink {
             if load.plan.statements.is_empty() {
                 continue;
             }
-            if self.ensure_table(load).await? {
-                report.tables_created += 1;
-            }
+            let (ensured, added) = self.ensure_table(load).await?;
+            report.tables_created += ensured;
+            report.columns_added += added;
             for st in &load.plan.statements {
                 let binds: Vec<Bind> = st
                     .binds
