@@ -2,4 +2,5 @@
 
 mod e2e;
 mod fixtures;
+mod property;
 mod support;

@@ -206,9 +206,8 @@ pub fn dedup_carry_forward(rows: &[Row]) -> Result<Vec<(usize, Cow<'_, str>)>, E
             && row.data.contains(UNAVAILABLE_KEY_JSON)
         {
             let previous = slot.1.as_deref().unwrap_or(&current.data);
-            carry_forward(&row.data, previous).map_err(|e| {
-                Error::InvalidInput(format!("row {i} (event {}): {e}", row.event))
-            })?
+            carry_forward(&row.data, previous)
+                .map_err(|e| Error::InvalidInput(format!("row {i} (event {}): {e}", row.event)))?
         } else {
             None
         };
@@ -216,7 +215,12 @@ pub fn dedup_carry_forward(rows: &[Row]) -> Result<Vec<(usize, Cow<'_, str>)>, E
     }
     let mut winners: Vec<(usize, Cow<'_, str>)> = best
         .into_values()
-        .map(|(i, data)| (i, data.map_or(Cow::Borrowed(rows[i].data.as_str()), Cow::Owned)))
+        .map(|(i, data)| {
+            (
+                i,
+                data.map_or(Cow::Borrowed(rows[i].data.as_str()), Cow::Owned),
+            )
+        })
         .collect();
     winners.sort_unstable_by_key(|(i, _)| *i);
     Ok(winners)
@@ -381,6 +385,7 @@ mod tests {
                 col("id", "NUMBER(38,0)", true),
                 col("name", "VARCHAR", false),
                 col("__op", "VARCHAR", false),
+                col("__lsn", "NUMBER(38,0)", false),
             ],
         }
     }
@@ -391,7 +396,10 @@ mod tests {
             table: 0,
             op,
             key: format!("[\"{id}\"]"),
-            data: format!(r#"{{"id":"{id}","name":"{name}","__op":"{}"}}"#, op.code()),
+            data: format!(
+                r#"{{"id":"{id}","name":"{name}","__op":"{}","__lsn":"{lsn}"}}"#,
+                op.code()
+            ),
             lsn,
         }
     }
@@ -418,18 +426,24 @@ mod tests {
         assert_eq!(
             p.statements[0].sql,
             "MERGE INTO \"DB\".\"S\".\"T\" AS t USING (SELECT f.value['id']::NUMBER(38,0) AS \"ID\", \
-             f.value['name']::VARCHAR AS \"NAME\", f.value['__op']::VARCHAR AS \"__OP\" \
-             FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) AS f) AS s ON t.\"ID\" = s.\"ID\" \
-             WHEN MATCHED AND s.\"__OP\" = 'd' THEN DELETE \
-             WHEN MATCHED THEN UPDATE SET t.\"NAME\" = s.\"NAME\", t.\"__OP\" = s.\"__OP\" \
-             WHEN NOT MATCHED AND s.\"__OP\" <> 'd' THEN INSERT (\"ID\", \"NAME\", \"__OP\") \
-             VALUES (s.\"ID\", s.\"NAME\", s.\"__OP\")"
+             f.value['name']::VARCHAR AS \"NAME\", f.value['__op']::VARCHAR AS \"__OP\", \
+             f.value['__lsn']::NUMBER(38,0) AS \"__LSN\", \
+             f.value['__unavailable'] AS \"__UNAVAILABLE\" \
+             FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) AS f) AS s \
+             ON t.\"ID\" = s.\"ID\" AND (s.\"__UNAVAILABLE\" IS NULL OR TRUE) \
+             WHEN MATCHED AND s.\"__OP\" = 'd' \
+             AND (t.\"__LSN\" IS NULL OR s.\"__LSN\" IS NULL OR s.\"__LSN\" >= t.\"__LSN\") THEN DELETE \
+             WHEN MATCHED AND (t.\"__LSN\" IS NULL OR s.\"__LSN\" IS NULL OR s.\"__LSN\" >= t.\"__LSN\") \
+             THEN UPDATE SET t.\"NAME\" = IFF(s.\"__UNAVAILABLE\"['name'] IS NULL, s.\"NAME\", t.\"NAME\"), \
+             t.\"__OP\" = s.\"__OP\", t.\"__LSN\" = s.\"__LSN\" \
+             WHEN NOT MATCHED AND s.\"__OP\" <> 'd' THEN INSERT (\"ID\", \"NAME\", \"__OP\", \"__LSN\") \
+             VALUES (s.\"ID\", s.\"NAME\", s.\"__OP\", s.\"__LSN\")"
         );
         assert_eq!(
             p.statements[0].binds,
             vec![Bind {
                 data_type: "TEXT".into(),
-                value: Some(r#"[{"id":"1","name":"a","__op":"c"}]"#.into())
+                value: Some(r#"[{"id":"1","name":"a","__op":"c","__lsn":"10"}]"#.into())
             }]
         );
         assert_eq!(p.rows_after_dedup, 1);
@@ -457,13 +471,20 @@ mod tests {
         .unwrap();
         let sql = &p.statements[0].sql;
         assert!(
-            sql.contains("ON t.\"id\" = s.\"id\" AND t.\"Region\" = s.\"Region\" WHEN"),
+            sql.contains(
+                "ON t.\"id\" = s.\"id\" AND t.\"Region\" = s.\"Region\" \
+                 AND (s.\"__unavailable\" IS NULL OR TRUE) WHEN"
+            ),
             "{sql}"
         );
         assert!(
-            sql.contains("UPDATE SET t.\"name\" = s.\"name\", t.\"__op\" = s.\"__op\" WHEN"),
+            sql.contains(
+                "UPDATE SET t.\"name\" = IFF(s.\"__unavailable\"['name'] IS NULL, s.\"name\", t.\"name\"), \
+                 t.\"__op\" = s.\"__op\", t.\"__lsn\" = s.\"__lsn\" WHEN"
+            ),
             "{sql}"
         );
+        assert!(sql.contains("s.\"__lsn\" >= t.\"__lsn\""), "{sql}");
         assert!(sql.contains("WHEN MATCHED AND s.\"__op\" = 'd'"), "{sql}");
     }
 
@@ -553,7 +574,9 @@ mod tests {
         assert_eq!(p.rows_after_dedup, 2);
         assert_eq!(
             p.statements[0].binds[0].value.as_deref(),
-            Some(r#"[{"id":"1","name":"b","__op":"c"},{"id":"2","name":"c","__op":"u"}]"#)
+            Some(
+                r#"[{"id":"1","name":"b","__op":"c","__lsn":"2"},{"id":"2","name":"c","__op":"u","__lsn":"3"}]"#
+            )
         );
     }
 
@@ -590,6 +613,160 @@ mod tests {
         assert_eq!(p.statements.len(), 100);
     }
 
+    /// A row of the test shape whose `name` Debezium did not send.
+    fn toasted(id: i64, op: Op, lsn: i64) -> Row {
+        Row {
+            data: format!(
+                r#"{{"id":"{id}","name":null,"__op":"{}","__lsn":"{lsn}","__unavailable":{{"name":true}}}}"#,
+                op.code()
+            ),
+            ..row(id, "", op, lsn)
+        }
+    }
+
+    fn survivors(rows: &[Row]) -> Vec<(usize, serde_json::Value)> {
+        dedup_carry_forward(rows)
+            .unwrap()
+            .into_iter()
+            .map(|(i, d)| (i, serde_json::from_str(&d).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn carry_forward_fills_unavailable_values() {
+        use serde_json::json;
+        // Insert with the real value, then an update without it: the update carries it.
+        let rows = [row(1, "real", Op::Insert, 10), toasted(1, Op::Update, 20)];
+        assert_eq!(
+            survivors(&rows),
+            vec![(1, json!({"id":"1","name":"real","__op":"u","__lsn":"20"}))]
+        );
+        // Through a chain of updates without the value.
+        let rows = [
+            row(1, "real", Op::Insert, 10),
+            toasted(1, Op::Update, 20),
+            toasted(1, Op::Update, 30),
+        ];
+        assert_eq!(survivors(&rows)[0].1["name"], json!("real"));
+        assert!(survivors(&rows)[0].1.get("__unavailable").is_none());
+        // A later real value wins over the earlier one.
+        let rows = [
+            row(1, "old", Op::Insert, 10),
+            row(1, "new", Op::Update, 20),
+            toasted(1, Op::Update, 30),
+        ];
+        assert_eq!(survivors(&rows)[0].1["name"], json!("new"));
+        // Nothing known in the batch: the row is loaded as is (the MERGE keeps the
+        // target's value), borrowed, not re-serialised.
+        let rows = [toasted(1, Op::Update, 20), toasted(1, Op::Update, 30)];
+        let got = dedup_carry_forward(&rows).unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(matches!(&got[0].1, Cow::Borrowed(d) if *d == rows[1].data));
+        // An older change arriving later is not the winner and supplies nothing.
+        let rows = [toasted(1, Op::Update, 30), row(1, "older", Op::Update, 20)];
+        let got = dedup_carry_forward(&rows).unwrap();
+        assert_eq!(got[0].0, 0);
+        assert_eq!(got[0].1, rows[0].data);
+        // Nothing crosses a delete.
+        let rows = [
+            row(1, "gone", Op::Insert, 10),
+            row(1, "", Op::Delete, 20),
+            toasted(1, Op::Update, 30),
+        ];
+        assert_eq!(dedup_carry_forward(&rows).unwrap()[0].1, rows[2].data);
+        // Other keys are independent; positions stay ordered.
+        let rows = [
+            row(2, "two", Op::Insert, 1),
+            row(1, "one", Op::Insert, 2),
+            toasted(2, Op::Update, 3),
+        ];
+        let got = survivors(&rows);
+        assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(got[1].1["name"], json!("two"));
+        // Only the listed columns the previous change had are filled; the others stay listed.
+        let rows = [
+            Row {
+                data: r#"{"id":"1","a":"A","__op":"c","__lsn":"1"}"#.into(),
+                ..row(1, "", Op::Insert, 1)
+            },
+            Row {
+                data: r#"{"id":"1","a":null,"b":null,"__op":"u","__lsn":"2","__unavailable":{"a":true,"b":true}}"#.into(),
+                ..row(1, "", Op::Update, 2)
+            },
+        ];
+        assert_eq!(
+            survivors(&rows)[0].1,
+            json!({"id":"1","a":"A","b":null,"__op":"u","__lsn":"2","__unavailable":{"b":true}})
+        );
+        // The bound array carries the filled row.
+        let p = plan(&[row(1, "real", Op::Insert, 10), toasted(1, Op::Update, 20)]);
+        assert_eq!(
+            p.statements[0].binds[0].value.as_deref(),
+            Some(r#"[{"id":"1","name":"real","__op":"u","__lsn":"20"}]"#)
+        );
+    }
+
+    #[test]
+    fn lsn_conditions_need_an_lsn_column() {
+        let mut s = shape();
+        s.columns.retain(|c| c.name != "__lsn");
+        let t = target();
+        let rows = [row(1, "a", Op::Insert, 1)];
+        let p = build_merge(&MergeInput {
+            target: &t,
+            identifier_case: IdentifierCase::Upper,
+            shape: &s,
+            rows: &rows,
+        })
+        .unwrap();
+        let sql = &p.statements[0].sql;
+        assert!(!sql.contains("__LSN"), "{sql}");
+        assert!(
+            sql.contains("WHEN MATCHED AND s.\"__OP\" = 'd' THEN DELETE WHEN MATCHED THEN UPDATE"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn unavailable_contract() {
+        let t = target();
+        let check = |shape: &TableShape, rows: &[Row]| {
+            build_merge(&MergeInput {
+                target: &t,
+                identifier_case: IdentifierCase::Upper,
+                shape,
+                rows,
+            })
+        };
+        let mut s = shape();
+        s.columns.insert(
+            1,
+            Column {
+                name: "__Unavailable".into(),
+                data_type: "VARIANT".into(),
+                is_key: false,
+            },
+        );
+        let rows = [row(1, "a", Op::Insert, 1)];
+        assert!(matches!(check(&s, &rows), Err(Error::InvalidInput(m)) if m.contains("collides")));
+        // `__unavailable` must be an object (or null).
+        let mut bad = toasted(1, Op::Update, 1);
+        bad.data = bad.data.replace(r#"{"name":true}"#, r#"["name"]"#);
+        assert!(
+            matches!(check(&shape(), &[bad]), Err(Error::InvalidInput(m)) if m.contains("'__unavailable'"))
+        );
+        let mut null = toasted(1, Op::Update, 1);
+        null.data = null.data.replace(r#"{"name":true}"#, "null");
+        assert!(check(&shape(), &[null]).is_ok());
+        // A broken row met while carrying forward is invalid input too.
+        let mut broken = row(1, "a", Op::Insert, 1);
+        broken.data = "{".into();
+        assert!(matches!(
+            dedup_carry_forward(&[broken, toasted(1, Op::Update, 2)]),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+
     #[test]
     fn contract_violations() {
         let t = target();
@@ -616,7 +793,7 @@ mod tests {
         };
         assert!(err(check(&t, &empty, &rows)).contains("no columns"));
         let mut no_op = shape();
-        no_op.columns.pop();
+        no_op.columns.retain(|c| c.name != "__op");
         assert!(err(check(&t, &no_op, &rows)).contains("__op"));
         let mut bad = rows.clone();
         bad[0].data = "[1]".into();

@@ -146,9 +146,15 @@ fn all_types_with_schemas() {
     assert_eq!(second["d"], json!("1969-12-31"));
     assert_eq!(second["js"], Value::Null);
 
-    // The unchanged TOASTed column arrives as Debezium's placeholder (not special-cased yet).
+    // The unchanged TOASTed column arrives as Debezium's placeholder: null, listed.
     let update = data(&t.rows[2]);
-    assert_eq!(update["big_text"], json!("__debezium_unavailable_value"));
+    assert_eq!(update["big_text"], Value::Null);
+    assert_eq!(update["__unavailable"], json!({"big_text": true}));
+    assert!(data(&t.rows[0]).get("__unavailable").is_none());
+    assert_eq!(
+        data(&t.rows[0])["big_text"].as_str().map(str::len),
+        Some(9600)
+    );
     assert_eq!(update["num12_2"], json!("99.99"));
     assert_eq!(update["flag"], json!(false));
 
@@ -603,4 +609,60 @@ fn schema_errors_are_event_failures() {
         "{}",
         t.failures[1].reason
     );
+}
+
+#[test]
+fn unavailable_placeholders() {
+    use crate::convert::Conv;
+    let ph = json!(UNAVAILABLE_PLACEHOLDER);
+    let b64 = json!(UNAVAILABLE_PLACEHOLDER_BASE64);
+    assert!(is_unavailable(&ph, &Conv::Text));
+    assert!(is_unavailable(&ph, &Conv::Json));
+    assert!(is_unavailable(&ph, &Conv::Infer));
+    assert!(is_unavailable(&b64, &Conv::Bytes));
+    assert!(is_unavailable(&b64, &Conv::Infer));
+    // Base64 text is only the placeholder where bytes are expected.
+    assert!(!is_unavailable(&b64, &Conv::Text));
+    let arr = json!([UNAVAILABLE_PLACEHOLDER]);
+    assert!(is_unavailable(&arr, &Conv::Array(Box::new(Conv::Text))));
+    assert!(!is_unavailable(
+        &json!([UNAVAILABLE_PLACEHOLDER, "x"]),
+        &Conv::Infer
+    ));
+    assert!(!is_unavailable(&json!("other"), &Conv::Text));
+    assert!(!is_unavailable(&Value::Null, &Conv::Text));
+
+    // Without schemas, a bytea and a text[] column, and a key that happens to be the
+    // placeholder (keys are never checked).
+    let v = format!(
+        r#"{{"op":"u","source":{{"lsn":5}},"after":{{"id":"{UNAVAILABLE_PLACEHOLDER}","b":"{UNAVAILABLE_PLACEHOLDER_BASE64}","tags":["{UNAVAILABLE_PLACEHOLDER}"],"n":1}}}}"#
+    );
+    let k = format!(r#"{{"id":"{UNAVAILABLE_PLACEHOLDER}"}}"#);
+    let t = transform_batch(&[event("p.s.t", Some(&k), Some(&v))]).unwrap();
+    assert!(t.failures.is_empty(), "{:?}", t.failures);
+    let d = data(&t.rows[0]);
+    assert_eq!(d["id"], ph);
+    assert_eq!(d["b"], Value::Null);
+    assert_eq!(d["tags"], Value::Null);
+    assert_eq!(d["__unavailable"], json!({"b": true, "tags": true}));
+    // No type is inferred from a placeholder: VARCHAR as for an all-null column.
+    assert!(
+        types(&t.tables[0]).contains(&("b", "VARCHAR", false)),
+        "{:?}",
+        t.tables[0]
+    );
+    // A source column named like the field fails its event.
+    let v = r#"{"op":"c","after":{"id":1,"__unavailable":1}}"#;
+    let t = transform_batch(&[event("p.s.t", Some(r#"{"id":1}"#), Some(v))]).unwrap();
+    assert!(t.failures[0].reason.contains("collides"));
+}
+
+#[test]
+fn unavailable_with_schemas_keeps_the_schema_type() {
+    // Every row of the batch has the placeholder: the column keeps its schema type.
+    let recs = fixtures::load("schemas_precise", "types_toast_replica_identity_default");
+    let t = transform(&recs[2..3]);
+    assert!(t.failures.is_empty(), "{:?}", t.failures);
+    assert!(types(&t.tables[0]).contains(&("big_text", "VARCHAR", false)));
+    assert_eq!(data(&t.rows[0])["__unavailable"], json!({"big_text": true}));
 }
