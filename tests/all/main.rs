@@ -2,5 +2,6 @@
 
 mod e2e;
 mod fixtures;
+mod live_types;
 mod property;
 mod support;

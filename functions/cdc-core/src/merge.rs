@@ -10,21 +10,22 @@
 //!    placeholder: the row keeps the inserted text). See [`dedup_carry_forward`].
 //! 2. The surviving rows' `data` objects are concatenated (not re-serialised unless
 //!    a value was carried forward) into one JSON array bound as a single `TEXT`
-//!    parameter, read back through [`ROWS_SOURCE`]: the SQL text depends only on the
-//!    shape (Snowflake can cache its plan) and no value is ever inlined.
+//!    parameter, read back through [`ROWS_SOURCE`]: no value is ever inlined, and the
+//!    SQL text depends only on the shape and on which columns lack values (so
+//!    Snowflake can cache its plan; batches without unchanged TOASTed values all share
+//!    one text per shape).
 //! 3. Rows whose `__op` is `d` delete, others upsert, but only over a target row that
-//!    is not newer (`__lsn`); columns listed in `__unavailable` keep the target's value:
+//!    is not newer (`__lsn`):
 //!
 //! ```sql
 //! MERGE INTO "DB"."S"."T" AS t
 //! USING (SELECT f.value['id']::NUMBER(38,0) AS "ID", ..., f.value['__op']::VARCHAR AS "__OP",
-//!               f.value['__lsn']::NUMBER(38,0) AS "__LSN", f.value['__unavailable'] AS "__UNAVAILABLE"
+//!               f.value['__lsn']::NUMBER(38,0) AS "__LSN", ...
 //!        FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) AS f) AS s
-//! ON t."ID" = s."ID" AND (s."__UNAVAILABLE" IS NULL OR TRUE)
+//! ON t."ID" = s."ID"
 //! WHEN MATCHED AND s."__OP" = 'd' AND (t."__LSN" IS NULL OR s."__LSN" IS NULL OR s."__LSN" >= t."__LSN") THEN DELETE
 //! WHEN MATCHED AND (t."__LSN" IS NULL OR s."__LSN" IS NULL OR s."__LSN" >= t."__LSN")
-//!   THEN UPDATE SET t."NAME" = IFF(s."__UNAVAILABLE"['name'] IS NULL, s."NAME", t."NAME"), ...,
-//!                   t."__OP" = s."__OP", t."__LSN" = s."__LSN", ...
+//!   THEN UPDATE SET t."NAME" = s."NAME", ..., t."__OP" = s."__OP", t."__LSN" = s."__LSN", ...
 //! WHEN NOT MATCHED AND s."__OP" <> 'd' THEN INSERT ("ID", ...) VALUES (s."ID", ...)
 //! ```
 //!
@@ -34,17 +35,25 @@
 //! the target or the change, e.g. events without `source.lsn`) always apply.
 //! Snapshot reads (`r`) carry the snapshot's LSN and follow the same rule. The LSN
 //! conditions are present only when the shape has a non-key `__lsn` column.
-//! Limitation: a hard delete removes the row and its LSN, so replaying an older insert
-//! of that key afterwards inserts it again (soft deletes, which keep the row and its
-//! LSN, will close this gap).
+//! Inserts (no target row) always apply. Limitations: a hard delete removes the row
+//! and its LSN, so replaying an older change of that key afterwards inserts it again
+//! (soft deletes, which keep the row and its LSN, will close this gap); and an update
+//! lacking a TOASTed value that reaches an empty target before its (older) insert
+//! inserts NULL for that column, the insert then being ignored as older.
 //!
-//! Unavailable values: the UPDATE keeps `t."C"` for a column `C` listed in
-//! `s."__UNAVAILABLE"` (an object, `{"c": true}`); an INSERT writes NULL for it, nothing
-//! better being known. The `AND (s."__UNAVAILABLE" IS NULL OR TRUE)` term of the `ON`
-//! clause is always true: it is there for the fakesnow emulator, which carries into
-//! its UPDATE only the source columns that appear in the `ON` clause or as a whole
-//! value of `SET`/`INSERT`. The metadata columns `__op`, `__lsn`, `__source_ts_ms`
-//! are always written.
+//! Unavailable values (columns listed in a row's `__unavailable`, see
+//! [`crate::transform`]), after carrying forward: a column that every upserting row
+//! lacks is left out of the `UPDATE SET` (the target keeps its value); a column that
+//! only some rows lack is chosen per row, `t."C" = IFF(s."__UNAVAILABLE"['c'] IS NULL,
+//! s."C", t."C")`, with `f.value['__unavailable'] AS "__UNAVAILABLE"` added to the
+//! source and the always-true `AND (s."__UNAVAILABLE" IS NULL OR TRUE)` to the `ON`
+//! clause: the fakesnow emulator carries into its UPDATE only the source columns that
+//! appear in `ON` or as a whole `SET`/`INSERT` value, and its `ARRAY_CONTAINS` cannot
+//! read a JSON array, hence an object and a field test. Writing only the columns that
+//! need it keeps `t."C" = s."C"` (an implicit cast to the target type) wherever it can:
+//! `IFF` needs both branches of one type, which a batch without schemas may not give.
+//! An INSERT writes NULL for an unavailable column, nothing better being known. The
+//! metadata columns `__op`, `__lsn`, `__source_ts_ms` are always written.
 //!
 //! When the array would exceed [`MAX_BIND_BYTES`] the rows are split over several
 //! identical statements (each key appears in exactly one, so their order does not
@@ -115,10 +124,24 @@ pub fn build_merge_with_limit(
     }
 
     let winners = dedup_carry_forward(input.rows)?;
+    // Per column: how many upserting survivors lack its value.
+    let mut unavailable: HashMap<String, usize> = HashMap::new();
+    let mut upserts = 0;
     for (i, data) in &winners {
-        check_data(&input.rows[*i], data, *i)?;
+        let row = &input.rows[*i];
+        let missing = check_data(row, data, *i)?;
+        if row.op != Op::Delete {
+            upserts += 1;
+            for name in missing {
+                *unavailable.entry(name).or_default() += 1;
+            }
+        }
     }
-    let merge_sql = merge_sql(input)?;
+    let merge_sql = merge_sql(input, |name| match unavailable.get(name) {
+        None => Update::Write,
+        Some(&n) if n == upserts => Update::Keep,
+        Some(_) => Update::PerRow,
+    })?;
     let rows_after_dedup = u32::try_from(winners.len())
         .map_err(|_| Error::InvalidInput(format!("{} rows in one merge", winners.len())))?;
 
@@ -278,38 +301,61 @@ fn carry_forward(data: &str, previous: &str) -> Result<Option<String>, String> {
 #[derive(Deserialize)]
 struct RowMeta {
     #[serde(rename = "__unavailable", default)]
-    _unavailable: Option<Map<String, Value>>,
+    unavailable: Option<Map<String, Value>>,
 }
 
 /// Rows are spliced into a JSON array as they are: each must be one JSON object whose
-/// `__unavailable`, if present, is an object or null.
-fn check_data(row: &Row, data: &str, index: usize) -> Result<(), Error> {
+/// `__unavailable`, if present, is an object or null. Returns the columns it lists.
+fn check_data(row: &Row, data: &str, index: usize) -> Result<Vec<String>, Error> {
     let data = data.trim();
     let problem = if !data.starts_with('{') {
-        Some("data is not a JSON object".to_owned())
+        "data is not a JSON object".to_owned()
     } else {
         match serde_json::from_str::<RowMeta>(data) {
-            Ok(_) => None,
-            Err(e) if e.is_data() && data.contains(UNAVAILABLE_KEY_JSON) => Some(format!(
-                "data is not a JSON object with an object '{UNAVAILABLE_COLUMN}': {e}"
-            )),
-            Err(_) => Some("data is not a JSON object".to_owned()),
+            Ok(meta) => {
+                return Ok(meta
+                    .unavailable
+                    .map(|m| m.into_iter().map(|(k, _)| k).collect())
+                    .unwrap_or_default());
+            }
+            Err(e) if e.is_data() && data.contains(UNAVAILABLE_KEY_JSON) => {
+                format!("data is not a JSON object with an object '{UNAVAILABLE_COLUMN}': {e}")
+            }
+            Err(_) => "data is not a JSON object".to_owned(),
         }
     };
-    match problem {
-        None => Ok(()),
-        Some(p) => Err(Error::InvalidInput(format!(
-            "row {index} (event {}): {p}",
-            row.event
-        ))),
-    }
+    Err(Error::InvalidInput(format!(
+        "row {index} (event {}): {problem}",
+        row.event
+    )))
 }
 
-fn merge_sql(input: &MergeInput<'_>) -> Result<String, Error> {
+/// How the UPDATE branch writes a non-key column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Update {
+    /// Every change has its value: `t."C" = s."C"`.
+    Write,
+    /// No upserting change has its value: not written (the target keeps its own).
+    Keep,
+    /// Some changes lack it: `t."C" = IFF(s."__UNAVAILABLE"['c'] IS NULL, s."C", t."C")`.
+    PerRow,
+}
+
+fn merge_sql(input: &MergeInput<'_>, update: impl Fn(&str) -> Update) -> Result<String, Error> {
     let case = input.identifier_case;
     let columns = &input.shape.columns;
     let idents: Vec<String> = columns.iter().map(|c| quote_ident(&c.name, case)).collect();
     let unavailable = quote_ident(UNAVAILABLE_COLUMN, case);
+    let update_of = |name: &str| {
+        if METADATA_COLUMNS.iter().any(|(m, _)| *m == name) {
+            Update::Write
+        } else {
+            update(name)
+        }
+    };
+    let per_row = columns
+        .iter()
+        .any(|c| !c.is_key && update_of(&c.name) == Update::PerRow);
 
     let mut select = Vec::with_capacity(columns.len() + 1);
     for (c, ident) in columns.iter().zip(&idents) {
@@ -318,33 +364,31 @@ fn merge_sql(input: &MergeInput<'_>) -> Result<String, Error> {
             json_field_expr("f.value", &c.name, &c.data_type)?
         ));
     }
-    select.push(format!(
-        "f.value[{}] AS {unavailable}",
-        sql_string_literal(UNAVAILABLE_COLUMN)
-    ));
     let mut on: Vec<String> = columns
         .iter()
         .zip(&idents)
         .filter(|(c, _)| c.is_key)
         .map(|(_, i)| format!("t.{i} = s.{i}"))
         .collect();
-    // Always true; makes fakesnow carry the column into its UPDATE (module docs).
-    on.push(format!("(s.{unavailable} IS NULL OR TRUE)"));
-    let set: Vec<String> = columns
-        .iter()
-        .zip(&idents)
-        .filter(|(c, _)| !c.is_key)
-        .map(|(c, i)| {
-            if METADATA_COLUMNS.iter().any(|(m, _)| *m == c.name) {
-                format!("t.{i} = s.{i}")
-            } else {
-                format!(
-                    "t.{i} = IFF(s.{unavailable}[{}] IS NULL, s.{i}, t.{i})",
-                    sql_string_literal(&c.name)
-                )
-            }
-        })
-        .collect();
+    if per_row {
+        select.push(format!(
+            "f.value[{}] AS {unavailable}",
+            sql_string_literal(UNAVAILABLE_COLUMN)
+        ));
+        // Always true; makes fakesnow carry the column into its UPDATE (module docs).
+        on.push(format!("(s.{unavailable} IS NULL OR TRUE)"));
+    }
+    let mut set = Vec::with_capacity(columns.len());
+    for (c, i) in columns.iter().zip(&idents).filter(|(c, _)| !c.is_key) {
+        match update_of(&c.name) {
+            Update::Write => set.push(format!("t.{i} = s.{i}")),
+            Update::Keep => {}
+            Update::PerRow => set.push(format!(
+                "t.{i} = IFF(s.{unavailable}[{}] IS NULL, s.{i}, t.{i})",
+                sql_string_literal(&c.name)
+            )),
+        }
+    }
     let values: Vec<String> = idents.iter().map(|i| format!("s.{i}")).collect();
     let op = quote_ident(OP_COLUMN, case);
     let newer = if columns.iter().any(|c| c.name == LSN_COLUMN && !c.is_key) {
@@ -419,25 +463,26 @@ mod tests {
         .unwrap()
     }
 
+    const LSN_OK: &str =
+        "(t.\"__LSN\" IS NULL OR s.\"__LSN\" IS NULL OR s.\"__LSN\" >= t.\"__LSN\")";
+
     #[test]
     fn sql_text() {
         let p = plan(&[row(1, "a", Op::Insert, 10)]);
         assert_eq!(p.statements.len(), 1);
         assert_eq!(
             p.statements[0].sql,
-            "MERGE INTO \"DB\".\"S\".\"T\" AS t USING (SELECT f.value['id']::NUMBER(38,0) AS \"ID\", \
-             f.value['name']::VARCHAR AS \"NAME\", f.value['__op']::VARCHAR AS \"__OP\", \
-             f.value['__lsn']::NUMBER(38,0) AS \"__LSN\", \
-             f.value['__unavailable'] AS \"__UNAVAILABLE\" \
-             FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) AS f) AS s \
-             ON t.\"ID\" = s.\"ID\" AND (s.\"__UNAVAILABLE\" IS NULL OR TRUE) \
-             WHEN MATCHED AND s.\"__OP\" = 'd' \
-             AND (t.\"__LSN\" IS NULL OR s.\"__LSN\" IS NULL OR s.\"__LSN\" >= t.\"__LSN\") THEN DELETE \
-             WHEN MATCHED AND (t.\"__LSN\" IS NULL OR s.\"__LSN\" IS NULL OR s.\"__LSN\" >= t.\"__LSN\") \
-             THEN UPDATE SET t.\"NAME\" = IFF(s.\"__UNAVAILABLE\"['name'] IS NULL, s.\"NAME\", t.\"NAME\"), \
-             t.\"__OP\" = s.\"__OP\", t.\"__LSN\" = s.\"__LSN\" \
-             WHEN NOT MATCHED AND s.\"__OP\" <> 'd' THEN INSERT (\"ID\", \"NAME\", \"__OP\", \"__LSN\") \
-             VALUES (s.\"ID\", s.\"NAME\", s.\"__OP\", s.\"__LSN\")"
+            format!(
+                "MERGE INTO \"DB\".\"S\".\"T\" AS t USING (SELECT f.value['id']::NUMBER(38,0) AS \"ID\", \
+                 f.value['name']::VARCHAR AS \"NAME\", f.value['__op']::VARCHAR AS \"__OP\", \
+                 f.value['__lsn']::NUMBER(38,0) AS \"__LSN\" \
+                 FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) AS f) AS s ON t.\"ID\" = s.\"ID\" \
+                 WHEN MATCHED AND s.\"__OP\" = 'd' AND {LSN_OK} THEN DELETE \
+                 WHEN MATCHED AND {LSN_OK} \
+                 THEN UPDATE SET t.\"NAME\" = s.\"NAME\", t.\"__OP\" = s.\"__OP\", t.\"__LSN\" = s.\"__LSN\" \
+                 WHEN NOT MATCHED AND s.\"__OP\" <> 'd' THEN INSERT (\"ID\", \"NAME\", \"__OP\", \"__LSN\") \
+                 VALUES (s.\"ID\", s.\"NAME\", s.\"__OP\", s.\"__LSN\")"
+            )
         );
         assert_eq!(
             p.statements[0].binds,
@@ -447,6 +492,45 @@ mod tests {
             }]
         );
         assert_eq!(p.rows_after_dedup, 1);
+    }
+
+    #[test]
+    fn sql_text_with_unavailable_values() {
+        // Some rows lack `name`: chosen per row, the flag read and carried by the ON.
+        let p = plan(&[
+            toasted(1, Op::Update, 10),
+            row(2, "b", Op::Update, 11),
+            row(3, "", Op::Delete, 12),
+        ]);
+        assert_eq!(
+            p.statements[0].sql,
+            format!(
+                "MERGE INTO \"DB\".\"S\".\"T\" AS t USING (SELECT f.value['id']::NUMBER(38,0) AS \"ID\", \
+                 f.value['name']::VARCHAR AS \"NAME\", f.value['__op']::VARCHAR AS \"__OP\", \
+                 f.value['__lsn']::NUMBER(38,0) AS \"__LSN\", f.value['__unavailable'] AS \"__UNAVAILABLE\" \
+                 FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) AS f) AS s \
+                 ON t.\"ID\" = s.\"ID\" AND (s.\"__UNAVAILABLE\" IS NULL OR TRUE) \
+                 WHEN MATCHED AND s.\"__OP\" = 'd' AND {LSN_OK} THEN DELETE \
+                 WHEN MATCHED AND {LSN_OK} \
+                 THEN UPDATE SET t.\"NAME\" = IFF(s.\"__UNAVAILABLE\"['name'] IS NULL, s.\"NAME\", t.\"NAME\"), \
+                 t.\"__OP\" = s.\"__OP\", t.\"__LSN\" = s.\"__LSN\" \
+                 WHEN NOT MATCHED AND s.\"__OP\" <> 'd' THEN INSERT (\"ID\", \"NAME\", \"__OP\", \"__LSN\") \
+                 VALUES (s.\"ID\", s.\"NAME\", s.\"__OP\", s.\"__LSN\")"
+            )
+        );
+        // Every upserting row lacks it (deletes do not count): not written at all.
+        let p = plan(&[toasted(1, Op::Update, 10), row(3, "", Op::Delete, 12)]);
+        let sql = &p.statements[0].sql;
+        assert!(
+            sql.contains("UPDATE SET t.\"__OP\" = s.\"__OP\", t.\"__LSN\" = s.\"__LSN\" WHEN"),
+            "{sql}"
+        );
+        assert!(!sql.contains("__UNAVAILABLE"), "{sql}");
+        assert!(sql.contains("INSERT (\"ID\", \"NAME\","), "{sql}");
+        // Carried forward in the batch: written as usual.
+        let p = plan(&[row(1, "a", Op::Insert, 9), toasted(1, Op::Update, 10)]);
+        assert!(!p.statements[0].sql.contains("__UNAVAILABLE"));
+        assert!(p.statements[0].sql.contains("t.\"NAME\" = s.\"NAME\""));
     }
 
     #[test]
@@ -471,16 +555,12 @@ mod tests {
         .unwrap();
         let sql = &p.statements[0].sql;
         assert!(
-            sql.contains(
-                "ON t.\"id\" = s.\"id\" AND t.\"Region\" = s.\"Region\" \
-                 AND (s.\"__unavailable\" IS NULL OR TRUE) WHEN"
-            ),
+            sql.contains("ON t.\"id\" = s.\"id\" AND t.\"Region\" = s.\"Region\" WHEN"),
             "{sql}"
         );
         assert!(
             sql.contains(
-                "UPDATE SET t.\"name\" = IFF(s.\"__unavailable\"['name'] IS NULL, s.\"name\", t.\"name\"), \
-                 t.\"__op\" = s.\"__op\", t.\"__lsn\" = s.\"__lsn\" WHEN"
+                "UPDATE SET t.\"name\" = s.\"name\", t.\"__op\" = s.\"__op\", t.\"__lsn\" = s.\"__lsn\" WHEN"
             ),
             "{sql}"
         );

@@ -23,7 +23,7 @@
 //!   does not). That field is not a
 //!   target column: the MERGE ([`crate::merge`]) reads it to keep the target's
 //!   current value, and its in-batch dedup carries an earlier row's real value
-//!   forward. Recognised forms ([`is_unavailable`]): the placeholder string (any
+//!   forward. Recognised forms: the placeholder string (any
 //!   column type, e.g. text, json, hstore), its base64 (`bytea` columns, and any
 //!   column without schema), and a one-element array of the placeholder (arrays).
 //!   Key columns are never checked (keys are not TOASTed). A real value equal to

@@ -81,9 +81,16 @@ pub(crate) fn normalize_decimal_text(text: &str, scale: u32) -> Option<String> {
     })
 }
 
-/// Rust's shortest round-trip text of a float (`1.5`, `1`, `0.1`, `inf`, `NaN`).
+/// The shortest round-trip text of a float (`1.5`, `1`, `0.1`, `inf`, `NaN`), in
+/// exponent form outside [1e-5, 1e16) as Snowflake writes them (`-1.5e-300`, `1e20`),
+/// instead of hundreds of zeros.
 pub(crate) fn format_real(value: f64) -> String {
-    value.to_string()
+    let abs = value.abs();
+    if value.is_finite() && abs != 0.0 && !(1e-5..1e16).contains(&abs) {
+        format!("{value:e}")
+    } else {
+        value.to_string()
+    }
 }
 
 /// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian).
@@ -315,6 +322,9 @@ mod tests {
         );
         assert_eq!(canonical_json("not json"), "not json");
         assert_eq!(format_real(1.5), "1.5");
+        assert_eq!(format_real(-1.5e-300), "-1.5e-300");
+        assert_eq!(format_real(1e20), "1e20");
+        assert_eq!(format_real(0.00001), "0.00001");
         assert_eq!(format_real(1.0), "1");
         assert_eq!(format_real(0.1 + 0.2), "0.30000000000000004");
     }
