@@ -146,25 +146,27 @@ async fn every_type_toast_pk_update_new_column_and_truncate_land_exactly() {
     let deadline = Instant::now() + Duration::from_secs(180);
     let (mut target, mut target_tr) = (Vec::new(), Vec::new());
     while Instant::now() < deadline {
-        if stats.snapshot().columns_added >= 1 && stats.snapshot().tables_truncated >= 1 {
-            if let (Ok(a), Ok(b)) = (
+        let snap = stats.snapshot();
+        if snap.columns_added >= 1
+            && snap.tables_truncated >= 1
+            && let (Ok(a), Ok(b)) = (
                 sf.execute(&target_sql, &[]).await,
                 sf.execute(&target_tr_sql, &[]).await,
-            ) {
-                let text = |rows: Vec<Vec<Option<String>>>| -> Vec<Vec<String>> {
-                    rows.into_iter()
-                        .map(|r| {
-                            r.into_iter()
-                                .map(|v| v.unwrap_or_else(|| "<NULL>".into()))
-                                .collect()
-                        })
-                        .collect()
-                };
-                target = canon_rows(text(a.rows));
-                target_tr = text(b.rows);
-                if target == source && target_tr == source_tr {
-                    break;
-                }
+            )
+        {
+            let text = |rows: Vec<Vec<Option<String>>>| -> Vec<Vec<String>> {
+                rows.into_iter()
+                    .map(|r| {
+                        r.into_iter()
+                            .map(|v| v.unwrap_or_else(|| "<NULL>".into()))
+                            .collect()
+                    })
+                    .collect()
+            };
+            target = canon_rows(text(a.rows));
+            target_tr = text(b.rows);
+            if target == source && target_tr == source_tr {
+                break;
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
