@@ -8,22 +8,7 @@ use floe::config::SourceKind;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::support::{env, psql, query, sink_config, snowflake, spawn_run, unique};
-
-/// A tiny deterministic generator (SplitMix64), so a failing run can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::support::{Rng, env, psql, query, sink_config, snowflake, spawn_run, unique};
 
 /// SQL for `changes` mixed inserts/updates/deletes over two tables, in transactions,
 /// and the number of Kafka messages Debezium will emit for them (a delete is two: the
