@@ -27,7 +27,9 @@ step "sample workload: $changes changes on public.customers and public.orders"
 
 step "floe run (embedded defaults: topics ^dbz\\.[^.]+\\.[^.]+$ -> FLOE.CDC.<TABLE>), until 10 s idle"
 stats="$root/target/demo-stats.json"
+# tansu holds a consumer-group join for half the session timeout: 10 s keeps it at 5 s.
 FLOE__SOURCE__KAFKA__BROKERS="$FLOE_KAFKA_BROKERS" \
+FLOE__SOURCE__KAFKA__SESSION_TIMEOUT_MS=10000 \
 FLOE__SINK__SNOWFLAKE__ACCOUNT_URL="$FLOE_SNOWFLAKE_URL" \
   "$floe" run --exit-when-idle 10 --metrics-json "$stats" >/dev/null
 

@@ -76,6 +76,8 @@ pub fn sink_config(database: &str) -> Config {
     c.sink.snowflake.account_url = env("FLOE_SNOWFLAKE_URL");
     c.sink.snowflake.database = database.to_string();
     c.sink.snowflake.schema = "CDC".into();
+    // tansu holds a group join for half the session timeout (dev/README.md): keep it short.
+    c.source.kafka.session_timeout_ms = 10_000;
     c
 }
 
