@@ -133,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Config => {
             let config = load_config(cli.config)?;
-            println!("{}", toml_like(&config)?);
+            println!("{}", config_json(&config)?);
             Ok(())
         }
         Command::Query { sql } => {
@@ -153,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The configuration as pretty JSON (secrets print as `***`).
-fn toml_like(config: &Config) -> anyhow::Result<String> {
+fn config_json(config: &Config) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(config)?)
 }
 
