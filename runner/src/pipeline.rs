@@ -19,7 +19,7 @@ use crate::events::{
     StatsSnapshot, TruncateIgnored,
 };
 use crate::sinks::snowflake::target_for;
-use crate::sinks::{Sink, SinkError, TableLoad};
+use crate::sinks::{Sink, SinkError, TableLoad, Truncation};
 use crate::sources::{BatchLimits, Message, Source, SourceBatch, SourceError};
 
 /// Errors that stop a pipeline run. Per-event problems never do: they are logged and
@@ -66,6 +66,10 @@ pub struct Pipeline<S, K> {
     components: Arc<Components>,
     settings: PipelineSettings,
     stats: Arc<Stats>,
+    /// Per source table, the highest truncate LSN seen this run: a row change below it
+    /// that arrives later (from another partition: Debezium sends truncates without a
+    /// key) was wiped by that truncate and is not loaded.
+    truncated_below: HashMap<String, i64>,
 }
 
 /// A batch after the components ran: what to load and what it amounted to.
@@ -107,6 +111,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             components,
             settings,
             stats,
+            truncated_below: HashMap::new(),
         }
     }
 
@@ -238,7 +243,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
     }
 
     /// Runs the components over a batch (CPU-bound; called on a blocking section).
-    fn prepare(&self, messages: Vec<Message>) -> Prepared {
+    fn prepare(&mut self, messages: Vec<Message>) -> Prepared {
         let wasm_started = Instant::now();
         let positions: Vec<(Arc<str>, i32, i64)> = messages
             .iter()
@@ -350,15 +355,27 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             }
             .emit(&self.stats);
         }
-        // The last TRUNCATE per table: rows before it are wiped by it, so only the rows
-        // after it are loaded, into the emptied table.
-        let mut truncated_at: HashMap<&str, u32> = HashMap::new();
+        // The last TRUNCATE per table wipes the rows before it; only the rows after it
+        // are loaded, and the sink empties the table of rows below its LSN first.
+        // "Before" is by LSN where both sides have one: Debezium sends truncates without
+        // a key, so on a topic with several partitions a truncate and the table's row
+        // changes are not in offset order. Without LSNs, batch order decides.
+        let mut truncated_at: HashMap<&str, (u32, i64)> = HashMap::new();
         for t in &out.truncates {
             produced[t.event as usize] = true;
             match self.settings.target.truncate {
                 TruncateMode::Apply => {
-                    let at = truncated_at.entry(t.table.as_str()).or_insert(t.event);
-                    *at = (*at).max(t.event);
+                    let at = truncated_at
+                        .entry(t.table.as_str())
+                        .or_insert((t.event, t.lsn));
+                    let later = if t.lsn >= 0 && at.1 >= 0 {
+                        t.lsn > at.1
+                    } else {
+                        t.event > at.0
+                    };
+                    if later {
+                        *at = (t.event, t.lsn);
+                    }
                 }
                 TruncateMode::Ignore => TruncateIgnored {
                     position: pos(original[t.event as usize]),
@@ -367,13 +384,37 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 .emit(&self.stats),
             }
         }
+        for (table, &(_, lsn)) in &truncated_at {
+            if lsn >= 0 {
+                let below = self
+                    .truncated_below
+                    .entry((*table).to_owned())
+                    .or_insert(lsn);
+                *below = (*below).max(lsn);
+            }
+        }
         let mut per_table: Vec<Vec<Row>> = (0..out.tables.len()).map(|_| Vec::new()).collect();
         for row in out.rows {
             produced[row.event as usize] = true;
-            let wiped = truncated_at
-                .get(out.tables[row.table as usize].name.as_str())
-                .is_some_and(|&at| row.event < at);
-            if wiped {
+            let table = out.tables[row.table as usize].name.as_str();
+            let wiped_in_batch = truncated_at.get(table).is_some_and(|&(event, lsn)| {
+                if lsn >= 0 && row.lsn >= 0 {
+                    row.lsn < lsn
+                } else {
+                    row.event < event
+                }
+            });
+            let wiped_earlier = row.lsn >= 0
+                && self
+                    .truncated_below
+                    .get(table)
+                    .is_some_and(|&below| row.lsn < below);
+            if wiped_in_batch || wiped_earlier {
+                tracing::debug!(
+                    table,
+                    lsn = row.lsn,
+                    "row change wiped by a later truncate: not loaded"
+                );
                 continue;
             }
             let counter = match row.op {
@@ -391,19 +432,24 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         let skipped = produced.iter().filter(|p| !**p).count() as u64;
 
         // 3. one MERGE plan per table
-        let mut truncate: std::collections::BTreeSet<String> =
-            truncated_at.keys().map(|t| t.to_string()).collect();
+        let mut truncate: std::collections::BTreeMap<String, Truncation> = truncated_at
+            .iter()
+            .map(|(t, &(_, lsn))| {
+                let below_lsn = (lsn >= 0).then_some(lsn);
+                (t.to_string(), Truncation { below_lsn })
+            })
+            .collect();
         let mut loads = Vec::new();
         let mut rows = 0;
         for (shape, rows_of_table) in out.tables.into_iter().zip(per_table) {
             let truncate_first = truncate.remove(&shape.name);
             if rows_of_table.is_empty() {
-                if truncate_first {
+                if truncate_first.is_some() {
                     loads.push(TableLoad {
                         target: target_for(&self.settings.target, &shape.name),
                         source_table: shape.name.clone(),
                         shape,
-                        truncate_first,
+                        truncate: truncate_first,
                         plan: MergePlan {
                             statements: Vec::new(),
                             rows_after_dedup: 0,
@@ -426,7 +472,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                         source_table: input.shape.name.clone(),
                         target,
                         shape: input.shape,
-                        truncate_first,
+                        truncate: truncate_first,
                         plan,
                     });
                 }
@@ -448,7 +494,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             }
         }
         // Tables truncated in this batch without any row of theirs in it.
-        for table in truncate {
+        for (table, truncation) in truncate {
             loads.push(TableLoad {
                 target: target_for(&self.settings.target, &table),
                 shape: TableShape {
@@ -456,7 +502,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     columns: Vec::new(),
                 },
                 source_table: table,
-                truncate_first: true,
+                truncate: Some(truncation),
                 plan: MergePlan {
                     statements: Vec::new(),
                     rows_after_dedup: 0,

@@ -64,6 +64,79 @@ pub fn canon(v: &str) -> String {
     format!("{}{zone}", main.trim_end_matches('0').trim_end_matches('.'))
 }
 
+/// The fixture's truncate with a row change that came after it in the source log
+/// (`id` 3, LSN above the truncate's) but reaches floe out of offset order, as it does
+/// when the two sit in different partitions (Debezium sends truncates without a key).
+/// Returns the file's lines: c(1), c(2), t, and the late insert.
+fn truncate_with_later_insert(v: Variant) -> Vec<String> {
+    let text = std::fs::read_to_string(file(v, "truncate.jsonl")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3);
+    fn envelope(v: Variant, r: &mut serde_json::Value) -> &mut serde_json::Value {
+        if v == Variant::Schemas {
+            &mut r["value"]["payload"]
+        } else {
+            &mut r["value"]
+        }
+    }
+    let mut t: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    let t_lsn = envelope(v, &mut t)["source"]["lsn"].as_i64().unwrap();
+    let mut late: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    if v == Variant::Schemas {
+        late["key"]["payload"]["id"] = 3.into();
+    } else {
+        late["key"]["id"] = 3.into();
+    }
+    let env = envelope(v, &mut late);
+    env["after"]["id"] = 3.into();
+    env["after"]["v"] = "after truncate".into();
+    env["source"]["lsn"] = (t_lsn + 100).into();
+    lines.push(late.to_string());
+    lines
+}
+
+fn write_lines(name: &str, lines: &[&String]) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("floe-fixture"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let text: Vec<&str> = lines.iter().map(|l| l.as_str()).collect();
+    std::fs::write(&p, text.join("\n") + "\n").unwrap();
+    p
+}
+
+/// A truncate is ordered with the table's row changes by LSN, not by offset: a change
+/// after it that arrived first survives it, a change before it that arrives after it
+/// is not loaded.
+async fn truncate_out_of_offset_order(sf: &Client, v: Variant, db: &dyn Fn(&str) -> String) {
+    let l = truncate_with_later_insert(v);
+    let (c1, c2, t, c3) = (&l[0], &l[1], &l[2], &l[3]);
+    let only_3 = expect(&[&["3", "after truncate"]]);
+    // In one batch, the later insert ahead of the truncate.
+    let d = db("truncord1");
+    replay(&[write_lines("truncate.jsonl", &[c1, c2, c3, t])], &d).await;
+    assert_eq!(rows(sf, &d, "TRUNC_ITEMS", r#""ID", "V""#).await, only_3);
+    // The later insert loaded in an earlier batch: the truncate removes only the rows
+    // below its LSN.
+    let d = db("truncord2");
+    replay(&[write_lines("truncate.jsonl", &[c1, c2, c3])], &d).await;
+    let s = replay(&[write_lines("truncate.jsonl", &[t])], &d).await;
+    assert_eq!(s.tables_truncated, 1, "{s:?}");
+    assert_eq!(rows(sf, &d, "TRUNC_ITEMS", r#""ID", "V""#).await, only_3);
+    // Batches of one event: an insert from before the truncate that arrives after it is
+    // not loaded.
+    let d = db("truncord3");
+    let s = replay_with(
+        &[write_lines("truncate.jsonl", &[c3, t, c1, c2])],
+        &d,
+        |c| {
+            c.batch.max_rows = 1;
+        },
+    )
+    .await;
+    assert_eq!((s.tables_truncated, s.events_failed), (1, 0), "{s:?}");
+    assert_eq!(rows(sf, &d, "TRUNC_ITEMS", r#""ID", "V""#).await, only_3);
+}
+
 async fn rows(sf: &Client, db: &str, table: &str, cols: &str) -> Vec<Vec<String>> {
     let sql = format!(r#"SELECT {cols} FROM "{db}"."CDC"."{table}" ORDER BY 1"#);
     query(sf, &sql)
@@ -248,6 +321,8 @@ async fn check_scenarios(v: Variant) {
         rows(&sf, &d, "TRUNC_ITEMS", r#""ID", "V""#).await,
         expect(&[&["1", "a"], &["2", "b"]])
     );
+
+    truncate_out_of_offset_order(&sf, v, &db).await;
 
     // Every type, both rows, before the update and delete.
     let d = db("types2");

@@ -113,6 +113,7 @@ pub(crate) enum Decoded<'a> {
     Skip(Skip),
     Truncate {
         table: String,
+        lsn: Option<i64>,
     },
     Change(Box<Change<'a>>),
 }
@@ -157,7 +158,8 @@ pub(crate) fn decode<'a>(event: &Event<'a>) -> Result<Decoded<'a>, String> {
         "m" => return Ok(Decoded::Skip(Skip::Message)),
         "t" => {
             let table = table_name(envelope.source.as_ref(), event.topic)?;
-            return Ok(Decoded::Truncate { table });
+            let lsn = envelope.source.as_ref().and_then(|s| s.lsn);
+            return Ok(Decoded::Truncate { table, lsn });
         }
         other => Op::from_code(other)
             .ok_or_else(|| format!("validation: unknown op '{}'", other.escape_debug()))?,

@@ -82,9 +82,10 @@ pub fn transform_batch(events: &[Event<'_>]) -> Result<Transformed, Error> {
         let index = i as u32;
         match envelope::decode(event) {
             Ok(Decoded::Skip(_)) => {}
-            Ok(Decoded::Truncate { table }) => t.out.truncates.push(Truncate {
+            Ok(Decoded::Truncate { table, lsn }) => t.out.truncates.push(Truncate {
                 event: index,
                 table,
+                lsn: lsn.unwrap_or(-1),
             }),
             Ok(Decoded::Change(change)) => {
                 if let Err(reason) = t.row(index, &change) {

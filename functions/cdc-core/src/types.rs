@@ -123,6 +123,8 @@ pub struct Truncate {
     pub event: u32,
     /// Source table as `schema.table`.
     pub table: String,
+    /// Source log position (PostgreSQL LSN), -1 when unknown.
+    pub lsn: i64,
 }
 
 /// The transformer's output for one batch (WIT `transformed`). Events that carry no

@@ -65,6 +65,7 @@ mod component {
                     .map(|t| Truncate {
                         event: t.event,
                         table: t.table,
+                        lsn: t.lsn,
                     })
                     .collect(),
                 failures: t

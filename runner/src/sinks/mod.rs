@@ -18,9 +18,19 @@ pub struct TableLoad {
     pub shape: TableShape,
     /// Empty the target table before running the plan: the batch held a TRUNCATE of
     /// the source table, and the plan holds only the changes that came after it.
-    pub truncate_first: bool,
+    pub truncate: Option<Truncation>,
     /// Statements to run, in order (none when the batch only truncated the table).
     pub plan: MergePlan,
+}
+
+/// A source TRUNCATE to apply to the target before a table's plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncation {
+    /// The truncate's source log position (PostgreSQL LSN). When known, only rows
+    /// loaded from changes below it (or without one) are removed: a change that came
+    /// after the truncate but reached floe first, from another partition, stays.
+    /// `None`: the whole table is emptied.
+    pub below_lsn: Option<i64>,
 }
 
 /// What a sink did with a batch.

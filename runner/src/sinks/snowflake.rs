@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use floe_snowflake::{Auth, Bind, Client, ConnectOptions};
 
-use super::{LoadReport, Sink, SinkError, TableLoad, core_shape};
+use super::{LoadReport, Sink, SinkError, TableLoad, Truncation, core_shape};
 use crate::config::{IdentifierCase, SnowflakeConfig};
 
 /// Maps a source table (`schema.table`) to its target name parts.
@@ -100,6 +100,63 @@ impl SnowflakeSink {
         &self.client
     }
 
+    /// The columns (identifiers) of a target table; empty when it does not exist.
+    async fn target_columns(&self, target: &[String]) -> Result<HashSet<String>, SinkError> {
+        let columns_sql = format!(
+            "SELECT COLUMN_NAME FROM {}.INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+            floe_cdc_core::qualified(&target[..1]),
+            floe_cdc_core::sql_string_literal(&target[1]),
+            floe_cdc_core::sql_string_literal(&target[2]),
+        );
+        match self.client.execute(&columns_sql, &[]).await {
+            Ok(res) => Ok(res
+                .rows
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect()),
+            // The database itself does not exist (yet).
+            Err(floe_snowflake::Error::Sql { code, .. }) if code == "002003" => Ok(HashSet::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies a source TRUNCATE: removes the rows loaded from changes below the
+    /// truncate's LSN (`DELETE ... WHERE __LSN < lsn`), or every row when the LSN or
+    /// the table's `__LSN` column is missing (`TRUNCATE TABLE`). A table that does not
+    /// exist has nothing to empty.
+    async fn truncate(
+        &mut self,
+        load: &TableLoad,
+        truncation: Truncation,
+        report: &mut LoadReport,
+    ) -> Result<(), SinkError> {
+        let columns = match self.known_tables.get(&load.target) {
+            Some(columns) => columns.clone(),
+            None => self.target_columns(&load.target).await?,
+        };
+        let target = load.target.join(".");
+        if columns.is_empty() {
+            tracing::info!(table = %target, "truncate of a table that does not exist yet: nothing to empty");
+            return Ok(());
+        }
+        let case = core_case(self.cfg.identifier_case);
+        let table = floe_cdc_core::qualified(&load.target);
+        let lsn_column = floe_cdc_core::sql::identifier(floe_cdc_core::LSN_COLUMN, case);
+        let sql = match truncation.below_lsn {
+            Some(lsn) if columns.contains(&lsn_column) => {
+                let lsn_column = floe_cdc_core::quote_ident(floe_cdc_core::LSN_COLUMN, case);
+                format!("DELETE FROM {table} WHERE {lsn_column} IS NULL OR {lsn_column} < {lsn}")
+            }
+            _ => format!("TRUNCATE TABLE {table}"),
+        };
+        let res = self.client.execute(&sql, &[]).await?;
+        report.statements += 1;
+        report.tables_truncated += 1;
+        report.rows_deleted += res.rows_deleted.unwrap_or(0);
+        tracing::info!(table = %target, below_lsn = ?truncation.below_lsn, "target table truncated");
+        Ok(())
+    }
+
     /// On a table's first sight this run: creates it when missing and reads its columns.
     /// Then adds every column of the batch's shape the table lacks (a column added at the
     /// source). Columns dropped at the source stay in the target and are no longer
@@ -118,20 +175,7 @@ impl SnowflakeSink {
                 floe_cdc_core::sql::create_table_sql(&load.target, &core_shape(&load.shape), case)
                     .map_err(invalid)?;
             self.client.execute(&ddl, &[]).await?;
-            let columns_sql = format!(
-                "SELECT COLUMN_NAME FROM {}.INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
-                floe_cdc_core::qualified(&load.target[..1]),
-                floe_cdc_core::sql_string_literal(&load.target[1]),
-                floe_cdc_core::sql_string_literal(&load.target[2]),
-            );
-            let existing: HashSet<String> = self
-                .client
-                .execute(&columns_sql, &[])
-                .await?
-                .rows
-                .into_iter()
-                .filter_map(|r| r.into_iter().next().flatten())
-                .collect();
+            let existing = self.target_columns(&load.target).await?;
             tracing::info!(table = %load.target.join("."), columns = existing.len(), "target table ensured");
             self.known_tables.insert(load.target.clone(), existing);
             ensured = 1;
@@ -166,24 +210,8 @@ impl Sink for SnowflakeSink {
     async fn load(&mut self, loads: &[TableLoad]) -> Result<LoadReport, SinkError> {
         let mut report = LoadReport::default();
         for load in loads {
-            if load.truncate_first {
-                let target = floe_cdc_core::qualified(&load.target);
-                // Not `IF EXISTS`: the emulator lacks it. A missing table has nothing to
-                // empty (Snowflake's 002003: object does not exist).
-                match self
-                    .client
-                    .execute(&format!("TRUNCATE TABLE {target}"), &[])
-                    .await
-                {
-                    Ok(_) => {
-                        report.tables_truncated += 1;
-                        tracing::info!(table = %load.target.join("."), "target table truncated");
-                    }
-                    Err(floe_snowflake::Error::Sql { code, .. }) if code == "002003" => {
-                        tracing::info!(table = %load.target.join("."), "truncate of a table that does not exist yet: nothing to empty");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+            if let Some(truncation) = load.truncate {
+                self.truncate(load, truncation, &mut report).await?;
             }
             if load.plan.statements.is_empty() {
                 continue;
