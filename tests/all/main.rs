@@ -5,3 +5,4 @@ mod fixtures;
 mod live_types;
 mod property;
 mod support;
+mod variants;

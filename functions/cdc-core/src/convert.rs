@@ -234,6 +234,23 @@ pub(crate) fn envelope_schema(raw: &str) -> Result<EnvelopeSchema, String> {
     Ok(out)
 }
 
+/// Parses the schema of a flattened (ExtractNewRecordState) record: a struct of the
+/// row's columns, used for both sides.
+pub(crate) fn flat_schema(raw: &str) -> Result<EnvelopeSchema, String> {
+    let schema: ConnectSchema =
+        serde_json::from_str(raw).map_err(|e| format!("schema: value schema: {e}"))?;
+    if schema.ty != "struct" {
+        return Err(format!(
+            "schema: value schema is '{}', not a struct",
+            schema.ty
+        ));
+    }
+    Ok(EnvelopeSchema {
+        before: Some(RowSchema::from_fields(&schema.fields)?),
+        after: Some(RowSchema::from_fields(&schema.fields)?),
+    })
+}
+
 /// Parses a key schema (a struct of the key columns).
 pub(crate) fn key_schema(raw: &str) -> Result<RowSchema, String> {
     let schema: ConnectSchema =

@@ -105,6 +105,10 @@ pub(crate) struct Change<'a> {
     pub table: String,
     pub lsn: Option<i64>,
     pub source_ts_ms: Option<i64>,
+    /// A flattened (ExtractNewRecordState) record: `before`/`after` hold the record
+    /// itself, `value_schema` is the record's struct schema, and fields named like
+    /// Debezium's `add.fields` (`__op`, `__deleted`, `__lsn`, ...) are not columns.
+    pub flat: bool,
 }
 
 /// What one event is.
@@ -116,43 +120,50 @@ pub(crate) enum Decoded<'a> {
         lsn: Option<i64>,
     },
     Change(Box<Change<'a>>),
+    /// A keyed tombstone: under ExtractNewRecordState's default delete handling the
+    /// only sign of a delete. A delete of the key (no LSN); the transformer drops it
+    /// when a delete of the same key precedes it in the batch (the envelope formats
+    /// send a tombstone right after every delete).
+    Tombstone(Box<Change<'a>>),
 }
 
 /// Decodes one event and applies the default validation rules. `Err` is the
 /// human-readable reason the event cannot be loaded.
 pub(crate) fn decode<'a>(event: &Event<'a>) -> Result<Decoded<'a>, String> {
-    let Some(value) = event.value else {
-        return Ok(Decoded::Skip(Skip::Tombstone));
-    };
-    if value.trim_ascii() == b"null" {
-        return Ok(Decoded::Skip(Skip::Tombstone));
-    }
-    let top: RawEnvelope<'a> = parse_envelope(value)?;
     if event.topic.starts_with(HEARTBEAT_TOPIC_PREFIX) {
         return Ok(Decoded::Skip(Skip::Heartbeat));
     }
+    let value = match event.value {
+        Some(value) if value.trim_ascii() != b"null" => value,
+        _ => return tombstone(event),
+    };
+    let top: RawEnvelope<'a> = parse_envelope(value)?;
 
-    // With schemas: {"schema": .., "payload": <envelope>}.
-    let (envelope, value_schema) = match (top.payload, &top.op) {
+    // With schemas: {"schema": .., "payload": <envelope or flattened record>}.
+    let (envelope, value_schema, record) = match (top.payload, &top.op) {
         (Some(payload), None) => {
             if payload.get().trim_ascii() == "null" {
-                return Ok(Decoded::Skip(Skip::Tombstone));
+                return tombstone(event);
             }
-            (parse_envelope(payload.get().as_bytes())?, top.schema)
+            (
+                parse_envelope(payload.get().as_bytes())?,
+                top.schema,
+                Some(payload),
+            )
         }
-        _ => (top, None),
+        _ => (top, None, None),
     };
 
     let Some(op) = envelope.op.as_deref() else {
         if event.topic.ends_with(TRANSACTION_TOPIC_SUFFIX) {
             return Ok(Decoded::Skip(Skip::TransactionMetadata));
         }
-        return Err(
-            "validation: unsupported format: no 'op' field (not a Debezium \
-                    change-event envelope; flattened ExtractNewRecordState/unwrap records \
-                    are not supported)"
-                .to_owned(),
-        );
+        // No `op`: a record flattened by ExtractNewRecordState (unwrap).
+        let record = match record {
+            Some(record) => record,
+            None => serde_json::from_slice(value).map_err(|e| classify(&e, value, "value"))?,
+        };
+        return flat(event, record, value_schema);
     };
     let op = match op {
         "m" => return Ok(Decoded::Skip(Skip::Message)),
@@ -186,6 +197,135 @@ pub(crate) fn decode<'a>(event: &Event<'a>) -> Result<Decoded<'a>, String> {
         table,
         lsn: source.lsn,
         source_ts_ms: source.ts_ms,
+        flat: false,
+    })))
+}
+
+/// A null value (or a with-schemas `null` payload). Without a key it says nothing;
+/// with one it may be the only sign of a delete (ExtractNewRecordState's default).
+fn tombstone<'a>(event: &Event<'a>) -> Result<Decoded<'a>, String> {
+    if event.key.is_none() || event.topic.ends_with(TRANSACTION_TOPIC_SUFFIX) {
+        return Ok(Decoded::Skip(Skip::Tombstone));
+    }
+    let key = decode_key(event.key).map_err(|e| format!("{e} (tombstone)"))?;
+    let table = table_name(None, event.topic)?;
+    Ok(Decoded::Tombstone(Box::new(Change {
+        op: Op::Delete,
+        key,
+        before: None,
+        after: None,
+        value_schema: None,
+        table,
+        lsn: None,
+        source_ts_ms: None,
+        flat: true,
+    })))
+}
+
+/// The fields Debezium's ExtractNewRecordState adds (`add.fields`, default prefix
+/// `__`) that floe reads.
+#[derive(Deserialize)]
+#[serde(expecting = "a flattened Debezium record (a JSON object)")]
+struct FlatMeta {
+    #[serde(rename = "__deleted", default)]
+    deleted: Option<Value>,
+    #[serde(rename = "__op", default)]
+    op: Option<String>,
+    #[serde(rename = "__lsn", default)]
+    lsn: Option<i64>,
+    #[serde(rename = "__source_ts_ms", default)]
+    source_ts_ms: Option<i64>,
+    #[serde(rename = "__schema", default)]
+    schema: Option<String>,
+    #[serde(rename = "__table", default)]
+    table: Option<String>,
+}
+
+/// Whether a field of a flattened record is one of Debezium's `add.fields`
+/// (`__op`, `__table`, `__lsn`, `__source_ts_ms`, `__txId`, ...) or the
+/// `__deleted` flag rather than a source column.
+pub(crate) fn is_added_field(name: &str) -> bool {
+    const ADDED: [&str; 18] = [
+        "deleted",
+        "op",
+        "table",
+        "schema",
+        "db",
+        "lsn",
+        "txId",
+        "ts_ms",
+        "ts_us",
+        "ts_ns",
+        "sequence",
+        "snapshot",
+        "version",
+        "connector",
+        "name",
+        "xmin",
+        "origin",
+        "origin_lsn",
+    ];
+    name.strip_prefix("__").is_some_and(|rest| {
+        ADDED.contains(&rest) || rest.starts_with("source_") || rest.starts_with("transaction_")
+    })
+}
+
+/// A record flattened by ExtractNewRecordState: the row itself, a delete when
+/// `__deleted` is true (`delete.tombstone.handling.mode=rewrite[-with-tombstone]`) or
+/// `__op` is `d`; `__op`, `__lsn`, `__source_ts_ms`, `__schema` + `__table` are used
+/// when the SMT added them. Without `__op` a row is an upsert (`u`).
+fn flat<'a>(
+    event: &Event<'a>,
+    record: &'a RawValue,
+    record_schema: Option<&'a RawValue>,
+) -> Result<Decoded<'a>, String> {
+    if !record.get().starts_with('{') {
+        return Err("validation: value is not a JSON object".to_owned());
+    }
+    let meta: FlatMeta = serde_json::from_str(record.get())
+        .map_err(|e| format!("validation: flattened record: {e}"))?;
+    let deleted = match &meta.deleted {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) if s == "true" => true,
+        Some(Value::String(s)) if s == "false" => false,
+        Some(other) => {
+            return Err(format!(
+                "validation: flattened record: '__deleted' is {other}, not true or false"
+            ));
+        }
+    };
+    let op = match meta.op.as_deref() {
+        _ if deleted => Op::Delete,
+        None => Op::Update,
+        Some(code) => Op::from_code(code).ok_or_else(|| {
+            format!(
+                "validation: flattened record: unknown '__op' '{}'",
+                code.escape_debug()
+            )
+        })?,
+    };
+    let key = decode_key(event.key)?;
+    let source = Source {
+        schema: meta.schema,
+        table: meta.table,
+        ..Source::default()
+    };
+    let table = table_name(Some(&source), event.topic)?;
+    let (before, after) = match op {
+        Op::Delete => (Some(record), None),
+        _ => (None, Some(record)),
+    };
+    Ok(Decoded::Change(Box::new(Change {
+        op,
+        key,
+        before,
+        after,
+        value_schema: record_schema,
+        table,
+        lsn: meta.lsn,
+        source_ts_ms: meta.source_ts_ms,
+        flat: true,
     })))
 }
 

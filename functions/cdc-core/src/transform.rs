@@ -35,7 +35,7 @@
 //! format, and the placeholder is not configurable (Debezium's
 //! `unavailable.value.placeholder` must keep its default).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use serde_json::value::RawValue;
@@ -78,10 +78,30 @@ pub fn transform_batch(events: &[Event<'_>]) -> Result<Transformed, Error> {
         )));
     }
     let mut t = Transformer::default();
+    // Keys deleted so far in the batch, by topic: the tombstone Debezium sends right
+    // after a delete repeats it and is dropped.
+    let mut deleted: HashSet<(&str, &[u8])> = HashSet::new();
     for (i, event) in events.iter().enumerate() {
         let index = i as u32;
-        match envelope::decode(event) {
+        let decoded = envelope::decode(event);
+        if let (Ok(Decoded::Change(c)), Some(key)) = (&decoded, event.key)
+            && c.op == Op::Delete
+        {
+            deleted.insert((event.topic, key));
+        }
+        match decoded {
             Ok(Decoded::Skip(_)) => {}
+            Ok(Decoded::Tombstone(change)) => {
+                let repeat = event
+                    .key
+                    .is_some_and(|k| deleted.contains(&(event.topic, k)));
+                if !repeat && let Err(reason) = t.row(index, &change) {
+                    t.out.failures.push(Failure {
+                        event: index,
+                        reason,
+                    });
+                }
+            }
             Ok(Decoded::Truncate { table, lsn }) => t.out.truncates.push(Truncate {
                 event: index,
                 table,
@@ -206,7 +226,11 @@ impl<'a> Transformer<'a> {
         let value_schema = cached(
             &mut self.value_schemas,
             c.value_schema,
-            convert::envelope_schema,
+            if c.flat {
+                convert::flat_schema
+            } else {
+                convert::envelope_schema
+            },
         )?;
 
         // Deletes read `before`, everything else `after`.
@@ -261,7 +285,7 @@ impl<'a> Transformer<'a> {
         key.push(b']');
         let mut unavailable: Vec<&str> = Vec::new();
         for (name, v) in &source {
-            if c.key.fields.contains_key(name) {
+            if c.key.fields.contains_key(name) || c.flat && envelope::is_added_field(name) {
                 continue;
             }
             check_name(name)?;

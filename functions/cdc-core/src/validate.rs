@@ -1,10 +1,12 @@
 //! The default validation rules, one verdict per event:
 //!
 //! * value not JSON -> `parse: <error>`; JSON but not an event -> `validation: ...`;
-//! * tombstones (null value), heartbeat topics (`__debezium-heartbeat*`), transaction
+//! * keyless tombstones (null value), heartbeat topics (`__debezium-heartbeat*`), transaction
 //!   metadata (`*.transaction` records without `op`) and logical messages -> ok;
 //! * `op` must be one of `c`, `u`, `d`, `r`, `t`, `m` (`validation: unknown op 'x'`);
-//!   records without `op` (e.g. flattened by ExtractNewRecordState) are rejected;
+//! * a record without `op` is one flattened by ExtractNewRecordState (unwrap): its
+//!   `__deleted` must be true/false and its `__op` (when added) a known code;
+//! * a tombstone with a key is a delete of that key: the key must be a JSON object;
 //! * `c`/`u`/`d`/`r` need a key that is a non-empty JSON object (with schemas: its
 //!   payload) -> else `validation: missing key`;
 //! * `c`/`u`/`r` need a non-null `after` object; `d` needs `before` or a key;
@@ -60,6 +62,20 @@ mod tests {
     #[test]
     fn accepts() {
         assert_eq!(verdict(T, K, None), Verdict::Ok);
+        assert_eq!(verdict(T, None, None), Verdict::Ok);
+        // Flattened by ExtractNewRecordState, with and without added fields.
+        assert_eq!(
+            verdict(T, K, Some(r#"{"id":1,"name":"flat"}"#)),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict(
+                T,
+                K,
+                Some(r#"{"id":1,"__deleted":"true","__op":"d","__lsn":5}"#)
+            ),
+            Verdict::Ok
+        );
         assert_eq!(
             verdict(T, K, Some(r#"{"op":"c","after":{"id":1}}"#)),
             Verdict::Ok
@@ -123,7 +139,28 @@ mod tests {
             rejected(T, K, Some(r#"{"op":"c\n"}"#)),
             "validation: unknown op 'c\\n'"
         );
-        assert!(rejected(T, K, Some(r#"{"id":1,"name":"flat"}"#)).contains("unsupported format"));
+        // Flattened (unwrap) records: the added fields must make sense.
+        assert_eq!(
+            rejected(T, K, Some(r#"{"id":1,"__deleted":"maybe"}"#)),
+            "validation: flattened record: '__deleted' is \"maybe\", not true or false"
+        );
+        assert_eq!(
+            rejected(T, K, Some(r#"{"id":1,"__op":"x"}"#)),
+            "validation: flattened record: unknown '__op' 'x'"
+        );
+        assert_eq!(
+            rejected(T, None, Some(r#"{"id":1}"#)),
+            "validation: missing key"
+        );
+        assert!(
+            rejected(T, K, Some(r#"{"id":1,"__lsn":"x"}"#))
+                .starts_with("validation: flattened record: ")
+        );
+        // A keyed tombstone is a delete: its key must be one.
+        assert_eq!(
+            rejected(T, Some("[1]"), None),
+            "validation: missing key (the key is not a JSON object) (tombstone)"
+        );
         let c = Some(r#"{"op":"c","after":{"id":1}}"#);
         assert_eq!(rejected(T, None, c), "validation: missing key");
         assert_eq!(
@@ -169,23 +206,13 @@ mod tests {
 
     #[test]
     fn every_real_envelope_is_accepted() {
-        for variant in fixtures::VARIANTS
-            .iter()
-            .filter(|v| !v.starts_with("unwrap"))
-        {
+        for variant in fixtures::VARIANTS {
             let recs = fixtures::load(variant, "_all_in_order");
             let verdicts = validate_batch(&fixtures::events(&recs));
             assert_eq!(verdicts.len(), recs.len());
             for (i, v) in verdicts.iter().enumerate() {
                 assert_eq!(*v, Verdict::Ok, "{variant} event {i}");
             }
-        }
-        // Flattened records are rejected, their tombstones and the passed-through
-        // logical message are not.
-        let recs = fixtures::load("unwrap_rewrite_noschemas", "_all_in_order");
-        for (r, v) in recs.iter().zip(validate_batch(&fixtures::events(&recs))) {
-            let skip = r.value.is_none() || r.topic == "dbz.message";
-            assert_eq!(v == Verdict::Ok, skip, "{:?}", r.value);
         }
     }
 }

@@ -351,9 +351,13 @@ fn whole_streams_of_every_variant() {
         for (i, n) in seen.iter().enumerate() {
             if *n == 0 {
                 let e = &events[i];
+                // Skips, and tombstones that repeat the delete before them.
                 let skippable = e.value.is_none()
                     || e.topic == "dbz.message"
-                    || matches!(envelope::decode(e), Ok(Decoded::Skip(_)));
+                    || matches!(
+                        envelope::decode(e),
+                        Ok(Decoded::Skip(_) | Decoded::Tombstone(_))
+                    );
                 assert!(skippable, "{variant}: event {i} vanished");
             }
         }
@@ -372,22 +376,11 @@ fn whole_streams_of_every_variant() {
         names.dedup();
         assert_eq!(names.len(), t.tables.len());
 
-        if variant.starts_with("unwrap") {
-            // Flattened records are a later feature: each fails cleanly, nothing panics.
-            assert!(t.rows.is_empty(), "{variant}");
-            assert!(!t.failures.is_empty());
-            for f in &t.failures {
-                assert!(
-                    f.reason.contains("unsupported format"),
-                    "{variant}: {}",
-                    f.reason
-                );
-            }
-        } else {
-            assert!(t.failures.is_empty(), "{variant}: {:?}", t.failures);
-            assert_eq!(t.tables.len(), 8, "{variant}");
-            assert_eq!(t.truncates.len(), 1);
-        }
+        assert!(t.failures.is_empty(), "{variant}: {:?}", t.failures);
+        assert_eq!(t.tables.len(), 8, "{variant}");
+        // ExtractNewRecordState drops truncates.
+        let truncates = if variant.starts_with("unwrap") { 0 } else { 1 };
+        assert_eq!(t.truncates.len(), truncates, "{variant}");
     }
 }
 
@@ -471,11 +464,12 @@ fn skipped_events() {
             r#"{"status":"BEGIN","id":"571:53195829","event_count":null,"data_collections":null,"ts_ms":1}"#,
         ),
     );
-    let tombstone = event("dbz.public.t", Some(r#"{"id":1}"#), None);
-    let null_text = event("dbz.public.t", Some(r#"{"id":1}"#), Some(" null "));
+    // Tombstones without a key say nothing.
+    let tombstone = event("dbz.public.t", None, None);
+    let null_text = event("dbz.public.t", None, Some(" null "));
     let schema_null_payload = event(
         "dbz.public.t",
-        Some(r#"{"id":1}"#),
+        None,
         Some(r#"{"schema":{"type":"struct"},"payload":null}"#),
     );
     // A real table called `transaction` still loads: its events have an op.
@@ -502,6 +496,43 @@ fn skipped_events() {
             .iter()
             .all(|v| *v == crate::Verdict::Ok)
     );
+}
+
+#[test]
+fn keyed_tombstones_delete_unless_they_repeat_a_delete() {
+    let k1 = Some(r#"{"id":1}"#);
+    let k2 = Some(r#"{"id":2}"#);
+    let events = [
+        // Envelope delete + its tombstone: one delete.
+        event(
+            "dbz.public.t",
+            k1,
+            Some(r#"{"op":"d","before":{"id":1},"source":{"lsn":10}}"#),
+        ),
+        event("dbz.public.t", k1, None),
+        // A tombstone alone (unwrap's default delete): a delete of its key, no LSN.
+        event("dbz.public.t", k2, None),
+        // The same key on another topic is another table.
+        event("dbz.public.u", k1, Some("null")),
+    ];
+    let t = transform_batch(&events).unwrap();
+    assert!(t.failures.is_empty(), "{:?}", t.failures);
+    let rows: Vec<(u32, Op, &str, i64)> = t
+        .rows
+        .iter()
+        .map(|r| (r.event, r.op, r.key.as_str(), r.lsn))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (0, Op::Delete, r#"["1"]"#, 10),
+            (2, Op::Delete, r#"["2"]"#, -1),
+            (3, Op::Delete, r#"["1"]"#, -1)
+        ]
+    );
+    assert_eq!(t.tables[0].name, "public.t");
+    assert_eq!(t.tables[1].name, "public.u");
+    assert_eq!(data(&t.rows[1])["__op"], json!("d"));
 }
 
 #[test]
@@ -663,4 +694,70 @@ fn unavailable_with_schemas_keeps_the_schema_type() {
     assert!(t.failures.is_empty(), "{:?}", t.failures);
     assert!(types(&t.tables[0]).contains(&("big_text", "VARCHAR", false)));
     assert_eq!(data(&t.rows[0])["__unavailable"], json!({"big_text": true}));
+}
+
+#[test]
+fn flattened_records_of_both_unwrap_modes() {
+    // Default: c, u, then only a tombstone for the delete.
+    let t = transform(&fixtures::load(
+        "unwrap_default_noschemas",
+        "crud_replica_identity_default",
+    ));
+    assert!(t.failures.is_empty(), "{:?}", t.failures);
+    let ops: Vec<(Op, i64)> = t.rows.iter().map(|r| (r.op, r.lsn)).collect();
+    assert_eq!(ops, [(Op::Update, -1), (Op::Update, -1), (Op::Delete, -1)]);
+    assert_eq!(t.tables[0].name, "public.customers");
+    assert_eq!(data(&t.rows[1])["email"], json!("alice@new.example.com"));
+
+    // rewrite-with-tombstone + add.fields: ops, LSNs and timestamps from the added
+    // fields, which are not columns; the tombstone after the delete repeats it.
+    let recs = fixtures::load("unwrap_rewrite_noschemas", "crud_replica_identity_default");
+    let t = transform(&recs);
+    assert!(t.failures.is_empty(), "{:?}", t.failures);
+    let ops: Vec<Op> = t.rows.iter().map(|r| r.op).collect();
+    assert_eq!(ops, [Op::Insert, Op::Update, Op::Delete]);
+    assert!(
+        t.rows
+            .windows(2)
+            .all(|w| 0 < w[0].lsn && w[0].lsn < w[1].lsn)
+    );
+    let names: Vec<&str> = t.tables[0]
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["id", "name", "email", "__op", "__lsn", "__source_ts_ms"]
+    );
+    let d = data(&t.rows[0]);
+    assert_eq!(d["__op"], json!("c"));
+    assert!(
+        d["__source_ts_ms"].as_str().is_some_and(|s| s.len() == 13),
+        "{d}"
+    );
+    assert!(d.get("__deleted").is_none() && d.get("__txId").is_none());
+
+    // The unchanged-TOAST placeholder is recognised in flattened records too.
+    let t = transform(&fixtures::load(
+        "unwrap_rewrite_noschemas",
+        "types_toast_replica_identity_default",
+    ));
+    assert!(t.failures.is_empty(), "{:?}", t.failures);
+    let update = data(&t.rows[2]);
+    assert_eq!(update["big_text"], Value::Null);
+    assert_eq!(update[UNAVAILABLE_COLUMN], json!({"big_text": true}));
+}
+
+#[test]
+fn flattened_records_with_schemas_use_the_record_schema() {
+    let key = r#"{"schema":{"type":"struct","fields":[{"type":"int32","optional":false,"field":"id"}]},"payload":{"id":7}}"#;
+    let value = r#"{"schema":{"type":"struct","fields":[{"type":"int32","optional":false,"field":"id"},{"type":"int32","optional":true,"name":"io.debezium.time.Date","field":"d"},{"type":"string","optional":true,"field":"__deleted"}]},"payload":{"id":7,"d":19797,"__deleted":"false"}}"#;
+    let t = transform_batch(&[event("dbz.public.flat", Some(key), Some(value))]).unwrap();
+    assert!(t.failures.is_empty(), "{:?}", t.failures);
+    assert_eq!(
+        types(&t.tables[0])[..2],
+        [("id", "NUMBER(38,0)", true), ("d", "DATE", false)]
+    );
+    assert_eq!(data(&t.rows[0])["d"], json!("2024-03-15"));
 }
