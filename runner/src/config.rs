@@ -304,6 +304,18 @@ pub enum TruncateMode {
     Ignore,
 }
 
+/// What a source DELETE does to the target row.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    /// Remove the row (default).
+    #[default]
+    Hard,
+    /// Keep the row with `__DELETED = TRUE` and the delete's `__OP`, `__LSN` and
+    /// `__SOURCE_TS_MS`; the column is added to the table when missing.
+    Soft,
+}
+
 /// Snowflake connection and table settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -349,6 +361,13 @@ pub struct SnowflakeConfig {
     /// source table name.
     #[serde(default)]
     pub tables: BTreeMap<String, String>,
+    /// Source DELETEs: `hard` (default: remove the row) or `soft` (flag it in a
+    /// `__DELETED` column), for every table not listed in `table_deletes`.
+    #[serde(default)]
+    pub deletes: DeleteMode,
+    /// Per source table (`schema.table`): `hard` or `soft`, overriding `deletes`.
+    #[serde(default)]
+    pub table_deletes: BTreeMap<String, DeleteMode>,
     /// Timeout of one HTTP request to Snowflake, in seconds.
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
@@ -376,6 +395,16 @@ fn default_request_timeout_secs() -> u64 {
     120
 }
 
+impl SnowflakeConfig {
+    /// How deletes of a source table (`schema.table`) apply.
+    pub fn deletes_of(&self, source_table: &str) -> DeleteMode {
+        self.table_deletes
+            .get(source_table)
+            .copied()
+            .unwrap_or(self.deletes)
+    }
+}
+
 impl Default for SnowflakeConfig {
     fn default() -> Self {
         SnowflakeConfig {
@@ -392,6 +421,8 @@ impl Default for SnowflakeConfig {
             identifier_case: IdentifierCase::default(),
             truncate: TruncateMode::default(),
             tables: BTreeMap::new(),
+            deletes: DeleteMode::default(),
+            table_deletes: BTreeMap::new(),
             request_timeout_secs: default_request_timeout_secs(),
         }
     }

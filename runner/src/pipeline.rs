@@ -13,7 +13,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use floe_host::types::{Batch, Event, MergeInput, MergePlan, Op, Row, TableShape, Verdict};
 
 use crate::components::Components;
-use crate::config::{IdentifierCase, SnowflakeConfig, TruncateMode};
+use crate::config::{DeleteMode, IdentifierCase, SnowflakeConfig, TruncateMode};
 use crate::events::{
     BatchCommitted, BatchReceived, ComponentFailed, EventDropped, LoadRetry, Position, Stats,
     StatsSnapshot, TruncateIgnored,
@@ -21,6 +21,7 @@ use crate::events::{
 use crate::sinks::snowflake::target_for;
 use crate::sinks::{Sink, SinkError, TableLoad, Truncation};
 use crate::sources::{BatchLimits, Message, Source, SourceBatch, SourceError};
+use floe_cdc_core::DELETED_COLUMN;
 
 /// Errors that stop a pipeline run. Per-event problems never do: they are logged and
 /// counted (and, later, dead-lettered).
@@ -459,11 +460,26 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 continue;
             }
             let target = target_for(&self.settings.target, &shape.name);
+            let mut shape = shape;
+            let deletes = match self.settings.target.deletes_of(&shape.name) {
+                DeleteMode::Hard => floe_host::types::DeleteMode::Hard,
+                DeleteMode::Soft => {
+                    if !shape.columns.iter().any(|c| c.name == DELETED_COLUMN) {
+                        shape.columns.push(floe_host::types::Column {
+                            name: DELETED_COLUMN.to_owned(),
+                            data_type: "BOOLEAN".to_owned(),
+                            is_key: false,
+                        });
+                    }
+                    floe_host::types::DeleteMode::Soft
+                }
+            };
             let input = MergeInput {
                 target: target.clone(),
                 identifier_case: case_of(self.settings.target.identifier_case),
                 shape,
                 rows: rows_of_table,
+                deletes,
             };
             match retry_once(|| c.merge_builder.build(&input)) {
                 Ok(plan) => {

@@ -3,7 +3,8 @@
 //! followed by its tombstone, a key change is delete(old) + tombstone + create(new) at one
 //! LSN), cut into random batches and applied through the real pipeline into the emulator,
 //! with "crashes" that resume from a random earlier point (as a restart after an
-//! uncommitted batch does). The final table must always equal the model.
+//! uncommitted batch does). The final table must always equal the model; with soft
+//! deletes, its live rows must, and every deleted key is flagged.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -108,10 +109,19 @@ fn stream(seed: u64, changes: usize) -> (Vec<Message>, BTreeMap<i64, (String, i6
 async fn random_batches_and_replays_always_end_at_the_model() {
     let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
     let sf = snowflake().await;
-    for seed in 1..=6u64 {
+    // Seeds 7 and 8 run with soft deletes.
+    for seed in 1..=8u64 {
+        let soft = seed > 6;
         let (messages, model) = stream(seed, 300);
         let database = unique(&format!("PROP_{seed}")).to_uppercase();
-        let config = sink_config(&database);
+        let mut config = sink_config(&database);
+        if soft {
+            config
+                .sink
+                .snowflake
+                .table_deletes
+                .insert("public.prop_items".into(), floe::config::DeleteMode::Soft);
+        }
         let sink = SnowflakeSink::connect(&config.sink.snowflake)
             .await
             .unwrap();
@@ -153,11 +163,44 @@ async fn random_batches_and_replays_always_end_at_the_model() {
                 at = end;
             }
         }
+        let live = if soft {
+            r#"WHERE COALESCE("__DELETED", FALSE) = FALSE"#
+        } else {
+            ""
+        };
         let got = query(
             &sf,
-            &format!(r#"SELECT "ID", "V", "N" FROM "{database}"."CDC"."PROP_ITEMS" ORDER BY "ID""#),
+            &format!(
+                r#"SELECT "ID", "V", "N" FROM "{database}"."CDC"."PROP_ITEMS" {live} ORDER BY "ID""#
+            ),
         )
         .await;
+        if soft {
+            // Every key ever changed is in the target; the model's dead ones flagged.
+            let mut ever: Vec<String> = messages
+                .iter()
+                .map(|m| {
+                    let key: serde_json::Value =
+                        serde_json::from_slice(m.key.as_deref().unwrap()).unwrap();
+                    key["id"].to_string()
+                })
+                .filter(|id| !model.contains_key(&id.parse::<i64>().unwrap()))
+                .collect();
+            ever.sort_by_key(|id| id.parse::<i64>().unwrap());
+            ever.dedup();
+            let flagged: Vec<String> = query(
+                &sf,
+                &format!(
+                    r#"SELECT "ID" FROM "{database}"."CDC"."PROP_ITEMS" WHERE "__DELETED" = TRUE ORDER BY "ID""#
+                ),
+            )
+            .await
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+            assert!(!ever.is_empty());
+            assert_eq!(flagged, ever, "seed {seed}: soft-deleted keys");
+        }
         let want: Vec<Vec<String>> = model
             .iter()
             .map(|(id, (v, n))| vec![id.to_string(), v.clone(), n.to_string()])

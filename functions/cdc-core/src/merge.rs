@@ -37,7 +37,7 @@
 //! conditions are present only when the shape has a non-key `__lsn` column.
 //! Inserts (no target row) always apply. Limitations: a hard delete removes the row
 //! and its LSN, so replaying an older change of that key afterwards inserts it again
-//! (soft deletes, which keep the row and its LSN, will close this gap); and an update
+//! (soft deletes keep the row and its LSN and close this gap); and an update
 //! lacking a TOASTed value that reaches an empty target before its (older) insert
 //! inserts NULL for that column, the insert then being ignored as older.
 //!
@@ -55,6 +55,13 @@
 //! An INSERT writes NULL for an unavailable column, nothing better being known. The
 //! metadata columns `__op`, `__lsn`, `__source_ts_ms` are always written.
 //!
+//! Soft deletes ([`DeleteMode::Soft`], per table): the shape holds a BOOLEAN
+//! [`DELETED_COLUMN`] that the rows' data does not; a delete becomes
+//! `WHEN MATCHED AND s."__OP" = 'd' AND <newer> THEN UPDATE SET <metadata columns>,
+//! t."__DELETED" = TRUE` (other columns keep their values), an upsert also sets it
+//! FALSE, and `WHEN NOT MATCHED THEN INSERT (..., "__DELETED") VALUES (..., (s."__OP" = 'd'))`
+//! records even a delete of a key the target never had.
+//!
 //! When the array would exceed [`MAX_BIND_BYTES`] the rows are split over several
 //! identical statements (each key appears in exactly one, so their order does not
 //! matter and re-running any of them is harmless).
@@ -67,7 +74,12 @@ use serde_json::{Map, Value};
 
 use crate::sql::{self, json_field_expr, quote_ident, sql_string_literal};
 use crate::transform::{LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, UNAVAILABLE_COLUMN};
-use crate::types::{Bind, Error, MergeInput, MergePlan, Op, Row, Statement};
+use crate::types::{Bind, DeleteMode, Error, MergeInput, MergePlan, Op, Row, Statement};
+
+/// The column that flags soft-deleted rows ([`DeleteMode::Soft`]): `BOOLEAN`, true
+/// once the row was deleted at the source, false (or NULL, in rows loaded before the
+/// table switched to soft deletes) while it lives.
+pub const DELETED_COLUMN: &str = "__deleted";
 
 /// The MERGE's row source: one row per element of the bound JSON array, as `f.value`.
 ///
@@ -107,6 +119,18 @@ pub fn build_merge_with_limit(
     {
         return Err(Error::InvalidInput(format!(
             "table shape '{}' has no non-key '{OP_COLUMN}' column: the MERGE needs it to tell deletes",
+            shape.name
+        )));
+    }
+
+    if input.deletes == DeleteMode::Soft
+        && !shape
+            .columns
+            .iter()
+            .any(|c| c.name == DELETED_COLUMN && !c.is_key)
+    {
+        return Err(Error::InvalidInput(format!(
+            "table shape '{}' has no non-key '{DELETED_COLUMN}' column: soft deletes need it",
             shape.name
         )));
     }
@@ -343,11 +367,19 @@ enum Update {
 
 fn merge_sql(input: &MergeInput<'_>, update: impl Fn(&str) -> Update) -> Result<String, Error> {
     let case = input.identifier_case;
-    let columns = &input.shape.columns;
+    let soft = input.deletes == DeleteMode::Soft;
+    // Soft deletes: `__deleted` is not in the rows' data; the MERGE writes it.
+    let columns: Vec<_> = input
+        .shape
+        .columns
+        .iter()
+        .filter(|c| !(soft && c.name == DELETED_COLUMN))
+        .collect();
     let idents: Vec<String> = columns.iter().map(|c| quote_ident(&c.name, case)).collect();
     let unavailable = quote_ident(UNAVAILABLE_COLUMN, case);
+    let is_metadata = |name: &str| METADATA_COLUMNS.iter().any(|(m, _)| *m == name);
     let update_of = |name: &str| {
-        if METADATA_COLUMNS.iter().any(|(m, _)| *m == name) {
+        if is_metadata(name) {
             Update::Write
         } else {
             update(name)
@@ -389,7 +421,8 @@ fn merge_sql(input: &MergeInput<'_>, update: impl Fn(&str) -> Update) -> Result<
             )),
         }
     }
-    let values: Vec<String> = idents.iter().map(|i| format!("s.{i}")).collect();
+    let mut values: Vec<String> = idents.iter().map(|i| format!("s.{i}")).collect();
+    let mut cols = idents.clone();
     let op = quote_ident(OP_COLUMN, case);
     let newer = if columns.iter().any(|c| c.name == LSN_COLUMN && !c.is_key) {
         let lsn = quote_ident(LSN_COLUMN, case);
@@ -397,17 +430,45 @@ fn merge_sql(input: &MergeInput<'_>, update: impl Fn(&str) -> Update) -> Result<
     } else {
         String::new()
     };
+    let target = sql::qualified(input.target);
+    let using = format!(
+        "USING (SELECT {} FROM {ROWS_SOURCE}) AS s ON {}",
+        select.join(", "),
+        on.join(" AND ")
+    );
+    if !soft {
+        return Ok(format!(
+            "MERGE INTO {target} AS t {using} \
+             WHEN MATCHED AND s.{op} = 'd'{newer} THEN DELETE \
+             WHEN MATCHED{newer} THEN UPDATE SET {set} \
+             WHEN NOT MATCHED AND s.{op} <> 'd' THEN INSERT ({cols}) VALUES ({values})",
+            set = set.join(", "),
+            cols = cols.join(", "),
+            values = values.join(", "),
+        ));
+    }
+    // Soft: a delete flags the row and records the delete's metadata, keeping the
+    // other columns; an upsert clears the flag; a delete of a key the target lacks
+    // inserts a flagged row (so an older change replayed later cannot resurrect it).
+    let deleted = quote_ident(DELETED_COLUMN, case);
+    let mut delete_set: Vec<String> = columns
+        .iter()
+        .zip(&idents)
+        .filter(|(c, _)| !c.is_key && is_metadata(&c.name))
+        .map(|(_, i)| format!("t.{i} = s.{i}"))
+        .collect();
+    delete_set.push(format!("t.{deleted} = TRUE"));
+    set.push(format!("t.{deleted} = FALSE"));
+    cols.push(deleted);
+    values.push(format!("(s.{op} = 'd')"));
     Ok(format!(
-        "MERGE INTO {target} AS t USING (SELECT {select} FROM {ROWS_SOURCE}) AS s \
-         ON {on} \
-         WHEN MATCHED AND s.{op} = 'd'{newer} THEN DELETE \
+        "MERGE INTO {target} AS t {using} \
+         WHEN MATCHED AND s.{op} = 'd'{newer} THEN UPDATE SET {delete_set} \
          WHEN MATCHED{newer} THEN UPDATE SET {set} \
-         WHEN NOT MATCHED AND s.{op} <> 'd' THEN INSERT ({cols}) VALUES ({values})",
-        target = sql::qualified(input.target),
-        select = select.join(", "),
-        on = on.join(" AND "),
+         WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})",
+        delete_set = delete_set.join(", "),
         set = set.join(", "),
-        cols = idents.join(", "),
+        cols = cols.join(", "),
         values = values.join(", "),
     ))
 }
@@ -459,6 +520,7 @@ mod tests {
             identifier_case: IdentifierCase::Upper,
             shape: &s,
             rows,
+            deletes: DeleteMode::Hard,
         })
         .unwrap()
     }
@@ -551,6 +613,7 @@ mod tests {
             identifier_case: IdentifierCase::Preserve,
             shape: &s,
             rows: &rows,
+            deletes: DeleteMode::Hard,
         })
         .unwrap();
         let sql = &p.statements[0].sql;
@@ -602,6 +665,7 @@ mod tests {
             identifier_case: IdentifierCase::Upper,
             shape: &s,
             rows: &rows,
+            deletes: DeleteMode::Hard,
         })
         .unwrap();
         let sql = &p.statements[0].sql;
@@ -620,6 +684,42 @@ mod tests {
         assert!(
             sql.contains("f.value['back\\\\slash']::VARCHAR AS \"BACK\\SLASH\""),
             "{sql}"
+        );
+    }
+
+    #[test]
+    fn soft_deletes_flag_rows() {
+        let mut shape = shape();
+        shape.columns.push(Column {
+            name: DELETED_COLUMN.into(),
+            data_type: "BOOLEAN".into(),
+            is_key: false,
+        });
+        let rows = [row(1, "a", Op::Insert, 10), row(2, "b", Op::Delete, 11)];
+        let target = target();
+        let input = |shape| MergeInput {
+            target: &target,
+            identifier_case: IdentifierCase::Upper,
+            shape,
+            rows: &rows,
+            deletes: DeleteMode::Soft,
+        };
+        let p = build_merge(&input(&shape)).unwrap();
+        let sql = &p.statements[0].sql;
+        let newer = r#"(t."__LSN" IS NULL OR s."__LSN" IS NULL OR s."__LSN" >= t."__LSN")"#;
+        assert!(
+            sql.contains(&format!(
+                r#"WHEN MATCHED AND s."__OP" = 'd' AND {newer} THEN UPDATE SET t."__OP" = s."__OP", t."__LSN" = s."__LSN", t."__DELETED" = TRUE WHEN MATCHED AND {newer} THEN UPDATE SET t."NAME" = s."NAME", t."__OP" = s."__OP", t."__LSN" = s."__LSN", t."__DELETED" = FALSE WHEN NOT MATCHED THEN INSERT ("ID", "NAME", "__OP", "__LSN", "__DELETED") VALUES (s."ID", s."NAME", s."__OP", s."__LSN", (s."__OP" = 'd'))"#
+            )),
+            "{sql}"
+        );
+        // `__deleted` is written by the MERGE, not read from the rows.
+        assert!(!sql.contains("f.value['__deleted']"), "{sql}");
+        // The shape must hold the column.
+        let err = build_merge(&input(&super::tests::shape())).unwrap_err();
+        assert!(
+            err.to_string().contains("no non-key '__deleted' column"),
+            "{err}"
         );
     }
 
@@ -671,6 +771,7 @@ mod tests {
             identifier_case: IdentifierCase::Upper,
             shape: &s,
             rows: &rows,
+            deletes: DeleteMode::Hard,
         };
         let p = build_merge_with_limit(&input, 400).unwrap();
         assert!(p.statements.len() > 1);
@@ -797,6 +898,7 @@ mod tests {
             identifier_case: IdentifierCase::Upper,
             shape: &s,
             rows: &rows,
+            deletes: DeleteMode::Hard,
         })
         .unwrap();
         let sql = &p.statements[0].sql;
@@ -816,6 +918,7 @@ mod tests {
                 identifier_case: IdentifierCase::Upper,
                 shape,
                 rows,
+                deletes: DeleteMode::Hard,
             })
         };
         let mut s = shape();
@@ -857,6 +960,7 @@ mod tests {
                 identifier_case: IdentifierCase::Upper,
                 shape,
                 rows,
+                deletes: DeleteMode::Hard,
             })
         };
         let err = |r: Result<MergePlan, Error>| match r {

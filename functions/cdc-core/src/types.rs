@@ -148,6 +148,16 @@ pub enum IdentifierCase {
     Preserve,
 }
 
+/// What a delete does to the target row (WIT `delete-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeleteMode {
+    /// Remove the row.
+    #[default]
+    Hard,
+    /// Keep the row, flagged in its `__deleted` column (see [`crate::merge`]).
+    Soft,
+}
+
 /// What the MERGE builder gets: the rows of one table from one batch, in batch order
 /// (WIT `merge-input`, borrowed).
 #[derive(Debug, Clone, Copy)]
@@ -160,6 +170,8 @@ pub struct MergeInput<'a> {
     pub shape: &'a TableShape,
     /// The rows of this table, in batch order. `row.table` is ignored.
     pub rows: &'a [Row],
+    /// Hard or soft deletes.
+    pub deletes: DeleteMode,
 }
 
 /// A value bound to a `?` placeholder, in Snowflake's binding format (WIT `bind`).

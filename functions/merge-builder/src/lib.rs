@@ -11,7 +11,7 @@ mod component {
 
     wit_bindgen::generate!({ path: "../../wit", world: "merge-builder" });
 
-    use floe::cdc::types::{Bind, IdentifierCase, Op, Statement};
+    use floe::cdc::types::{Bind, DeleteMode, IdentifierCase, Op, Statement};
     use floe_cdc_core as core;
 
     struct MergeBuilder;
@@ -51,6 +51,10 @@ mod component {
                 },
                 shape: &shape,
                 rows: &rows,
+                deletes: match input.deletes {
+                    DeleteMode::Hard => core::DeleteMode::Hard,
+                    DeleteMode::Soft => core::DeleteMode::Soft,
+                },
             })
             .map_err(|e| match e {
                 core::Error::InvalidInput(m) => Error::InvalidInput(m),

@@ -276,6 +276,7 @@ fn merge_inputs(out: &core::Transformed) -> Vec<TableInput> {
                 identifier_case: wit_case(case),
                 shape: wit_shape(shape),
                 rows: rows.iter().map(wit_row).collect(),
+                deletes: wit::DeleteMode::Hard,
             };
             Some(TableInput {
                 target,
@@ -334,6 +335,7 @@ fn stages(c: &mut Criterion) {
                 identifier_case: core::IdentifierCase::Upper,
                 shape: &t.shape,
                 rows: &t.rows,
+                deletes: core::DeleteMode::Hard,
             })
             .expect("native merge");
             let wasm = merge_builder.build(&t.wit).expect("wasm merge");
@@ -387,6 +389,7 @@ fn stages(c: &mut Criterion) {
                         identifier_case: core::IdentifierCase::Upper,
                         shape: &t.shape,
                         rows: &t.rows,
+                        deletes: core::DeleteMode::Hard,
                     })
                     .expect("merge");
                 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use floe_host::types::{Batch, Event, IdentifierCase, MergeInput, Op, Verdict};
+use floe_host::types::{Batch, DeleteMode, Event, IdentifierCase, MergeInput, Op, Verdict};
 use floe_host::{Host, HostError, Limits, MergeBuilder, Transformer, TrapKind, Validator};
 
 fn component(name: &str) -> Vec<u8> {
@@ -149,6 +149,7 @@ fn transformer_and_merge_builder_turn_fixtures_into_one_merge() {
             identifier_case: IdentifierCase::Upper,
             shape,
             rows: out.rows,
+            deletes: DeleteMode::Hard,
         })
         .unwrap();
     assert_eq!(
