@@ -19,6 +19,7 @@ pub struct Stats {
     pub truncates_ignored: AtomicU64,
     pub tables_truncated: AtomicU64,
     pub columns_added: AtomicU64,
+    pub columns_widened: AtomicU64,
     pub rows_transformed: AtomicU64,
     pub rows_loaded: AtomicU64,
     pub rows_inserted: AtomicU64,
@@ -55,6 +56,7 @@ pub struct StatsSnapshot {
     pub truncates_ignored: u64,
     pub tables_truncated: u64,
     pub columns_added: u64,
+    pub columns_widened: u64,
     pub rows_transformed: u64,
     pub rows_loaded: u64,
     pub rows_inserted: u64,
@@ -122,6 +124,7 @@ impl Stats {
             truncates_ignored: g(&self.truncates_ignored),
             tables_truncated: g(&self.tables_truncated),
             columns_added: g(&self.columns_added),
+            columns_widened: g(&self.columns_widened),
             rows_transformed: g(&self.rows_transformed),
             rows_loaded: g(&self.rows_loaded),
             rows_inserted: g(&self.rows_inserted),
@@ -186,9 +189,9 @@ impl BatchReceived {
 /// An event was rejected by the validator, or could not be processed.
 pub struct EventDropped<'a> {
     pub position: Position<'a>,
-    /// Bounded category: `parse`, `validation`, `transform`, `wasm-trap`.
+    /// Bounded category: `parse`, `validation`, `transform`, `wasm-trap`, `schema`.
     pub error_type: &'static str,
-    /// Pipeline stage: `validate` or `transform`.
+    /// Pipeline stage: `validate`, `transform` or `load`.
     pub stage: &'static str,
     pub reason: &'a str,
 }
@@ -285,6 +288,7 @@ pub struct BatchCommitted {
     pub tables_created: u64,
     pub tables_truncated: u64,
     pub columns_added: u64,
+    pub columns_widened: u64,
     pub wasm: Duration,
     pub load: Duration,
     pub total: Duration,
@@ -310,6 +314,9 @@ impl BatchCommitted {
             .tables_truncated
             .fetch_add(self.tables_truncated, Relaxed);
         stats.columns_added.fetch_add(self.columns_added, Relaxed);
+        stats
+            .columns_widened
+            .fetch_add(self.columns_widened, Relaxed);
         stats
             .wasm_micros_total
             .fetch_add(self.wasm.as_micros() as u64, Relaxed);

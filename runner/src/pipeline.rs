@@ -187,11 +187,29 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         let load_started = Instant::now();
         let report = self.load_with_retry(&prepared.loads).await?;
         let load = load_started.elapsed();
+        let mut refused_rows = 0;
+        for (i, reason) in &report.refused {
+            let refused = &prepared.loads[*i];
+            refused_rows += u64::from(refused.plan.rows_after_dedup);
+            for (topic, partition, offset) in &refused.origins {
+                EventDropped {
+                    position: Position {
+                        topic,
+                        partition: *partition,
+                        offset: *offset,
+                    },
+                    error_type: "schema",
+                    stage: "load",
+                    reason,
+                }
+                .emit(&self.stats);
+            }
+        }
         self.source.commit(&checkpoint).await?;
         BatchCommitted {
             events,
-            rows: prepared.rows,
-            tables: prepared.loads.len(),
+            rows: prepared.rows - refused_rows,
+            tables: prepared.loads.len() - report.refused.len(),
             skipped: prepared.skipped,
             statements: report.statements,
             inserted: report.rows_inserted,
@@ -200,6 +218,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             tables_created: report.tables_created,
             tables_truncated: report.tables_truncated,
             columns_added: report.columns_added,
+            columns_widened: report.columns_widened,
             wasm: prepared.wasm,
             load,
             total: started.elapsed(),
@@ -455,6 +474,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                             statements: Vec::new(),
                             rows_after_dedup: 0,
                         },
+                        origins: Vec::new(),
                     });
                 }
                 continue;
@@ -484,12 +504,18 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             match retry_once(|| c.merge_builder.build(&input)) {
                 Ok(plan) => {
                     rows += u64::from(plan.rows_after_dedup);
+                    let origins = input
+                        .rows
+                        .iter()
+                        .map(|r| positions[original[r.event as usize]].clone())
+                        .collect();
                     loads.push(TableLoad {
                         source_table: input.shape.name.clone(),
                         target,
                         shape: input.shape,
                         truncate: truncate_first,
                         plan,
+                        origins,
                     });
                 }
                 Err(e) => {
@@ -523,6 +549,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     statements: Vec::new(),
                     rows_after_dedup: 0,
                 },
+                origins: Vec::new(),
             });
         }
         Prepared {

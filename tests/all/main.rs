@@ -4,5 +4,6 @@ mod e2e;
 mod fixtures;
 mod live_types;
 mod property;
+mod schema_change;
 mod support;
 mod variants;

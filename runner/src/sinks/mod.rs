@@ -2,9 +2,12 @@
 //! MERGE plan already built by the merge-builder component) and commits the source's
 //! offsets only after [`Sink::load`] returned `Ok`.
 
+use std::sync::Arc;
+
 use floe_host::types::{MergePlan, TableShape};
 
 pub mod null;
+pub mod schema;
 pub mod snowflake;
 
 /// One table's share of a batch.
@@ -21,6 +24,9 @@ pub struct TableLoad {
     pub truncate: Option<Truncation>,
     /// Statements to run, in order (none when the batch only truncated the table).
     pub plan: MergePlan,
+    /// Where the plan's rows came from (topic, partition, offset), to report them if
+    /// the table refuses them.
+    pub origins: Vec<(Arc<str>, i32, i64)>,
 }
 
 /// A source TRUNCATE to apply to the target before a table's plan.
@@ -48,6 +54,12 @@ pub struct LoadReport {
     pub columns_added: u64,
     /// Tables truncated.
     pub tables_truncated: u64,
+    /// Columns widened in place (`ALTER COLUMN .. SET DATA TYPE`).
+    pub columns_widened: u64,
+    /// Loads (index into the batch's loads) not applied because a column's type
+    /// changed in a way the target column cannot hold, with the reason. Their rows are
+    /// reported as failed (category `schema`); the batch's other loads were applied.
+    pub refused: Vec<(usize, String)>,
 }
 
 /// Errors of a sink.

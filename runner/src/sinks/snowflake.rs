@@ -1,11 +1,12 @@
 //! The Snowflake sink: runs each table's MERGE plan over Snowflake's driver protocol
 //! (`floe-snowflake`), creating the database, schema and missing tables first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use floe_snowflake::{Auth, Bind, Client, ConnectOptions};
 
+use super::schema::{self, Fit, TargetType};
 use super::{LoadReport, Sink, SinkError, TableLoad, Truncation, core_shape};
 use crate::config::{IdentifierCase, SnowflakeConfig};
 
@@ -35,8 +36,9 @@ pub(crate) fn core_case(case: IdentifierCase) -> floe_cdc_core::IdentifierCase {
 pub struct SnowflakeSink {
     client: Client,
     cfg: SnowflakeConfig,
-    /// Tables known to exist this run, with their columns (target identifiers).
-    known_tables: HashMap<Vec<String>, HashSet<String>>,
+    /// Tables known to exist this run, with their columns (target identifiers) and
+    /// column types.
+    known_tables: HashMap<Vec<String>, HashMap<String, TargetType>>,
 }
 
 impl SnowflakeSink {
@@ -100,10 +102,15 @@ impl SnowflakeSink {
         &self.client
     }
 
-    /// The columns (identifiers) of a target table; empty when it does not exist.
-    async fn target_columns(&self, target: &[String]) -> Result<HashSet<String>, SinkError> {
+    /// The columns (identifiers) of a target table with their types; empty when it
+    /// does not exist.
+    async fn target_columns(
+        &self,
+        target: &[String],
+    ) -> Result<HashMap<String, TargetType>, SinkError> {
         let columns_sql = format!(
-            "SELECT COLUMN_NAME FROM {}.INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+            "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE, CHARACTER_MAXIMUM_LENGTH \
+             FROM {}.INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
             floe_cdc_core::qualified(&target[..1]),
             floe_cdc_core::sql_string_literal(&target[1]),
             floe_cdc_core::sql_string_literal(&target[2]),
@@ -112,10 +119,25 @@ impl SnowflakeSink {
             Ok(res) => Ok(res
                 .rows
                 .into_iter()
-                .filter_map(|r| r.into_iter().next().flatten())
+                .filter_map(|r| {
+                    let mut r = r.into_iter();
+                    let name = r.next().flatten()?;
+                    let data_type = r.next().flatten().unwrap_or_default().to_ascii_uppercase();
+                    let mut num = || r.next().flatten().and_then(|v| v.parse::<u64>().ok());
+                    let (precision, scale, length) = (num(), num(), num());
+                    Some((
+                        name,
+                        TargetType {
+                            data_type,
+                            precision: precision.map(|p| p as u32),
+                            scale: scale.map(|s| s as u32),
+                            length,
+                        },
+                    ))
+                })
                 .collect()),
             // The database itself does not exist (yet).
-            Err(floe_snowflake::Error::Sql { code, .. }) if code == "002003" => Ok(HashSet::new()),
+            Err(floe_snowflake::Error::Sql { code, .. }) if code == "002003" => Ok(HashMap::new()),
             Err(e) => Err(e.into()),
         }
     }
@@ -143,7 +165,7 @@ impl SnowflakeSink {
         let table = floe_cdc_core::qualified(&load.target);
         let lsn_column = floe_cdc_core::sql::identifier(floe_cdc_core::LSN_COLUMN, case);
         let sql = match truncation.below_lsn {
-            Some(lsn) if columns.contains(&lsn_column) => {
+            Some(lsn) if columns.contains_key(&lsn_column) => {
                 let lsn_column = floe_cdc_core::quote_ident(floe_cdc_core::LSN_COLUMN, case);
                 format!("DELETE FROM {table} WHERE {lsn_column} IS NULL OR {lsn_column} < {lsn}")
             }
@@ -159,17 +181,22 @@ impl SnowflakeSink {
 
     /// On a table's first sight this run: creates it when missing and reads its columns.
     /// Then adds every column of the batch's shape the table lacks (a column added at the
-    /// source). Columns dropped at the source stay in the target and are no longer
-    /// written. Returns (tables ensured, columns added).
-    async fn ensure_table(&mut self, load: &TableLoad) -> Result<(u64, u64), SinkError> {
+    /// source) and widens columns whose type grew where Snowflake can ([`schema::fit`]).
+    /// Columns dropped at the source stay in the target and are no longer written.
+    /// `Ok(Err(reason))`: a column's type changed in a way the target cannot hold; the
+    /// load must not run.
+    async fn ensure_table(
+        &mut self,
+        load: &TableLoad,
+    ) -> Result<Result<Ensured, String>, SinkError> {
+        let mut done = Ensured::default();
         if !self.cfg.create_tables {
-            return Ok((0, 0));
+            return Ok(Ok(done));
         }
         let case = core_case(self.cfg.identifier_case);
         let invalid = |e: floe_cdc_core::Error| {
             SinkError::Config(format!("table {}: {e}", load.source_table))
         };
-        let mut ensured = 0;
         if !self.known_tables.contains_key(&load.target) {
             let ddl =
                 floe_cdc_core::sql::create_table_sql(&load.target, &core_shape(&load.shape), case)
@@ -178,47 +205,81 @@ impl SnowflakeSink {
             let existing = self.target_columns(&load.target).await?;
             tracing::info!(table = %load.target.join("."), columns = existing.len(), "target table ensured");
             self.known_tables.insert(load.target.clone(), existing);
-            ensured = 1;
+            done.tables_created = 1;
         }
         let table = floe_cdc_core::qualified(&load.target);
-        let mut added = 0;
         for column in &load.shape.columns {
             let ident = floe_cdc_core::sql::identifier(&column.name, case);
-            let known = self.known_tables.get(&load.target).expect("inserted above");
-            if known.contains(&ident) {
-                continue;
-            }
             let data_type =
                 floe_cdc_core::sql::validate_data_type(&column.data_type).map_err(invalid)?;
-            let sql = format!(
-                "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {data_type}",
-                floe_cdc_core::quote_ident(&column.name, case)
-            );
-            self.client.execute(&sql, &[]).await?;
-            tracing::info!(table = %load.target.join("."), column = %ident, data_type = %data_type, "target column added");
-            self.known_tables
-                .get_mut(&load.target)
-                .expect("inserted above")
-                .insert(ident);
-            added += 1;
+            let quoted = floe_cdc_core::quote_ident(&column.name, case);
+            let known = self.known_tables.get(&load.target).expect("inserted above");
+            match known.get(&ident) {
+                None => {
+                    let sql = format!(
+                        "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {quoted} {data_type}"
+                    );
+                    self.client.execute(&sql, &[]).await?;
+                    tracing::info!(table = %load.target.join("."), column = %ident, data_type = %data_type, "target column added");
+                    done.columns_added += 1;
+                }
+                Some(existing) => match schema::fit(existing, &data_type) {
+                    Fit::Fits => continue,
+                    Fit::Incompatible(reason) => {
+                        return Ok(Err(format!(
+                            "schema: table {} column {ident}: {reason}",
+                            load.target.join(".")
+                        )));
+                    }
+                    Fit::Widen(wider) => {
+                        let sql = format!(
+                            "ALTER TABLE {table} ALTER COLUMN {quoted} SET DATA TYPE {wider}"
+                        );
+                        self.client.execute(&sql, &[]).await?;
+                        tracing::info!(table = %load.target.join("."), column = %ident, data_type = %wider, "target column widened");
+                        done.columns_widened += 1;
+                    }
+                },
+            }
         }
-        Ok((ensured, added))
+        if done.columns_added + done.columns_widened > 0 {
+            // The cache takes the warehouse's view of the changed columns.
+            let fresh = self.target_columns(&load.target).await?;
+            self.known_tables.insert(load.target.clone(), fresh);
+        }
+        Ok(Ok(done))
     }
+}
+
+/// What [`SnowflakeSink::ensure_table`] changed.
+#[derive(Debug, Default)]
+struct Ensured {
+    tables_created: u64,
+    columns_added: u64,
+    columns_widened: u64,
 }
 
 impl Sink for SnowflakeSink {
     async fn load(&mut self, loads: &[TableLoad]) -> Result<LoadReport, SinkError> {
         let mut report = LoadReport::default();
-        for load in loads {
+        for (index, load) in loads.iter().enumerate() {
             if let Some(truncation) = load.truncate {
                 self.truncate(load, truncation, &mut report).await?;
             }
             if load.plan.statements.is_empty() {
                 continue;
             }
-            let (ensured, added) = self.ensure_table(load).await?;
-            report.tables_created += ensured;
-            report.columns_added += added;
+            let ensured = match self.ensure_table(load).await? {
+                Ok(ensured) => ensured,
+                Err(reason) => {
+                    tracing::error!(table = %load.target.join("."), rows = load.plan.rows_after_dedup, reason = %reason, "table refuses the batch's rows");
+                    report.refused.push((index, reason));
+                    continue;
+                }
+            };
+            report.tables_created += ensured.tables_created;
+            report.columns_added += ensured.columns_added;
+            report.columns_widened += ensured.columns_widened;
             for st in &load.plan.statements {
                 let binds: Vec<Bind> = st
                     .binds
