@@ -33,6 +33,11 @@ export FLOE_DEBEZIUM_PUBLICATION="${FLOE_DEBEZIUM_PUBLICATION:-floe_dbz}"
 export FLOE_DEBEZIUM_SCHEMAS="${FLOE_DEBEZIUM_SCHEMAS:-true}"
 # decimal.handling.mode: precise | string | double.
 export FLOE_DEBEZIUM_DECIMAL_MODE="${FLOE_DEBEZIUM_DECIMAL_MODE:-precise}"
+# Debezium heartbeats (topic __debezium-heartbeat.<prefix>) every N ms, 0: off; and
+# transaction metadata (topic <prefix>.transaction, plus a `transaction` block in every
+# change event): floe must consume both cleanly.
+export FLOE_DEBEZIUM_HEARTBEAT_MS="${FLOE_DEBEZIUM_HEARTBEAT_MS:-2000}"
+export FLOE_DEBEZIUM_TX_METADATA="${FLOE_DEBEZIUM_TX_METADATA:-true}"
 # Kafka header encoding: simple (plain strings, what a Kafka Connect worker writes
 # by default) or json (JsonConverter, as in /work/shared/debezium-fixtures).
 export FLOE_DEBEZIUM_HEADERS="${FLOE_DEBEZIUM_HEADERS:-simple}"

@@ -384,6 +384,8 @@ write_debezium_settings() {
     echo "publication.autocreate.mode=all_tables"
     echo "snapshot.mode=initial"
     echo "skipped.operations=none"
+    echo "heartbeat.interval.ms=$FLOE_DEBEZIUM_HEARTBEAT_MS"
+    echo "provide.transaction.metadata=$FLOE_DEBEZIUM_TX_METADATA"
     echo "decimal.handling.mode=$FLOE_DEBEZIUM_DECIMAL_MODE"
     echo "converter.schemas.enable=$FLOE_DEBEZIUM_SCHEMAS"
     echo "key.converter.schemas.enable=$FLOE_DEBEZIUM_SCHEMAS"

@@ -214,7 +214,13 @@ async fn postgres_debezium_kafka_floe_snowflake() {
     assert_eq!(snap.events_consumed, expected_messages, "{snap:?}");
     assert_eq!(snap.events_rejected, 2, "not JSON + unknown op: {snap:?}");
     assert_eq!(snap.events_failed, 0, "{snap:?}");
-    assert_eq!(snap.ops.delete, w.deletes);
+    // A tombstone whose delete ended the previous batch repeats that delete (a second,
+    // harmless delete of a gone row); one in the same batch is dropped.
+    assert!(
+        (w.deletes..=2 * w.deletes).contains(&snap.ops.delete),
+        "{} deletes: {snap:?}",
+        w.deletes
+    );
     assert_eq!(snap.ops.insert, w.inserts);
     assert_eq!(snap.ops.update, w.updates);
 

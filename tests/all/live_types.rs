@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use floe::RunOptions;
-use floe::config::SourceKind;
+use floe::config::{SinkKind, SourceKind};
 use serde_json::Value;
 
 use crate::fixtures::canon;
@@ -202,5 +202,49 @@ async fn every_type_toast_pk_update_new_column_and_truncate_land_exactly() {
     assert_eq!(
         ids,
         vec![vec!["1".to_string()], vec!["4".into()], vec!["20".into()]]
+    );
+
+    // Debezium's transaction metadata and heartbeats (the dev stack turns both on,
+    // dev/env.sh): a run that reads only those topics consumes them all and skips them
+    // all; nothing is rejected, failed or loaded.
+    let mut meta = sink_config(&database);
+    meta.sink.kind = SinkKind::None;
+    meta.source.kind = SourceKind::Kafka;
+    meta.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
+    meta.source.kafka.group_id = format!("{run}-meta");
+    meta.source.kafka.topic_pattern = r"^(dbz\.transaction|__debezium-heartbeat\.dbz)$".into();
+    // Heartbeats keep coming, so the run never idles: stop it once it has caught up.
+    let (stop, stats, handle) = spawn_run(meta, RunOptions::default());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = (0, Instant::now());
+    loop {
+        let snap = stats.snapshot();
+        if snap.events_consumed != last.0 {
+            last = (snap.events_consumed, Instant::now());
+        } else if snap.events_consumed >= 4 && last.1.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metadata topics not consumed: {snap:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.send(true).unwrap();
+    let snap = handle
+        .await
+        .unwrap()
+        .expect("floe run over metadata topics");
+    // At least this test's own transactions (BEGIN + END each).
+    assert!(snap.events_consumed >= 4, "{snap:?}");
+    assert_eq!(snap.events_skipped, snap.events_consumed, "{snap:?}");
+    assert_eq!(
+        (
+            snap.events_rejected,
+            snap.events_failed,
+            snap.rows_transformed
+        ),
+        (0, 0, 0),
+        "{snap:?}"
     );
 }

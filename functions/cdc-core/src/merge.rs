@@ -25,7 +25,7 @@
 //! ON t."ID" = s."ID"
 //! WHEN MATCHED AND s."__OP" = 'd' AND (t."__LSN" IS NULL OR s."__LSN" IS NULL OR s."__LSN" >= t."__LSN") THEN DELETE
 //! WHEN MATCHED AND (t."__LSN" IS NULL OR s."__LSN" IS NULL OR s."__LSN" >= t."__LSN")
-//!   THEN UPDATE SET t."NAME" = s."NAME", ..., t."__OP" = s."__OP", t."__LSN" = s."__LSN", ...
+//!   THEN UPDATE SET t."NAME" = s."NAME", ..., t."__OP" = s."__OP", t."__LSN" = COALESCE(s."__LSN", t."__LSN"), ...
 //! WHEN NOT MATCHED AND s."__OP" <> 'd' THEN INSERT ("ID", ...) VALUES (s."ID", ...)
 //! ```
 //!
@@ -73,7 +73,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::sql::{self, json_field_expr, quote_ident, sql_string_literal};
-use crate::transform::{LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, UNAVAILABLE_COLUMN};
+use crate::transform::{
+    LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, SOURCE_TS_MS_COLUMN, UNAVAILABLE_COLUMN,
+};
 use crate::types::{Bind, DeleteMode, Error, MergeInput, MergePlan, Op, Row, Statement};
 
 /// The column that flags soft-deleted rows ([`DeleteMode::Soft`]): `BOOLEAN`, true
@@ -410,10 +412,19 @@ fn merge_sql(input: &MergeInput<'_>, update: impl Fn(&str) -> Update) -> Result<
         // Always true; makes fakesnow carry the column into its UPDATE (module docs).
         on.push(format!("(s.{unavailable} IS NULL OR TRUE)"));
     }
+    // A change without an LSN (a tombstone's delete, the plain unwrap format) keeps the
+    // target's LSN and source time rather than erasing them.
+    let write = |name: &str, i: &str| {
+        if name == LSN_COLUMN || name == SOURCE_TS_MS_COLUMN {
+            format!("t.{i} = COALESCE(s.{i}, t.{i})")
+        } else {
+            format!("t.{i} = s.{i}")
+        }
+    };
     let mut set = Vec::with_capacity(columns.len());
     for (c, i) in columns.iter().zip(&idents).filter(|(c, _)| !c.is_key) {
         match update_of(&c.name) {
-            Update::Write => set.push(format!("t.{i} = s.{i}")),
+            Update::Write => set.push(write(&c.name, i)),
             Update::Keep => {}
             Update::PerRow => set.push(format!(
                 "t.{i} = IFF(s.{unavailable}[{}] IS NULL, s.{i}, t.{i})",
@@ -455,7 +466,7 @@ fn merge_sql(input: &MergeInput<'_>, update: impl Fn(&str) -> Update) -> Result<
         .iter()
         .zip(&idents)
         .filter(|(c, _)| !c.is_key && is_metadata(&c.name))
-        .map(|(_, i)| format!("t.{i} = s.{i}"))
+        .map(|(c, i)| write(&c.name, i))
         .collect();
     delete_set.push(format!("t.{deleted} = TRUE"));
     set.push(format!("t.{deleted} = FALSE"));
@@ -541,7 +552,7 @@ mod tests {
                  FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) AS f) AS s ON t.\"ID\" = s.\"ID\" \
                  WHEN MATCHED AND s.\"__OP\" = 'd' AND {LSN_OK} THEN DELETE \
                  WHEN MATCHED AND {LSN_OK} \
-                 THEN UPDATE SET t.\"NAME\" = s.\"NAME\", t.\"__OP\" = s.\"__OP\", t.\"__LSN\" = s.\"__LSN\" \
+                 THEN UPDATE SET t.\"NAME\" = s.\"NAME\", t.\"__OP\" = s.\"__OP\", t.\"__LSN\" = COALESCE(s.\"__LSN\", t.\"__LSN\") \
                  WHEN NOT MATCHED AND s.\"__OP\" <> 'd' THEN INSERT (\"ID\", \"NAME\", \"__OP\", \"__LSN\") \
                  VALUES (s.\"ID\", s.\"NAME\", s.\"__OP\", s.\"__LSN\")"
             )
@@ -575,7 +586,7 @@ mod tests {
                  WHEN MATCHED AND s.\"__OP\" = 'd' AND {LSN_OK} THEN DELETE \
                  WHEN MATCHED AND {LSN_OK} \
                  THEN UPDATE SET t.\"NAME\" = IFF(s.\"__UNAVAILABLE\"['name'] IS NULL, s.\"NAME\", t.\"NAME\"), \
-                 t.\"__OP\" = s.\"__OP\", t.\"__LSN\" = s.\"__LSN\" \
+                 t.\"__OP\" = s.\"__OP\", t.\"__LSN\" = COALESCE(s.\"__LSN\", t.\"__LSN\") \
                  WHEN NOT MATCHED AND s.\"__OP\" <> 'd' THEN INSERT (\"ID\", \"NAME\", \"__OP\", \"__LSN\") \
                  VALUES (s.\"ID\", s.\"NAME\", s.\"__OP\", s.\"__LSN\")"
             )
@@ -584,7 +595,7 @@ mod tests {
         let p = plan(&[toasted(1, Op::Update, 10), row(3, "", Op::Delete, 12)]);
         let sql = &p.statements[0].sql;
         assert!(
-            sql.contains("UPDATE SET t.\"__OP\" = s.\"__OP\", t.\"__LSN\" = s.\"__LSN\" WHEN"),
+            sql.contains("UPDATE SET t.\"__OP\" = s.\"__OP\", t.\"__LSN\" = COALESCE(s.\"__LSN\", t.\"__LSN\") WHEN"),
             "{sql}"
         );
         assert!(!sql.contains("__UNAVAILABLE"), "{sql}");
@@ -623,7 +634,7 @@ mod tests {
         );
         assert!(
             sql.contains(
-                "UPDATE SET t.\"name\" = s.\"name\", t.\"__op\" = s.\"__op\", t.\"__lsn\" = s.\"__lsn\" WHEN"
+                "UPDATE SET t.\"name\" = s.\"name\", t.\"__op\" = s.\"__op\", t.\"__lsn\" = COALESCE(s.\"__lsn\", t.\"__lsn\") WHEN"
             ),
             "{sql}"
         );
@@ -709,7 +720,7 @@ mod tests {
         let newer = r#"(t."__LSN" IS NULL OR s."__LSN" IS NULL OR s."__LSN" >= t."__LSN")"#;
         assert!(
             sql.contains(&format!(
-                r#"WHEN MATCHED AND s."__OP" = 'd' AND {newer} THEN UPDATE SET t."__OP" = s."__OP", t."__LSN" = s."__LSN", t."__DELETED" = TRUE WHEN MATCHED AND {newer} THEN UPDATE SET t."NAME" = s."NAME", t."__OP" = s."__OP", t."__LSN" = s."__LSN", t."__DELETED" = FALSE WHEN NOT MATCHED THEN INSERT ("ID", "NAME", "__OP", "__LSN", "__DELETED") VALUES (s."ID", s."NAME", s."__OP", s."__LSN", (s."__OP" = 'd'))"#
+                r#"WHEN MATCHED AND s."__OP" = 'd' AND {newer} THEN UPDATE SET t."__OP" = s."__OP", t."__LSN" = COALESCE(s."__LSN", t."__LSN"), t."__DELETED" = TRUE WHEN MATCHED AND {newer} THEN UPDATE SET t."NAME" = s."NAME", t."__OP" = s."__OP", t."__LSN" = COALESCE(s."__LSN", t."__LSN"), t."__DELETED" = FALSE WHEN NOT MATCHED THEN INSERT ("ID", "NAME", "__OP", "__LSN", "__DELETED") VALUES (s."ID", s."NAME", s."__OP", s."__LSN", (s."__OP" = 'd'))"#
             )),
             "{sql}"
         );
