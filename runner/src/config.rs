@@ -41,6 +41,9 @@ pub struct Config {
     /// Pipeline statistics export.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Where events floe cannot load go.
+    #[serde(default)]
+    pub dlq: DlqConfig,
 }
 
 /// Which source to read.
@@ -55,18 +58,37 @@ pub enum SourceKind {
 }
 
 /// The source section.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// `kafka` (default) or `file`.
     #[serde(default)]
     pub kind: SourceKind,
+    /// Messages whose key + value exceed this many bytes are not processed: they go to
+    /// the dead letter queue (category `kafka`). Default 8 MiB.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
     /// Settings of the Kafka source.
     #[serde(default)]
     pub kafka: KafkaConfig,
     /// Settings of the file source.
     #[serde(default)]
     pub file: FileConfig,
+}
+
+fn default_max_message_bytes() -> usize {
+    8 << 20
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            kind: SourceKind::default(),
+            max_message_bytes: default_max_message_bytes(),
+            kafka: KafkaConfig::default(),
+            file: FileConfig::default(),
+        }
+    }
 }
 
 /// Kafka source settings.
@@ -428,6 +450,72 @@ impl Default for SnowflakeConfig {
     }
 }
 
+/// Which dead letter queue to write.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DlqKind {
+    /// `kafka` with the Kafka source, `log` with the file source (default).
+    #[default]
+    Auto,
+    /// A Kafka topic per source topic (`topic`), on the source's brokers.
+    Kafka,
+    /// JSON lines in the fixture format (`path`): `floe run --file` replays them.
+    File,
+    /// Logged and counted only.
+    Log,
+}
+
+/// Dead letter queue settings: every event floe cannot load is written here, with
+/// headers saying why, before the batch's offsets are committed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    /// `auto` (default), `kafka`, `file` or `log`.
+    #[serde(default)]
+    pub kind: DlqKind,
+    /// DLQ topic name; `{topic}` stands for the source topic. Default `{topic}.dlq`.
+    #[serde(default = "default_dlq_topic")]
+    pub topic: String,
+    /// File of the `file` kind (appended to). Default `floe-dlq.jsonl`.
+    #[serde(default = "default_dlq_path")]
+    pub path: PathBuf,
+    /// How long one DLQ write may take before the batch is retried, in ms.
+    #[serde(default = "default_dlq_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Extra librdkafka producer settings for the `kafka` kind.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_dlq_topic() -> String {
+    "{topic}.dlq".into()
+}
+fn default_dlq_path() -> PathBuf {
+    "floe-dlq.jsonl".into()
+}
+fn default_dlq_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        DlqConfig {
+            kind: DlqKind::default(),
+            topic: default_dlq_topic(),
+            path: default_dlq_path(),
+            timeout_ms: default_dlq_timeout_ms(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+impl DlqConfig {
+    /// The DLQ topic of a source topic.
+    pub fn topic_for(&self, source_topic: &str) -> String {
+        self.topic.replace("{topic}", source_topic)
+    }
+}
+
 /// Statistics export.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
@@ -438,6 +526,15 @@ pub struct MetricsConfig {
 }
 
 impl Config {
+    /// The DLQ kind in effect (`auto` resolved against the source).
+    pub fn dlq_kind(&self) -> DlqKind {
+        match (self.dlq.kind, self.source.kind) {
+            (DlqKind::Auto, SourceKind::Kafka) => DlqKind::Kafka,
+            (DlqKind::Auto, SourceKind::File) => DlqKind::Log,
+            (kind, _) => kind,
+        }
+    }
+
     /// Embedded defaults, then `file` (if given), then `FLOE__*` environment variables
     /// (`FLOE__SINK__SNOWFLAKE__PASSWORD=...`), then checks.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -493,6 +590,16 @@ impl Config {
                     return bad("source.file.paths is empty".into());
                 }
             }
+        }
+        if self.source.max_message_bytes == 0 {
+            return bad("source.max_message_bytes must be at least 1".into());
+        }
+        if self.dlq.topic.trim().is_empty() {
+            return bad("dlq.topic is empty".into());
+        }
+        if self.dlq_kind() == DlqKind::Kafka && !self.dlq.topic.contains("{topic}") {
+            // One DLQ topic for every source topic is fine; say so in the log instead.
+            tracing::info!(topic = %self.dlq.topic, "every source topic shares one DLQ topic");
         }
         if self.sink.kind == SinkKind::Snowflake {
             let s = &self.sink.snowflake;

@@ -20,6 +20,7 @@ pub struct Stats {
     pub tables_truncated: AtomicU64,
     pub columns_added: AtomicU64,
     pub columns_widened: AtomicU64,
+    pub dead_letters: AtomicU64,
     pub rows_transformed: AtomicU64,
     pub rows_loaded: AtomicU64,
     pub rows_inserted: AtomicU64,
@@ -57,6 +58,8 @@ pub struct StatsSnapshot {
     pub tables_truncated: u64,
     pub columns_added: u64,
     pub columns_widened: u64,
+    /// Events written to the dead letter queue (or, with `dlq.kind = log`, logged).
+    pub dead_letters: u64,
     pub rows_transformed: u64,
     pub rows_loaded: u64,
     pub rows_inserted: u64,
@@ -125,6 +128,7 @@ impl Stats {
             tables_truncated: g(&self.tables_truncated),
             columns_added: g(&self.columns_added),
             columns_widened: g(&self.columns_widened),
+            dead_letters: g(&self.dead_letters),
             rows_transformed: g(&self.rows_transformed),
             rows_loaded: g(&self.rows_loaded),
             rows_inserted: g(&self.rows_inserted),
@@ -211,6 +215,19 @@ impl EventDropped<'_> {
             reason = self.reason,
             "event not loaded"
         );
+    }
+}
+
+/// Dead letters were written durably (before the batch's offsets are committed).
+pub struct DeadLettersWritten<'a> {
+    pub count: usize,
+    pub queue: &'a crate::dlq::DeadLetterQueue,
+}
+
+impl DeadLettersWritten<'_> {
+    pub fn emit(&self, stats: &Stats) {
+        stats.dead_letters.fetch_add(self.count as u64, Relaxed);
+        tracing::info!(count = self.count, queue = %self.queue.describe(), "dead letters written");
     }
 }
 

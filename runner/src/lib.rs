@@ -11,6 +11,7 @@
 
 pub mod components;
 pub mod config;
+pub mod dlq;
 pub mod events;
 pub mod pipeline;
 pub mod sinks;
@@ -25,6 +26,7 @@ pub use events::{Stats, StatsSnapshot};
 
 use crate::components::Components;
 use crate::config::{SinkKind, SourceKind};
+use crate::dlq::DeadLetterQueue;
 use crate::pipeline::{Pipeline, PipelineError, PipelineSettings};
 use crate::sinks::null::NullSink;
 use crate::sinks::snowflake::SnowflakeSink;
@@ -73,6 +75,7 @@ pub async fn run(
         exit_when_idle: options.exit_when_idle,
         load_attempts: options.load_attempts.unwrap_or(8),
         metrics_json: config.metrics.json_path.clone(),
+        max_message_bytes: config.source.max_message_bytes,
     };
     match config.source.kind {
         SourceKind::Kafka => {
@@ -97,14 +100,18 @@ async fn with_sink<S: Source>(
 ) -> Result<StatsSnapshot, RunError> {
     match config.sink.kind {
         SinkKind::None => {
-            let mut p = Pipeline::new(source, NullSink::default(), components, settings, stats);
+            let dlq = DeadLetterQueue::from_config(config).map_err(PipelineError::from)?;
+            let mut p = Pipeline::new(source, NullSink::default(), components, settings, stats)
+                .with_dead_letters(dlq);
             Ok(p.run(shutdown).await?)
         }
         SinkKind::Snowflake => {
             let sink = SnowflakeSink::connect(&config.sink.snowflake)
                 .await
                 .map_err(PipelineError::from)?;
-            let mut p = Pipeline::new(source, sink, components, settings, stats);
+            let dlq = DeadLetterQueue::from_config(config).map_err(PipelineError::from)?;
+            let mut p =
+                Pipeline::new(source, sink, components, settings, stats).with_dead_letters(dlq);
             Ok(p.run(shutdown).await?)
         }
     }

@@ -63,6 +63,36 @@ enum Command {
         /// The statement.
         sql: String,
     },
+    /// Work with the dead letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Re-submit dead letters to the topics they were read from (after a fix), and
+    /// print what was replayed as JSON.
+    Replay {
+        /// Only dead letters of this category (repeatable): parse, validation,
+        /// transform, wasm-trap, schema, warehouse, kafka.
+        #[arg(long = "category", value_name = "CATEGORY")]
+        categories: Vec<String>,
+        /// DLQ topics to read (repeatable; default: every topic `dlq.topic` names).
+        #[arg(long = "topic", value_name = "TOPIC")]
+        topics: Vec<String>,
+        /// Stop after no dead letter arrived for this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        idle_secs: f64,
+        /// Count what would be replayed; produce nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Consumer group that commits what it replayed, so the next replay with it
+        /// continues from there (default: a fresh group, reading from the beginning).
+        #[arg(long)]
+        group: Option<String>,
+    },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -134,6 +164,35 @@ async fn main() -> anyhow::Result<()> {
         Command::Config => {
             let config = load_config(cli.config)?;
             println!("{}", config_json(&config)?);
+            Ok(())
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    categories,
+                    topics,
+                    idle_secs,
+                    dry_run,
+                    group,
+                },
+        } => {
+            let config = load_config(cli.config)?;
+            for c in &categories {
+                anyhow::ensure!(
+                    floe::dlq::CATEGORIES.contains(&c.as_str()),
+                    "unknown category '{c}' (one of {})",
+                    floe::dlq::CATEGORIES.join(", ")
+                );
+            }
+            let options = floe::dlq::replay::ReplayOptions {
+                categories,
+                topics,
+                idle: Duration::from_secs_f64(idle_secs),
+                dry_run,
+                group,
+            };
+            let report = floe::dlq::replay::replay(&config, &options).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Query { sql } => {

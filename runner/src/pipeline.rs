@@ -14,9 +14,10 @@ use floe_host::types::{Batch, Event, MergeInput, MergePlan, Op, Row, TableShape,
 
 use crate::components::Components;
 use crate::config::{DeleteMode, IdentifierCase, SnowflakeConfig, TruncateMode};
+use crate::dlq::{DeadLetter, DeadLetterQueue, DlqError};
 use crate::events::{
-    BatchCommitted, BatchReceived, ComponentFailed, EventDropped, LoadRetry, Position, Stats,
-    StatsSnapshot, TruncateIgnored,
+    BatchCommitted, BatchReceived, ComponentFailed, DeadLettersWritten, EventDropped, LoadRetry,
+    Position, Stats, StatsSnapshot, TruncateIgnored,
 };
 use crate::sinks::snowflake::target_for;
 use crate::sinks::{Sink, SinkError, TableLoad, Truncation};
@@ -33,6 +34,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error("metrics export: {0}")]
     Metrics(#[from] std::io::Error),
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
 }
 
 impl PipelineError {
@@ -41,6 +44,7 @@ impl PipelineError {
             PipelineError::Source(e) => e.is_retryable(),
             PipelineError::Sink(e) => e.is_retryable(),
             PipelineError::Metrics(_) => false,
+            PipelineError::Dlq(_) => true,
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct PipelineSettings {
     pub load_attempts: usize,
     /// Write [`StatsSnapshot`] JSON here after every batch and at exit.
     pub metrics_json: Option<PathBuf>,
+    /// Larger messages (key + value) go to the dead letter queue unprocessed.
+    pub max_message_bytes: usize,
 }
 
 /// One pipeline: a source, the components and a sink.
@@ -71,6 +77,8 @@ pub struct Pipeline<S, K> {
     /// that arrives later (from another partition: Debezium sends truncates without a
     /// key) was wiped by that truncate and is not loaded.
     truncated_below: HashMap<String, i64>,
+    /// Where events that cannot be loaded go.
+    dlq: DeadLetterQueue,
 }
 
 /// A batch after the components ran: what to load and what it amounted to.
@@ -79,6 +87,25 @@ struct Prepared {
     rows: u64,
     skipped: u64,
     wasm: Duration,
+    /// Events that will not be loaded, and why.
+    dead: Vec<DeadLetter>,
+}
+
+/// Every event of `indexes` is dead for the same reason (a component failed).
+fn all_dead(
+    dead: &mut Vec<DeadLetter>,
+    indexes: impl Iterator<Item = usize>,
+    stage: &'static str,
+    component: &str,
+    reason: &str,
+) {
+    dead.extend(indexes.map(|index| DeadLetter {
+        index,
+        category: "wasm-trap",
+        stage,
+        component: component.to_owned(),
+        reason: reason.to_owned(),
+    }));
 }
 
 fn case_of(c: IdentifierCase) -> floe_host::types::IdentifierCase {
@@ -113,7 +140,14 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             settings,
             stats,
             truncated_below: HashMap::new(),
+            dlq: DeadLetterQueue::Log,
         }
+    }
+
+    /// Sends events that cannot be loaded to `dlq` instead of only logging them.
+    pub fn with_dead_letters(mut self, dlq: DeadLetterQueue) -> Self {
+        self.dlq = dlq;
+        self
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -183,28 +217,41 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         .emit(&self.stats);
         let events = batch.messages.len();
         let checkpoint = batch.checkpoint;
-        let prepared = tokio::task::block_in_place(|| self.prepare(batch.messages));
+        let messages = batch.messages;
+        let mut prepared = tokio::task::block_in_place(|| self.prepare(&messages));
         let load_started = Instant::now();
         let report = self.load_with_retry(&prepared.loads).await?;
         let load = load_started.elapsed();
         let mut refused_rows = 0;
-        for (i, reason) in &report.refused {
-            let refused = &prepared.loads[*i];
+        for r in &report.refused {
+            let refused = &prepared.loads[r.load];
             refused_rows += u64::from(refused.plan.rows_after_dedup);
-            for (topic, partition, offset) in &refused.origins {
-                EventDropped {
-                    position: Position {
-                        topic,
-                        partition: *partition,
-                        offset: *offset,
-                    },
-                    error_type: "schema",
+            prepared
+                .dead
+                .extend(refused.origins.iter().map(|&index| DeadLetter {
+                    index,
+                    category: r.category,
                     stage: "load",
-                    reason,
-                }
-                .emit(&self.stats);
-            }
+                    component: "snowflake".into(),
+                    reason: r.reason.clone(),
+                }));
         }
+        // Dead letters are durable before the offsets move past them.
+        for d in &prepared.dead {
+            let m = &messages[d.index];
+            EventDropped {
+                position: Position {
+                    topic: &m.topic,
+                    partition: m.partition,
+                    offset: m.offset,
+                },
+                error_type: d.category,
+                stage: d.stage,
+                reason: &d.reason,
+            }
+            .emit(&self.stats);
+        }
+        self.send_dead_letters(&messages, &prepared.dead).await?;
         self.source.commit(&checkpoint).await?;
         BatchCommitted {
             events,
@@ -225,6 +272,48 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         }
         .emit(&self.stats);
         Ok(())
+    }
+
+    async fn send_dead_letters(
+        &mut self,
+        messages: &[Message],
+        dead: &[DeadLetter],
+    ) -> Result<(), PipelineError> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .with_max_times(self.settings.load_attempts.saturating_sub(1))
+            .build();
+        let mut attempt = 1;
+        loop {
+            match self.dlq.send(messages, dead).await {
+                Ok(()) => {
+                    DeadLettersWritten {
+                        count: dead.len(),
+                        queue: &self.dlq,
+                    }
+                    .emit(&self.stats);
+                    return Ok(());
+                }
+                Err(e) => match backoff.next() {
+                    Some(delay) => {
+                        LoadRetry {
+                            attempt,
+                            delay,
+                            error: &e.to_string(),
+                        }
+                        .emit(&self.stats);
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                    None => return Err(e.into()),
+                },
+            }
+        }
     }
 
     async fn load_with_retry(
@@ -263,52 +352,59 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
     }
 
     /// Runs the components over a batch (CPU-bound; called on a blocking section).
-    fn prepare(&mut self, messages: Vec<Message>) -> Prepared {
+    fn prepare(&mut self, messages: &[Message]) -> Prepared {
         let wasm_started = Instant::now();
-        let positions: Vec<(Arc<str>, i32, i64)> = messages
-            .iter()
-            .map(|m| (m.topic.clone(), m.partition, m.offset))
-            .collect();
         let pos = |i: usize| Position {
-            topic: &positions[i].0,
-            partition: positions[i].1,
-            offset: positions[i].2,
+            topic: &messages[i].topic,
+            partition: messages[i].partition,
+            offset: messages[i].offset,
         };
+        let mut dead: Vec<DeadLetter> = Vec::new();
         let mut topic_idx: HashMap<Arc<str>, u32> = HashMap::new();
         let mut topics = Vec::new();
         let mut events = Vec::with_capacity(messages.len());
-        for m in messages {
+        // Message index of each event of the batch.
+        let mut entered: Vec<usize> = Vec::with_capacity(messages.len());
+        let max_bytes = self.settings.max_message_bytes;
+        for (i, m) in messages.iter().enumerate() {
+            let len = m.payload_len();
+            if len > max_bytes {
+                dead.push(DeadLetter {
+                    index: i,
+                    category: "kafka",
+                    stage: "source",
+                    component: "floe".into(),
+                    reason: format!(
+                        "message of {len} bytes exceeds source.max_message_bytes ({max_bytes})"
+                    ),
+                });
+                continue;
+            }
             let idx = *topic_idx.entry(m.topic.clone()).or_insert_with(|| {
                 topics.push(m.topic.to_string());
                 (topics.len() - 1) as u32
             });
+            entered.push(i);
             events.push(Event {
                 topic: idx,
                 partition: m.partition,
                 offset: m.offset,
                 timestamp_ms: m.timestamp_ms,
-                key: m.key,
-                value: m.value,
+                key: m.key.clone(),
+                value: m.value.clone(),
             });
         }
         let mut batch = Batch { topics, events };
-        let drop_all = |idx: &mut dyn Iterator<Item = usize>, reason: &str, stats: &Stats| {
-            for i in idx {
-                EventDropped {
-                    position: pos(i),
-                    error_type: "wasm-trap",
-                    stage: "transform",
-                    reason,
-                }
-                .emit(stats);
-            }
-        };
-        let empty = |wasm: Duration| Prepared {
+        let empty = |wasm: Duration, dead: Vec<DeadLetter>| Prepared {
             loads: Vec::new(),
             rows: 0,
             skipped: 0,
             wasm,
+            dead,
         };
+        if batch.events.is_empty() {
+            return empty(wasm_started.elapsed(), dead);
+        }
 
         // 1. validate
         let c = &self.components;
@@ -323,8 +419,15 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     events: batch.events.len(),
                 }
                 .emit(&self.stats);
-                drop_all(&mut (0..batch.events.len()), &msg, &self.stats);
-                return empty(wasm_started.elapsed());
+                let component = c.validator.name();
+                all_dead(
+                    &mut dead,
+                    entered.iter().copied(),
+                    "validate",
+                    component,
+                    &msg,
+                );
+                return empty(wasm_started.elapsed(), dead);
             }
         };
         let mut original: Vec<usize> = Vec::with_capacity(batch.events.len());
@@ -332,20 +435,20 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         for (i, (ev, verdict)) in all.into_iter().zip(verdicts).enumerate() {
             match verdict {
                 Verdict::Ok => {
-                    original.push(i);
+                    original.push(entered[i]);
                     batch.events.push(ev);
                 }
-                Verdict::Rejected(reason) => EventDropped {
-                    position: pos(i),
-                    error_type: rejection_type(&reason),
+                Verdict::Rejected(reason) => dead.push(DeadLetter {
+                    index: entered[i],
+                    category: rejection_type(&reason),
                     stage: "validate",
-                    reason: &reason,
-                }
-                .emit(&self.stats),
+                    component: c.validator.name().to_owned(),
+                    reason,
+                }),
             }
         }
         if batch.events.is_empty() {
-            return empty(wasm_started.elapsed());
+            return empty(wasm_started.elapsed(), dead);
         }
 
         // 2. transform
@@ -360,20 +463,27 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     events: batch.events.len(),
                 }
                 .emit(&self.stats);
-                drop_all(&mut original.iter().copied(), &msg, &self.stats);
-                return empty(wasm_started.elapsed());
+                let component = c.transformer.name();
+                all_dead(
+                    &mut dead,
+                    original.iter().copied(),
+                    "transform",
+                    component,
+                    &msg,
+                );
+                return empty(wasm_started.elapsed(), dead);
             }
         };
         let mut produced = vec![false; batch.events.len()];
         for f in &out.failures {
             produced[f.event as usize] = true;
-            EventDropped {
-                position: pos(original[f.event as usize]),
-                error_type: "transform",
+            dead.push(DeadLetter {
+                index: original[f.event as usize],
+                category: "transform",
                 stage: "transform",
-                reason: &f.reason,
-            }
-            .emit(&self.stats);
+                component: c.transformer.name().to_owned(),
+                reason: f.reason.clone(),
+            });
         }
         // The last TRUNCATE per table wipes the rows before it; only the rows after it
         // are loaded, and the sink empties the table of rows below its LSN first.
@@ -507,7 +617,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     let origins = input
                         .rows
                         .iter()
-                        .map(|r| positions[original[r.event as usize]].clone())
+                        .map(|r| original[r.event as usize])
                         .collect();
                     loads.push(TableLoad {
                         source_table: input.shape.name.clone(),
@@ -527,10 +637,12 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                         events: input.rows.len(),
                     }
                     .emit(&self.stats);
-                    drop_all(
-                        &mut input.rows.iter().map(|r| original[r.event as usize]),
+                    all_dead(
+                        &mut dead,
+                        input.rows.iter().map(|r| original[r.event as usize]),
+                        "merge",
+                        c.merge_builder.name(),
                         &msg,
-                        &self.stats,
                     );
                 }
             }
@@ -557,6 +669,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             rows,
             skipped,
             wasm: wasm_started.elapsed(),
+            dead,
         }
     }
 

@@ -2,7 +2,8 @@
 //! grows widens the target column in place and its values land exactly; a change the
 //! target column cannot hold (a boolean that became an integer) refuses only that
 //! table's rows of the batch, reported as failed with category `schema`, while the other
-//! tables of the batch load and the pipeline goes on.
+//! tables of the batch load and the pipeline goes on; a value the warehouse cannot
+//! convert does the same with category `warehouse`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +75,19 @@ fn insert(
     }
 }
 
+/// [`insert`] with `n` turned into a Connect string holding `text`.
+fn insert_text_n(table: &str, id: i64, text: &str, lsn: i64) -> Message {
+    let mut m = insert(table, id, 0, 12, json!(true), "boolean", lsn);
+    let mut v: Value = serde_json::from_slice(m.value.as_deref().unwrap()).unwrap();
+    for side in 0..2 {
+        v["schema"]["fields"][side]["fields"][1] =
+            json!({"type": "string", "optional": true, "field": "n"});
+    }
+    v["payload"]["after"]["n"] = text.into();
+    m.value = Some(v.to_string().into_bytes());
+    m
+}
+
 fn batch(messages: Vec<Message>) -> SourceBatch {
     let mut b = SourceBatch::default();
     for m in messages {
@@ -109,6 +123,7 @@ async fn widening_lands_and_incompatible_changes_refuse_only_their_table() {
             exit_when_idle: None,
             load_attempts: 2,
             metrics_json: None,
+            max_message_bytes: 8 << 20,
         },
         stats.clone(),
     );
@@ -176,4 +191,24 @@ async fn widening_lands_and_incompatible_changes_refuse_only_their_table() {
     );
     let s = stats.snapshot();
     assert_eq!((s.events_failed, s.columns_widened), (1, 1), "{s:?}");
+
+    // Text into the NUMBER column passes the type check (text may hold numbers) but
+    // this value does not convert: the warehouse's data error refuses WIDEN's rows of the
+    // batch (category `warehouse`), OTHER's load, the run goes on.
+    let b = batch(vec![
+        insert_text_n("widen", 5, "not a number", 500),
+        insert("other", 2, 800, 12, json!(false), "boolean", 501),
+    ]);
+    pipeline.process(b).await.unwrap();
+    let s = stats.snapshot();
+    assert_eq!((s.events_failed, s.dead_letters), (2, 2), "{s:?}");
+    assert_eq!(query(&sf, &rows("WIDEN")).await.len(), 3);
+    assert_eq!(
+        query(&sf, &rows("OTHER")).await,
+        [["1", "7.00", "true"], ["2", "8.00", "false"]]
+    );
+    // Text that converts loads.
+    let b = batch(vec![insert_text_n("widen", 6, "42.50", 600)]);
+    pipeline.process(b).await.unwrap();
+    assert_eq!(query(&sf, &rows("WIDEN")).await[3], ["6", "42.50", "true"]);
 }

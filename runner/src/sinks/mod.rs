@@ -2,8 +2,6 @@
 //! MERGE plan already built by the merge-builder component) and commits the source's
 //! offsets only after [`Sink::load`] returned `Ok`.
 
-use std::sync::Arc;
-
 use floe_host::types::{MergePlan, TableShape};
 
 pub mod null;
@@ -24,9 +22,9 @@ pub struct TableLoad {
     pub truncate: Option<Truncation>,
     /// Statements to run, in order (none when the batch only truncated the table).
     pub plan: MergePlan,
-    /// Where the plan's rows came from (topic, partition, offset), to report them if
-    /// the table refuses them.
-    pub origins: Vec<(Arc<str>, i32, i64)>,
+    /// The batch messages (indexes) the plan's rows came from, to report them if the
+    /// table refuses them.
+    pub origins: Vec<usize>,
 }
 
 /// A source TRUNCATE to apply to the target before a table's plan.
@@ -56,10 +54,21 @@ pub struct LoadReport {
     pub tables_truncated: u64,
     /// Columns widened in place (`ALTER COLUMN .. SET DATA TYPE`).
     pub columns_widened: u64,
-    /// Loads (index into the batch's loads) not applied because a column's type
-    /// changed in a way the target column cannot hold, with the reason. Their rows are
-    /// reported as failed (category `schema`); the batch's other loads were applied.
-    pub refused: Vec<(usize, String)>,
+    /// Loads the warehouse refused for their data, not for a transient reason; their
+    /// rows go to the dead letter queue, the batch's other loads were applied.
+    pub refused: Vec<Refused>,
+}
+
+/// A table's load that was not applied because of its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Index into the batch's loads.
+    pub load: usize,
+    /// `schema`: a column's type changed in a way the target column cannot hold;
+    /// `warehouse`: the warehouse rejected a value (a data error, e.g. a number it
+    /// cannot parse).
+    pub category: &'static str,
+    pub reason: String,
 }
 
 /// Errors of a sink.

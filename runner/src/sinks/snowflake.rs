@@ -7,7 +7,7 @@ use std::time::Duration;
 use floe_snowflake::{Auth, Bind, Client, ConnectOptions};
 
 use super::schema::{self, Fit, TargetType};
-use super::{LoadReport, Sink, SinkError, TableLoad, Truncation, core_shape};
+use super::{LoadReport, Refused, Sink, SinkError, TableLoad, Truncation, core_shape};
 use crate::config::{IdentifierCase, SnowflakeConfig};
 
 /// Maps a source table (`schema.table`) to its target name parts.
@@ -251,6 +251,12 @@ impl SnowflakeSink {
     }
 }
 
+/// Snowflake's data errors (`100xxx`: numeric value not recognized, string too long,
+/// NULL into a NOT NULL column, ...): the same statement fails again on retry.
+pub fn is_data_error(code: &str) -> bool {
+    code.len() == 6 && code.starts_with("100")
+}
+
 /// What [`SnowflakeSink::ensure_table`] changed.
 #[derive(Debug, Default)]
 struct Ensured {
@@ -273,7 +279,11 @@ impl Sink for SnowflakeSink {
                 Ok(ensured) => ensured,
                 Err(reason) => {
                     tracing::error!(table = %load.target.join("."), rows = load.plan.rows_after_dedup, reason = %reason, "table refuses the batch's rows");
-                    report.refused.push((index, reason));
+                    report.refused.push(Refused {
+                        load: index,
+                        category: "schema",
+                        reason,
+                    });
                     continue;
                 }
             };
@@ -289,7 +299,27 @@ impl Sink for SnowflakeSink {
                         value: b.value.clone(),
                     })
                     .collect();
-                let res = self.client.execute(&st.sql, &binds).await?;
+                let res = match self.client.execute(&st.sql, &binds).await {
+                    Ok(res) => res,
+                    // A data error (Snowflake's 100xxx: a value it cannot convert or
+                    // store) repeats on every retry: the table's rows go to the DLQ.
+                    Err(floe_snowflake::Error::Sql { code, message, .. })
+                        if is_data_error(&code) =>
+                    {
+                        let reason = format!(
+                            "warehouse: table {}: {code}: {message}",
+                            load.target.join(".")
+                        );
+                        tracing::error!(table = %load.target.join("."), rows = load.plan.rows_after_dedup, reason = %reason, "the warehouse refused the table's rows");
+                        report.refused.push(Refused {
+                            load: index,
+                            category: "warehouse",
+                            reason,
+                        });
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 report.statements += 1;
                 report.rows_inserted += res.rows_inserted.unwrap_or(0);
                 report.rows_updated += res.rows_updated.unwrap_or(0);
@@ -303,6 +333,16 @@ impl Sink for SnowflakeSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_errors_are_the_100xxx_codes() {
+        for code in ["100038", "100072", "100078"] {
+            assert!(is_data_error(code), "{code}");
+        }
+        for code in ["002003", "000904", "390114", "1000", "100"] {
+            assert!(!is_data_error(code), "{code}");
+        }
+    }
 
     #[test]
     fn target_names_follow_case_and_mapping() {
