@@ -44,6 +44,54 @@ pub struct Config {
     /// Where events floe cannot load go.
     #[serde(default)]
     pub dlq: DlqConfig,
+    /// Retries, the warehouse circuit breaker and shutdown.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+}
+
+/// Retries, the warehouse circuit breaker and shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Attempts of a batch's load on transient warehouse errors (exponential backoff
+    /// with jitter, 200 ms to 30 s) before the circuit breaker opens.
+    #[serde(default = "default_load_attempts")]
+    pub load_attempts: usize,
+    /// How long the breaker first stays open (no consumption, no load) before a probe,
+    /// in ms; doubles after every failed probe.
+    #[serde(default = "default_breaker_open_ms")]
+    pub breaker_open_ms: u64,
+    /// Longest open period, in ms.
+    #[serde(default = "default_breaker_max_open_ms")]
+    pub breaker_max_open_ms: u64,
+    /// How long SIGINT/SIGTERM waits for the in-flight batch to load and commit before
+    /// abandoning it uncommitted (it is replayed on the next start), in ms.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+fn default_load_attempts() -> usize {
+    8
+}
+fn default_breaker_open_ms() -> u64 {
+    5_000
+}
+fn default_breaker_max_open_ms() -> u64 {
+    120_000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            load_attempts: default_load_attempts(),
+            breaker_open_ms: default_breaker_open_ms(),
+            breaker_max_open_ms: default_breaker_max_open_ms(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+        }
+    }
 }
 
 /// Which source to read.
@@ -590,6 +638,9 @@ impl Config {
                     return bad("source.file.paths is empty".into());
                 }
             }
+        }
+        if self.delivery.load_attempts == 0 || self.delivery.breaker_open_ms == 0 {
+            return bad("delivery.load_attempts and delivery.breaker_open_ms must be > 0".into());
         }
         if self.source.max_message_bytes == 0 {
             return bad("source.max_message_bytes must be at least 1".into());

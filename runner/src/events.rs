@@ -21,6 +21,8 @@ pub struct Stats {
     pub columns_added: AtomicU64,
     pub columns_widened: AtomicU64,
     pub dead_letters: AtomicU64,
+    pub breaker_state: AtomicU64,
+    pub breaker_opened: AtomicU64,
     pub rows_transformed: AtomicU64,
     pub rows_loaded: AtomicU64,
     pub rows_inserted: AtomicU64,
@@ -60,6 +62,10 @@ pub struct StatsSnapshot {
     pub columns_widened: u64,
     /// Events written to the dead letter queue (or, with `dlq.kind = log`, logged).
     pub dead_letters: u64,
+    /// The warehouse circuit breaker now: `closed`, `open` or `half-open`.
+    pub breaker_state: &'static str,
+    /// Times the breaker opened.
+    pub breaker_opened: u64,
     pub rows_transformed: u64,
     pub rows_loaded: u64,
     pub rows_inserted: u64,
@@ -129,6 +135,12 @@ impl Stats {
             columns_added: g(&self.columns_added),
             columns_widened: g(&self.columns_widened),
             dead_letters: g(&self.dead_letters),
+            breaker_state: match g(&self.breaker_state) {
+                1 => "open",
+                2 => "half-open",
+                _ => "closed",
+            },
+            breaker_opened: g(&self.breaker_opened),
             rows_transformed: g(&self.rows_transformed),
             rows_loaded: g(&self.rows_loaded),
             rows_inserted: g(&self.rows_inserted),
@@ -215,6 +227,55 @@ impl EventDropped<'_> {
             reason = self.reason,
             "event not loaded"
         );
+    }
+}
+
+/// States of the warehouse circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
+}
+
+/// The warehouse circuit breaker changed state.
+pub struct BreakerChanged<'a> {
+    pub state: BreakerState,
+    /// The error that opened it.
+    pub error: Option<&'a str>,
+    /// How long it stays open.
+    pub open_for: Option<Duration>,
+}
+
+impl BreakerChanged<'_> {
+    pub fn emit(&self, stats: &Stats) {
+        stats.breaker_state.store(self.state as u64, Relaxed);
+        match self.state {
+            BreakerState::Open => {
+                stats.breaker_opened.fetch_add(1, Relaxed);
+                tracing::error!(
+                    breaker = "warehouse",
+                    state = "open",
+                    open_ms = self.open_for.map_or(0, |d| d.as_millis() as u64),
+                    error = self.error.unwrap_or(""),
+                    "circuit breaker opened: consumption paused"
+                );
+            }
+            BreakerState::HalfOpen => {
+                tracing::warn!(
+                    breaker = "warehouse",
+                    state = "half-open",
+                    "circuit breaker half-open: probing"
+                )
+            }
+            BreakerState::Closed => {
+                tracing::info!(
+                    breaker = "warehouse",
+                    state = "closed",
+                    "circuit breaker closed: consumption resumed"
+                )
+            }
+        }
     }
 }
 

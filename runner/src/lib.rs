@@ -27,7 +27,7 @@ pub use events::{Stats, StatsSnapshot};
 use crate::components::Components;
 use crate::config::{SinkKind, SourceKind};
 use crate::dlq::DeadLetterQueue;
-use crate::pipeline::{Pipeline, PipelineError, PipelineSettings};
+use crate::pipeline::{BreakerSettings, Pipeline, PipelineError, PipelineSettings};
 use crate::sinks::null::NullSink;
 use crate::sinks::snowflake::SnowflakeSink;
 use crate::sources::file::FileSource;
@@ -73,9 +73,21 @@ pub async fn run(
         },
         target: config.sink.snowflake.clone(),
         exit_when_idle: options.exit_when_idle,
-        load_attempts: options.load_attempts.unwrap_or(8),
+        load_attempts: options
+            .load_attempts
+            .unwrap_or(config.delivery.load_attempts),
         metrics_json: config.metrics.json_path.clone(),
         max_message_bytes: config.source.max_message_bytes,
+        breaker: BreakerSettings {
+            open_for: Duration::from_millis(config.delivery.breaker_open_ms),
+            max_open_for: Duration::from_millis(
+                config
+                    .delivery
+                    .breaker_max_open_ms
+                    .max(config.delivery.breaker_open_ms),
+            ),
+            shutdown_timeout: Duration::from_millis(config.delivery.shutdown_timeout_ms),
+        },
     };
     match config.source.kind {
         SourceKind::Kafka => {

@@ -16,8 +16,8 @@ use crate::components::Components;
 use crate::config::{DeleteMode, IdentifierCase, SnowflakeConfig, TruncateMode};
 use crate::dlq::{DeadLetter, DeadLetterQueue, DlqError};
 use crate::events::{
-    BatchCommitted, BatchReceived, ComponentFailed, DeadLettersWritten, EventDropped, LoadRetry,
-    Position, Stats, StatsSnapshot, TruncateIgnored,
+    BatchCommitted, BatchReceived, BreakerChanged, BreakerState, ComponentFailed,
+    DeadLettersWritten, EventDropped, LoadRetry, Position, Stats, StatsSnapshot, TruncateIgnored,
 };
 use crate::sinks::snowflake::target_for;
 use crate::sinks::{Sink, SinkError, TableLoad, Truncation};
@@ -64,6 +64,31 @@ pub struct PipelineSettings {
     pub metrics_json: Option<PathBuf>,
     /// Larger messages (key + value) go to the dead letter queue unprocessed.
     pub max_message_bytes: usize,
+    /// The warehouse circuit breaker and the shutdown deadline.
+    pub breaker: BreakerSettings,
+}
+
+/// The warehouse circuit breaker: after a batch's load failed `load_attempts` times with
+/// transient errors, the breaker opens (no consumption, no load) for `open_for`, then
+/// half-opens (one probe load of the same batch): success closes it, failure opens it
+/// again for twice as long, up to `max_open_for`. Transient errors never end the run.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerSettings {
+    pub open_for: Duration,
+    pub max_open_for: Duration,
+    /// How long a shutdown request waits for the in-flight batch before abandoning it
+    /// (uncommitted: the next run replays it).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            open_for: Duration::from_secs(5),
+            max_open_for: Duration::from_secs(120),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// One pipeline: a source, the components and a sink.
@@ -200,8 +225,29 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 continue;
             }
             last_event = Instant::now();
-            self.process(batch).await?;
+            // A shutdown request gives the in-flight batch `shutdown_timeout` to finish
+            // (and commit); then it is abandoned uncommitted.
+            let timeout = self.settings.breaker.shutdown_timeout;
+            let mut stop = shutdown.clone();
+            let deadline = async move {
+                while !*stop.borrow_and_update() {
+                    if stop.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                tokio::time::sleep(timeout).await;
+            };
+            let done = tokio::select! {
+                r = self.process_until(batch, shutdown.clone()) => r?,
+                _ = deadline => {
+                    tracing::warn!(timeout_ms = timeout.as_millis() as u64, "shutdown: the in-flight batch did not finish in time; abandoned uncommitted (the next run replays it)");
+                    false
+                }
+            };
             self.export_metrics()?;
+            if !done {
+                break;
+            }
         }
         self.export_metrics()?;
         Ok(self.stats.snapshot())
@@ -209,6 +255,17 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
 
     /// Processes, loads and commits one batch.
     pub async fn process(&mut self, batch: SourceBatch) -> Result<(), PipelineError> {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        self.process_until(batch, rx).await.map(|_| ())
+    }
+
+    /// [`Pipeline::process`]; while the warehouse breaker is open, a shutdown request
+    /// abandons the batch uncommitted (`Ok(false)`).
+    async fn process_until(
+        &mut self,
+        batch: SourceBatch,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, PipelineError> {
         let started = Instant::now();
         BatchReceived {
             events: batch.messages.len(),
@@ -220,7 +277,9 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         let messages = batch.messages;
         let mut prepared = tokio::task::block_in_place(|| self.prepare(&messages));
         let load_started = Instant::now();
-        let report = self.load_with_retry(&prepared.loads).await?;
+        let Some(report) = self.load_with_breaker(&prepared.loads, shutdown).await? else {
+            return Ok(false);
+        };
         let load = load_started.elapsed();
         let mut refused_rows = 0;
         for r in &report.refused {
@@ -271,7 +330,67 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             total: started.elapsed(),
         }
         .emit(&self.stats);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Loads with retries; when they are exhausted by transient errors, the breaker
+    /// opens (see [`BreakerSettings`]). `None`: shutdown was asked while it was open.
+    async fn load_with_breaker(
+        &mut self,
+        loads: &[TableLoad],
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Option<crate::sinks::LoadReport>, PipelineError> {
+        let settings = self.settings.breaker;
+        let mut result = self.load_with_retry(loads).await;
+        let mut open_for = settings.open_for;
+        let mut opened = false;
+        loop {
+            match result {
+                Ok(report) => {
+                    if opened {
+                        BreakerChanged {
+                            state: BreakerState::Closed,
+                            error: None,
+                            open_for: None,
+                        }
+                        .emit(&self.stats);
+                    }
+                    return Ok(Some(report));
+                }
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => {
+                    opened = true;
+                    BreakerChanged {
+                        state: BreakerState::Open,
+                        error: Some(&e.to_string()),
+                        open_for: Some(open_for),
+                    }
+                    .emit(&self.stats);
+                    let stop = async {
+                        while !*shutdown.borrow_and_update() {
+                            if shutdown.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(open_for) => {}
+                        _ = stop => {
+                            tracing::warn!("shutdown while the warehouse breaker is open: batch abandoned uncommitted (the next run replays it)");
+                            return Ok(None);
+                        }
+                    }
+                    open_for = (open_for * 2).min(settings.max_open_for);
+                    BreakerChanged {
+                        state: BreakerState::HalfOpen,
+                        error: None,
+                        open_for: None,
+                    }
+                    .emit(&self.stats);
+                    result = self.sink.load(loads).await.map_err(PipelineError::from);
+                }
+            }
+        }
     }
 
     async fn send_dead_letters(
@@ -702,4 +821,146 @@ pub fn write_stats_json(path: &std::path::Path, stats: &StatsSnapshot) -> std::i
     let body = serde_json::to_vec_pretty(stats).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, body)?;
     std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The breaker and the shutdown deadline, with an in-process sink that fails or
+    //! stalls on demand (the real warehouse's faults are in tests/all).
+
+    use super::*;
+    use crate::config::ComponentsConfig;
+    use crate::sinks::LoadReport;
+    use crate::sources::file::FileSource;
+
+    /// Fails with a transient error `failures` times, sleeps `stall` per load.
+    struct FlakySink {
+        failures: usize,
+        stall: Duration,
+        loaded: usize,
+    }
+
+    impl Sink for FlakySink {
+        async fn load(&mut self, _loads: &[TableLoad]) -> Result<LoadReport, SinkError> {
+            tokio::time::sleep(self.stall).await;
+            if self.failures > 0 {
+                self.failures -= 1;
+                return Err(SinkError::Snowflake(floe_snowflake::Error::SessionExpired));
+            }
+            self.loaded += 1;
+            Ok(LoadReport::default())
+        }
+    }
+
+    fn pipeline(sink: FlakySink, breaker: BreakerSettings) -> Pipeline<FileSource, FlakySink> {
+        let message = Message {
+            topic: Arc::from("dbz.public.t"),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: Some(br#"{"id":1}"#.to_vec()),
+            value: Some(
+                br#"{"op":"c","after":{"id":1},"source":{"schema":"public","table":"t","lsn":5}}"#
+                    .to_vec(),
+            ),
+            headers: Vec::new(),
+        };
+        let settings = PipelineSettings {
+            limits: BatchLimits {
+                max_rows: 10,
+                max_bytes: 1 << 20,
+                max_wait: Duration::from_millis(10),
+                idle_poll: Duration::from_millis(10),
+            },
+            target: SnowflakeConfig::default(),
+            exit_when_idle: None,
+            load_attempts: 2,
+            metrics_json: None,
+            max_message_bytes: 1 << 20,
+            breaker,
+        };
+        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
+        Pipeline::new(
+            FileSource::from_messages(vec![message]),
+            sink,
+            components,
+            settings,
+            Stats::new(),
+        )
+    }
+
+    fn breaker(open_ms: u64, shutdown_ms: u64) -> BreakerSettings {
+        BreakerSettings {
+            open_for: Duration::from_millis(open_ms),
+            max_open_for: Duration::from_millis(open_ms * 2),
+            shutdown_timeout: Duration::from_millis(shutdown_ms),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn breaker_opens_probes_and_closes_without_ending_the_run() {
+        let sink = FlakySink {
+            failures: 5,
+            stall: Duration::ZERO,
+            loaded: 0,
+        };
+        let mut p = pipeline(sink, breaker(20, 1000));
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.unwrap();
+        // 2 attempts closed, then 3 failed probes and a good one: opened 4 times.
+        assert_eq!(snap.breaker_opened, 4, "{snap:?}");
+        assert_eq!(snap.breaker_state, "closed");
+        assert_eq!((snap.commits, snap.rows_loaded), (1, 1), "{snap:?}");
+        assert_eq!(p.sink().loaded, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_while_open_abandons_the_batch_uncommitted() {
+        let sink = FlakySink {
+            failures: usize::MAX,
+            stall: Duration::ZERO,
+            loaded: 0,
+        };
+        let mut p = pipeline(sink, breaker(60_000, 60_000));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            tx.send(true).unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let started = Instant::now();
+        let snap = p.run(rx).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!((snap.commits, snap.breaker_opened), (0, 1), "{snap:?}");
+        assert_eq!(snap.breaker_state, "open");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_load_is_abandoned_at_the_shutdown_deadline() {
+        let sink = FlakySink {
+            failures: 0,
+            stall: Duration::from_secs(60),
+            loaded: 0,
+        };
+        let mut p = pipeline(sink, breaker(20, 300));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tx.send(true).unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let started = Instant::now();
+        let snap = p.run(rx).await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(550) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        assert_eq!(snap.commits, 0, "{snap:?}");
+        assert_eq!(p.sink().loaded, 0);
+    }
 }

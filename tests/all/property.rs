@@ -137,6 +137,7 @@ async fn random_batches_and_replays_always_end_at_the_model() {
             load_attempts: 3,
             metrics_json: None,
             max_message_bytes: 8 << 20,
+            breaker: Default::default(),
         };
         let mut pipeline = Pipeline::new(
             FileSource::from_messages(Vec::new()),

@@ -124,6 +124,7 @@ async fn widening_lands_and_incompatible_changes_refuse_only_their_table() {
             load_attempts: 2,
             metrics_json: None,
             max_message_bytes: 8 << 20,
+            breaker: Default::default(),
         },
         stats.clone(),
     );

@@ -83,6 +83,11 @@ impl KafkaSource {
         if !config.options.contains_key("auto.offset.reset") {
             cc.set("auto.offset.reset", "earliest");
         }
+        // A batch held through load retries and an open warehouse breaker is not polled
+        // for minutes; librdkafka's default (5 min) would drop floe from the group then.
+        if !config.options.contains_key("max.poll.interval.ms") {
+            cc.set("max.poll.interval.ms", "900000");
+        }
         let assigned = Arc::new(AtomicBool::new(false));
         let consumer: StreamConsumer<FloeContext> = cc.create_with_context(FloeContext {
             assigned: assigned.clone(),
