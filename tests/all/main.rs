@@ -3,6 +3,7 @@
 mod crash;
 mod dlq;
 mod e2e;
+mod faults;
 mod fixtures;
 mod live_types;
 mod property;

@@ -1,0 +1,240 @@
+//! Warehouse faults: a fault-injecting HTTP proxy between floe and the Snowflake emulator
+//! answers 500, then 429, then holds its answers past floe's request timeout, then cuts
+//! connections, each for a few seconds between healthy periods. The breaker opens and
+//! closes; the run never ends on these transient errors; afterwards the target equals
+//! the model of the change stream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use floe::RunOptions;
+use floe::config::SourceKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{Rng, env, query, sink_config, snowflake, spawn_run, unique};
+
+const HEALTHY: u8 = 0;
+const ERROR_500: u8 = 1;
+const TOO_MANY: u8 = 2;
+const SLOW: u8 = 3;
+const CUT: u8 = 4;
+
+/// Reads one HTTP/1.1 request (headers, then a `Content-Length` body); `None` at EOF.
+async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = client.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    while buf.len() < header_end + length {
+        let n = client.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    // One request per connection: ask the upstream to close after answering, so its
+    // response can be read to EOF and tells the client to reconnect.
+    let text = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+    let mut rewritten: Vec<u8> = text
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        .trim_end()
+        .as_bytes()
+        .to_vec();
+    rewritten.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    rewritten.extend_from_slice(&buf[header_end..]);
+    Some(rewritten)
+}
+
+async fn serve(mut client: TcpStream, upstream: String, mode: Arc<AtomicU8>) {
+    let Some(request) = read_request(&mut client).await else {
+        return;
+    };
+    let canned = |status: &str| {
+        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    match mode.load(Ordering::SeqCst) {
+        ERROR_500 => {
+            let _ = client
+                .write_all(canned("500 Internal Server Error").as_bytes())
+                .await;
+            return;
+        }
+        TOO_MANY => {
+            let _ = client
+                .write_all(canned("429 Too Many Requests").as_bytes())
+                .await;
+            return;
+        }
+        CUT => return, // dropped without an answer
+        _ => {}
+    }
+    // SLOW holds the answer past floe's request timeout (the statement itself runs at
+    // once, as a warehouse that is slow to answer would have run it).
+    let slow = mode.load(Ordering::SeqCst) == SLOW;
+    let Ok(mut up) = TcpStream::connect(&upstream).await else {
+        return;
+    };
+    if up.write_all(&request).await.is_err() {
+        return;
+    }
+    let mut response = Vec::new();
+    if up.read_to_end(&mut response).await.is_ok() {
+        if slow {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+        let _ = client.write_all(&response).await;
+    }
+}
+
+/// Starts the proxy; returns its URL.
+async fn proxy(upstream_url: &str, mode: Arc<AtomicU8>) -> String {
+    let upstream = upstream_url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(serve(client, upstream.clone(), mode.clone()));
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A change stream over 60 keys in the fixture format, and the model's final table.
+fn stream(path: &std::path::Path, changes: usize) -> BTreeMap<i64, i64> {
+    let mut rng = Rng(42);
+    let mut model = BTreeMap::new();
+    let mut lines = Vec::new();
+    for i in 0..changes {
+        let id = rng.below(60) as i64;
+        let lsn = 1000 + i as i64;
+        let line = match (model.contains_key(&id), rng.below(5)) {
+            (true, 0) => {
+                model.remove(&id);
+                serde_json::json!({"topic": "dbz.public.fault_items", "key": {"id": id},
+                    "value": {"op": "d", "before": {"id": id}, "after": null,
+                              "source": {"schema": "public", "table": "fault_items", "lsn": lsn}}})
+            }
+            (exists, _) => {
+                let n = rng.below(1_000_000) as i64;
+                model.insert(id, n);
+                serde_json::json!({"topic": "dbz.public.fault_items", "key": {"id": id},
+                    "value": {"op": if exists { "u" } else { "c" }, "before": null, "after": {"id": id, "n": n},
+                              "source": {"schema": "public", "table": "fault_items", "lsn": lsn}}})
+            }
+        };
+        lines.push(line.to_string());
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    model
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Snowflake emulator: make test"]
+async fn breaker_rides_out_500s_429s_timeouts_and_cut_connections() {
+    let mode = Arc::new(AtomicU8::new(HEALTHY));
+    let url = proxy(&env("FLOE_SNOWFLAKE_URL"), mode.clone()).await;
+    let run = unique("faults");
+    let database = run.to_uppercase();
+    let dir = std::env::temp_dir().join(&run);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("changes.jsonl");
+    let model = stream(&file, 900);
+
+    let mut config = sink_config(&database);
+    config.sink.snowflake.account_url = url;
+    config.sink.snowflake.request_timeout_secs = 1;
+    config.source.kind = SourceKind::File;
+    config.source.file.paths = vec![file];
+    config.batch.max_rows = 30;
+    config.delivery.breaker_open_ms = 300;
+    config.delivery.breaker_max_open_ms = 600;
+    let options = RunOptions {
+        load_attempts: Some(2),
+        ..RunOptions::default()
+    };
+    let (_stop, stats, handle) = spawn_run(config, options);
+
+    // Each fault starts after a few more committed batches and lasts 2.5 s.
+    let started = Instant::now();
+    let mut faults_seen = Vec::new();
+    for (after_commits, fault) in [(3, ERROR_500), (8, TOO_MANY), (13, SLOW), (18, CUT)] {
+        while stats.snapshot().commits < after_commits {
+            assert!(
+                !handle.is_finished(),
+                "run ended early: {:?}",
+                stats.snapshot()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "stuck: {:?}",
+                stats.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = stats.snapshot().breaker_opened;
+        mode.store(fault, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let during = stats.snapshot();
+        mode.store(HEALTHY, Ordering::SeqCst);
+        faults_seen.push((fault, during.breaker_opened - before, during.breaker_state));
+    }
+    let snap = tokio::time::timeout(Duration::from_secs(120), handle)
+        .await
+        .expect("run did not finish")
+        .unwrap()
+        .expect("transient faults never end the run");
+    for (fault, opened, state) in &faults_seen {
+        assert!(
+            *opened >= 1,
+            "fault {fault}: the breaker did not open: {faults_seen:?}"
+        );
+        assert_ne!(*state, "closed", "fault {fault}: {faults_seen:?}");
+    }
+    assert_eq!(snap.breaker_state, "closed", "{snap:?}");
+    assert_eq!(
+        (snap.events_rejected, snap.events_failed),
+        (0, 0),
+        "{snap:?}"
+    );
+
+    let sf = snowflake().await;
+    let got = query(
+        &sf,
+        &format!(r#"SELECT "ID", "N" FROM "{database}"."CDC"."FAULT_ITEMS" ORDER BY "ID""#),
+    )
+    .await;
+    let want: Vec<Vec<String>> = model
+        .iter()
+        .map(|(id, n)| vec![id.to_string(), n.to_string()])
+        .collect();
+    assert_eq!(got, want, "target == model after the faults");
+    eprintln!(
+        "faults: 900 changes, 4 fault windows (500, 429, 4 s stalls vs a 1 s timeout, cut connections), breaker opened {} times, {} load retries",
+        snap.breaker_opened, snap.load_retries
+    );
+}
