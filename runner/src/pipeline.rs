@@ -116,6 +116,43 @@ struct Prepared {
     dead: Vec<DeadLetter>,
 }
 
+/// Exponential backoff with jitter (200 ms to 30 s) over `attempts` attempts.
+struct Retry {
+    backoff: backon::ExponentialBackoff,
+    attempt: usize,
+}
+
+impl Retry {
+    fn new(attempts: usize) -> Retry {
+        Retry {
+            backoff: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(30))
+                .with_jitter()
+                .with_max_times(attempts.saturating_sub(1))
+                .build(),
+            attempt: 1,
+        }
+    }
+
+    /// After a failed attempt: waits before the next one and returns true, or returns
+    /// false when the attempts are used up.
+    async fn wait(&mut self, error: &str, stats: &Stats) -> bool {
+        let Some(delay) = self.backoff.next() else {
+            return false;
+        };
+        LoadRetry {
+            attempt: self.attempt,
+            delay,
+            error,
+        }
+        .emit(stats);
+        tokio::time::sleep(delay).await;
+        self.attempt += 1;
+        true
+    }
+}
+
 /// Every event of `indexes` is dead for the same reason (a component failed).
 fn all_dead(
     dead: &mut Vec<DeadLetter>,
@@ -401,13 +438,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         if dead.is_empty() {
             return Ok(());
         }
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .with_max_times(self.settings.load_attempts.saturating_sub(1))
-            .build();
-        let mut attempt = 1;
+        let mut retry = Retry::new(self.settings.load_attempts);
         loop {
             match self.dlq.send(messages, dead).await {
                 Ok(()) => {
@@ -418,19 +449,8 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     .emit(&self.stats);
                     return Ok(());
                 }
-                Err(e) => match backoff.next() {
-                    Some(delay) => {
-                        LoadRetry {
-                            attempt,
-                            delay,
-                            error: &e.to_string(),
-                        }
-                        .emit(&self.stats);
-                        tokio::time::sleep(delay).await;
-                        attempt += 1;
-                    }
-                    None => return Err(e.into()),
-                },
+                Err(e) if retry.wait(&e.to_string(), &self.stats).await => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -442,29 +462,11 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         if loads.is_empty() {
             return Ok(Default::default());
         }
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .with_max_times(self.settings.load_attempts.saturating_sub(1))
-            .build();
-        let mut attempt = 1;
+        let mut retry = Retry::new(self.settings.load_attempts);
         loop {
             match self.sink.load(loads).await {
                 Ok(r) => return Ok(r),
-                Err(e) if e.is_retryable() => match backoff.next() {
-                    Some(delay) => {
-                        LoadRetry {
-                            attempt,
-                            delay,
-                            error: &e.to_string(),
-                        }
-                        .emit(&self.stats);
-                        tokio::time::sleep(delay).await;
-                        attempt += 1;
-                    }
-                    None => return Err(e.into()),
-                },
+                Err(e) if e.is_retryable() && retry.wait(&e.to_string(), &self.stats).await => {}
                 Err(e) => return Err(e.into()),
             }
         }

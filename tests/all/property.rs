@@ -8,17 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use floe::Stats;
 use floe::components::Components;
 use floe::config::ComponentsConfig;
-use floe::pipeline::{Pipeline, PipelineSettings};
+use floe::pipeline::Pipeline;
 use floe::sinks::snowflake::SnowflakeSink;
 use floe::sources::file::FileSource;
-use floe::sources::{BatchLimits, Message, SourceBatch};
+use floe::sources::{Message, SourceBatch};
 
-use crate::support::{Rng, query, sink_config, snowflake, unique};
+use crate::support::{Rng, pipeline_settings, query, sink_config, snowflake, unique};
 
 const TOPIC: &str = "dbz.public.prop_items";
 
@@ -125,20 +124,7 @@ async fn random_batches_and_replays_always_end_at_the_model() {
         let sink = SnowflakeSink::connect(&config.sink.snowflake)
             .await
             .unwrap();
-        let settings = PipelineSettings {
-            limits: BatchLimits {
-                max_rows: 100,
-                max_bytes: 1 << 20,
-                max_wait: Duration::from_millis(10),
-                idle_poll: Duration::from_millis(10),
-            },
-            target: config.sink.snowflake.clone(),
-            exit_when_idle: None,
-            load_attempts: 3,
-            metrics_json: None,
-            max_message_bytes: 8 << 20,
-            breaker: Default::default(),
-        };
+        let settings = pipeline_settings(&config, 3);
         let mut pipeline = Pipeline::new(
             FileSource::from_messages(Vec::new()),
             sink,

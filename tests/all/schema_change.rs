@@ -6,19 +6,18 @@
 //! convert does the same with category `warehouse`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use floe::Stats;
 use floe::components::Components;
 use floe::config::ComponentsConfig;
-use floe::pipeline::{Pipeline, PipelineSettings};
+use floe::pipeline::Pipeline;
 use floe::sinks::snowflake::SnowflakeSink;
 use floe::sources::file::FileSource;
-use floe::sources::{BatchLimits, Message, SourceBatch};
+use floe::sources::{Message, SourceBatch};
 use serde_json::{Value, json};
 
-use crate::support::{query, sink_config, snowflake, unique};
+use crate::support::{pipeline_settings, query, sink_config, snowflake, unique};
 
 /// Connect's Decimal: base64 of the big-endian two's-complement unscaled value.
 fn decimal(unscaled: i128) -> String {
@@ -112,20 +111,7 @@ async fn widening_lands_and_incompatible_changes_refuse_only_their_table() {
         FileSource::from_messages(Vec::new()),
         sink,
         components,
-        PipelineSettings {
-            limits: BatchLimits {
-                max_rows: 100,
-                max_bytes: 1 << 20,
-                max_wait: Duration::from_millis(10),
-                idle_poll: Duration::from_millis(10),
-            },
-            target: config.sink.snowflake.clone(),
-            exit_when_idle: None,
-            load_attempts: 2,
-            metrics_json: None,
-            max_message_bytes: 8 << 20,
-            breaker: Default::default(),
-        },
+        pipeline_settings(&config, 2),
         stats.clone(),
     );
     let sf = snowflake().await;

@@ -183,3 +183,25 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// Settings for a pipeline driven batch by batch with `Pipeline::process` (the batch
+/// limits do not matter there).
+pub fn pipeline_settings(
+    config: &Config,
+    load_attempts: usize,
+) -> floe::pipeline::PipelineSettings {
+    floe::pipeline::PipelineSettings {
+        limits: floe::sources::BatchLimits {
+            max_rows: 100,
+            max_bytes: 1 << 20,
+            max_wait: std::time::Duration::from_millis(10),
+            idle_poll: std::time::Duration::from_millis(10),
+        },
+        target: config.sink.snowflake.clone(),
+        exit_when_idle: None,
+        load_attempts,
+        metrics_json: None,
+        max_message_bytes: 8 << 20,
+        breaker: Default::default(),
+    }
+}
