@@ -1,7 +1,8 @@
 //! The fixture variants besides `*_precise` (decimals as strings or doubles, and the two
 //! ExtractNewRecordState "unwrap" formats) replayed through the file source: the whole
-//! stream of each variant lands the same final tables, with the values its encoding
-//! carries, and the unchanged-TOAST update keeps the target's text.
+//! stream of each variant, and each of its scenario files on its own, land the same final
+//! tables, with the values and column types its encoding carries, and the
+//! unchanged-TOAST update keeps the target's text.
 
 use std::path::PathBuf;
 
@@ -156,6 +157,87 @@ fn owned(rows: &[&[&str]]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Asserts the final state of one scenario table of variant `e` in database `d`.
+async fn assert_table(sf: &Client, e: &Expect, d: &str, table: &str) {
+    let v = e.variant;
+    let op = e.insert_op;
+    match table {
+        "SNAP_ITEMS" => assert_eq!(
+            rows(sf, d, "SNAP_ITEMS", r#""ID", "NAME", "PRICE""#).await,
+            owned(&[
+                &["1", "alpha", e.prices[0]],
+                &["2", "beta", e.prices[1]],
+                &["3", "gamma", "<NULL>"]
+            ]),
+            "{v}"
+        ),
+        "CUSTOMERS" | "CUSTOMERS_FULL" | "ALL_TYPES_FULL" => assert!(
+            rows(sf, d, table, r#""ID""#).await.is_empty(),
+            "{v}: {table}"
+        ),
+        "PK_ITEMS" => assert_eq!(
+            rows(sf, d, "PK_ITEMS", r#""ID", "V", "__OP""#).await,
+            owned(&[&["2", "x", op]]),
+            "{v}"
+        ),
+        "ALL_TYPES" => {
+            // The surviving all_types row, every column; only row 2 remains.
+            let mut row2 = vec!["2", e.num, "<NULL>", "<NULL>", "<NULL>", e.date];
+            row2.extend(["<NULL>"; 14]);
+            row2.push(op);
+            let cols = ALL_TYPES_COLUMNS[..21]
+                .iter()
+                .map(|c| format!(r#""{c}""#))
+                .collect::<Vec<_>>()
+                .join(", ");
+            assert_eq!(
+                rows(sf, d, "ALL_TYPES", &cols).await,
+                owned(&[&row2]),
+                "{v}"
+            );
+            let lsn = &rows(sf, d, "ALL_TYPES", r#""__LSN""#).await[0][0];
+            assert_eq!(lsn != "<NULL>", e.lsn, "{v}: __LSN {lsn}");
+            // Debezium's added fields (`__deleted`, `__table`, `__txId`) are not columns.
+            let cols = columns(sf, d, "ALL_TYPES").await;
+            let names: Vec<&str> = cols.iter().map(|c| c[0].as_str()).collect();
+            assert_eq!(names, ALL_TYPES_COLUMNS, "{v}");
+            let types: Vec<&str> = cols[1..]
+                .iter()
+                .step_by(4)
+                .take(2)
+                .map(|c| c[1].as_str())
+                .collect();
+            assert_eq!(types, e.types, "{v}: NUM12_2 and D");
+        }
+        "TRUNC_ITEMS" => {
+            let trunc_sql =
+                format!(r#"SELECT "ID", "V" FROM "{d}"."CDC"."TRUNC_ITEMS" ORDER BY 1"#);
+            match sf.execute(&trunc_sql, &[]).await {
+                Ok(r) if e.truncated => assert!(r.rows.is_empty(), "{v}"),
+                Ok(r) => assert_eq!(r.rows.len(), 2, "{v}: the truncate is not in the stream"),
+                // Inserts and their truncate in one batch: no table needed.
+                Err(err) => assert!(
+                    e.truncated && err.to_string().contains("does not exist"),
+                    "{v}: {err}"
+                ),
+            }
+        }
+        other => panic!("no expectation for {other}"),
+    }
+}
+
+/// Each scenario file of a variant and the table it changes.
+const SCENARIOS: [(&str, &str); 8] = [
+    ("snapshot_read.jsonl", "SNAP_ITEMS"),
+    ("crud_replica_identity_default.jsonl", "CUSTOMERS"),
+    ("crud_replica_identity_full.jsonl", "CUSTOMERS_FULL"),
+    ("pk_update.jsonl", "PK_ITEMS"),
+    ("truncate.jsonl", "TRUNC_ITEMS"),
+    ("types_toast_replica_identity_default.jsonl", "ALL_TYPES"),
+    ("types_toast_replica_identity_full.jsonl", "ALL_TYPES_FULL"),
+    ("logical_message.jsonl", ""),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Snowflake emulator: make test"]
 async fn every_other_variant_lands_its_whole_stream() {
@@ -167,69 +249,28 @@ async fn every_other_variant_lands_its_whole_stream() {
         let s = replay(&[file(v, "_all_in_order.jsonl")], &d).await;
         assert_eq!((s.events_rejected, s.events_failed), (0, 0), "{v}: {s:?}");
 
-        let op = e.insert_op;
-        assert_eq!(
-            rows(&sf, &d, "SNAP_ITEMS", r#""ID", "NAME", "PRICE""#).await,
-            owned(&[
-                &["1", "alpha", e.prices[0]],
-                &["2", "beta", e.prices[1]],
-                &["3", "gamma", "<NULL>"]
-            ]),
-            "{v}"
-        );
-        for table in ["CUSTOMERS", "CUSTOMERS_FULL", "ALL_TYPES_FULL"] {
-            assert!(
-                rows(&sf, &d, table, r#""ID""#).await.is_empty(),
-                "{v}: {table}"
-            );
+        for (_, table) in SCENARIOS.iter().filter(|(_, t)| !t.is_empty()) {
+            assert_table(&sf, e, &d, table).await;
         }
-        assert_eq!(
-            rows(&sf, &d, "PK_ITEMS", r#""ID", "V", "__OP""#).await,
-            owned(&[&["2", "x", op]]),
-            "{v}"
-        );
-        // The surviving all_types row, every column; only row 2 remains.
-        let mut row2 = vec!["2", e.num, "<NULL>", "<NULL>", "<NULL>", e.date];
-        row2.extend(["<NULL>"; 14]);
-        row2.push(op);
-        assert_eq!(
-            rows(
-                &sf,
-                &d,
-                "ALL_TYPES",
-                &ALL_TYPES_COLUMNS[..21]
-                    .iter()
-                    .map(|c| format!(r#""{c}""#))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-            .await,
-            owned(&[&row2]),
-            "{v}"
-        );
-        let lsn = &rows(&sf, &d, "ALL_TYPES", r#""__LSN""#).await[0][0];
-        assert_eq!(lsn != "<NULL>", e.lsn, "{v}: __LSN {lsn}");
-        // Debezium's added fields (`__deleted`, `__table`, `__txId`) are not columns.
-        let cols = columns(&sf, &d, "ALL_TYPES").await;
-        let names: Vec<&str> = cols.iter().map(|c| c[0].as_str()).collect();
-        assert_eq!(names, ALL_TYPES_COLUMNS, "{v}");
-        let types: Vec<&str> = cols[1..]
-            .iter()
-            .step_by(4)
-            .take(2)
-            .map(|c| c[1].as_str())
-            .collect();
-        assert_eq!(types, e.types, "{v}: NUM12_2 and D");
 
-        let trunc_sql = format!(r#"SELECT "ID", "V" FROM "{d}"."CDC"."TRUNC_ITEMS" ORDER BY 1"#);
-        match sf.execute(&trunc_sql, &[]).await {
-            Ok(r) if e.truncated => assert!(r.rows.is_empty(), "{v}"),
-            Ok(r) => assert_eq!(r.rows.len(), 2, "{v}: the truncate is not in the stream"),
-            // Inserts and their truncate in one batch: no table needed.
-            Err(err) => assert!(
-                e.truncated && err.to_string().contains("does not exist"),
-                "{v}: {err}"
-            ),
+        // Every scenario file on its own, into its own database: the same final table.
+        for (name, table) in SCENARIOS {
+            let d = unique(&format!("VAR_{v}_F")).to_uppercase();
+            let s = replay(&[file(v, name)], &d).await;
+            assert_eq!(
+                (s.events_rejected, s.events_failed),
+                (0, 0),
+                "{v}/{name}: {s:?}"
+            );
+            if table.is_empty() {
+                // The logical message: consumed, skipped, nothing loaded.
+                assert_eq!(
+                    (s.events_consumed, s.events_skipped, s.rows_loaded),
+                    (1, 1, 0)
+                );
+            } else {
+                assert_table(&sf, e, &d, table).await;
+            }
         }
 
         // The update that leaves the TOASTed text unchanged keeps the target's text.
