@@ -153,6 +153,24 @@ impl Retry {
     }
 }
 
+/// Resolves once shutdown is asked (never, when nobody can ask any more).
+async fn shutdown_requested(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    if shutdown.wait_for(|&stop| stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Whether change `a` comes before change `b` of the same table, each given as (batch
+/// position, LSN): by LSN when both have one (offsets do not order a keyless truncate
+/// against row changes in other partitions), else by position in the batch.
+fn precedes(a: (u32, i64), b: (u32, i64)) -> bool {
+    if a.1 >= 0 && b.1 >= 0 {
+        a.1 < b.1
+    } else {
+        a.0 < b.0
+    }
+}
+
 /// Every event of `indexes` is dead for the same reason (a component failed).
 fn all_dead(
     dead: &mut Vec<DeadLetter>,
@@ -265,13 +283,9 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             // A shutdown request gives the in-flight batch `shutdown_timeout` to finish
             // (and commit); then it is abandoned uncommitted.
             let timeout = self.settings.breaker.shutdown_timeout;
-            let mut stop = shutdown.clone();
+            let stop = shutdown.clone();
             let deadline = async move {
-                while !*stop.borrow_and_update() {
-                    if stop.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
+                shutdown_requested(stop).await;
                 tokio::time::sleep(timeout).await;
             };
             let done = tokio::select! {
@@ -375,7 +389,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
     async fn load_with_breaker(
         &mut self,
         loads: &[TableLoad],
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Option<crate::sinks::LoadReport>, PipelineError> {
         let settings = self.settings.breaker;
         let mut result = self.load_with_retry(loads).await;
@@ -403,16 +417,9 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                         open_for: Some(open_for),
                     }
                     .emit(&self.stats);
-                    let stop = async {
-                        while !*shutdown.borrow_and_update() {
-                            if shutdown.changed().await.is_err() {
-                                std::future::pending::<()>().await;
-                            }
-                        }
-                    };
                     tokio::select! {
                         _ = tokio::time::sleep(open_for) => {}
-                        _ = stop => {
+                        _ = shutdown_requested(shutdown.clone()) => {
                             tracing::warn!("shutdown while the warehouse breaker is open: batch abandoned uncommitted (the next run replays it)");
                             return Ok(None);
                         }
@@ -619,12 +626,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     let at = truncated_at
                         .entry(t.table.as_str())
                         .or_insert((t.event, t.lsn));
-                    let later = if t.lsn >= 0 && at.1 >= 0 {
-                        t.lsn > at.1
-                    } else {
-                        t.event > at.0
-                    };
-                    if later {
+                    if precedes(*at, (t.event, t.lsn)) {
                         *at = (t.event, t.lsn);
                     }
                 }
@@ -648,13 +650,9 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         for row in out.rows {
             produced[row.event as usize] = true;
             let table = out.tables[row.table as usize].name.as_str();
-            let wiped_in_batch = truncated_at.get(table).is_some_and(|&(event, lsn)| {
-                if lsn >= 0 && row.lsn >= 0 {
-                    row.lsn < lsn
-                } else {
-                    row.event < event
-                }
-            });
+            let wiped_in_batch = truncated_at
+                .get(table)
+                .is_some_and(|&at| precedes((row.event, row.lsn), at));
             let wiped_earlier = row.lsn >= 0
                 && self
                     .truncated_below
@@ -693,23 +691,11 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         let mut loads = Vec::new();
         let mut rows = 0;
         for (shape, rows_of_table) in out.tables.into_iter().zip(per_table) {
-            let truncate_first = truncate.remove(&shape.name);
             if rows_of_table.is_empty() {
-                if truncate_first.is_some() {
-                    loads.push(TableLoad {
-                        target: target_for(&self.settings.target, &shape.name),
-                        source_table: shape.name.clone(),
-                        shape,
-                        truncate: truncate_first,
-                        plan: MergePlan {
-                            statements: Vec::new(),
-                            rows_after_dedup: 0,
-                        },
-                        origins: Vec::new(),
-                    });
-                }
+                // Every row was wiped by a truncate: a truncate-only load, below.
                 continue;
             }
+            let truncate_first = truncate.remove(&shape.name);
             let target = target_for(&self.settings.target, &shape.name);
             let mut shape = shape;
             let deletes = match self.settings.target.deletes_of(&shape.name) {
@@ -768,7 +754,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 }
             }
         }
-        // Tables truncated in this batch without any row of theirs in it.
+        // Tables truncated in this batch with no row of theirs left to load.
         for (table, truncation) in truncate {
             loads.push(TableLoad {
                 target: target_for(&self.settings.target, &table),

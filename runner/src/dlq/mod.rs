@@ -114,26 +114,32 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The producer for dead letters and their replay: the source's brokers, acks from all
+/// in-sync replicas, idempotent, room for the largest accepted message, `dlq.options`.
+pub(crate) fn producer(config: &Config) -> Result<FutureProducer, DlqError> {
+    let dlq = &config.dlq;
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.source.kafka.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set(
+            "message.max.bytes",
+            (config.source.max_message_bytes.max(1 << 20) * 2 + 65_536).to_string(),
+        )
+        .set("message.timeout.ms", dlq.timeout_ms.to_string());
+    for (k, v) in &dlq.options {
+        cc.set(k, v);
+    }
+    cc.create().map_err(|e| DlqError::Kafka(e.to_string()))
+}
+
 impl DeadLetterQueue {
     /// The queue `config` asks for.
     pub fn from_config(config: &Config) -> Result<DeadLetterQueue, DlqError> {
         let dlq = &config.dlq;
         Ok(match config.dlq_kind() {
             DlqKind::Kafka => {
-                let mut cc = ClientConfig::new();
-                cc.set("bootstrap.servers", &config.source.kafka.brokers)
-                    .set("acks", "all")
-                    .set("enable.idempotence", "true")
-                    .set(
-                        "message.max.bytes",
-                        (config.source.max_message_bytes.max(1 << 20) * 2 + 65_536).to_string(),
-                    )
-                    .set("message.timeout.ms", dlq.timeout_ms.to_string());
-                for (k, v) in &dlq.options {
-                    cc.set(k, v);
-                }
-                let producer: FutureProducer =
-                    cc.create().map_err(|e| DlqError::Kafka(e.to_string()))?;
+                let producer = producer(config)?;
                 DeadLetterQueue::Kafka {
                     producer,
                     topic: dlq.topic.clone(),

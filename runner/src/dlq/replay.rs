@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 
@@ -99,16 +99,7 @@ pub async fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplayRepor
     };
     let refs: Vec<&str> = subscription.iter().map(String::as_str).collect();
     consumer.subscribe(&refs).map_err(kafka)?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set(
-            "message.max.bytes",
-            (config.source.max_message_bytes.max(1 << 20) * 2 + 65_536).to_string(),
-        )
-        .create()
-        .map_err(kafka)?;
+    let producer = super::producer(config)?;
     tracing::info!(topics = ?subscription, group = %group, dry_run = opts.dry_run, "dlq replay started");
 
     let mut report = ReplayReport {

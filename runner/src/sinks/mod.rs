@@ -59,6 +59,24 @@ pub struct LoadReport {
     pub refused: Vec<Refused>,
 }
 
+impl LoadReport {
+    /// Records that `load` (index `index` of the batch's loads) was not applied.
+    pub fn refuse(
+        &mut self,
+        index: usize,
+        load: &TableLoad,
+        category: &'static str,
+        reason: String,
+    ) {
+        tracing::error!(table = %load.target.join("."), rows = load.plan.rows_after_dedup, category, reason = %reason, "table refuses the batch's rows");
+        self.refused.push(Refused {
+            load: index,
+            category,
+            reason,
+        });
+    }
+}
+
 /// A table's load that was not applied because of its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {

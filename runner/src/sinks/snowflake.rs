@@ -7,7 +7,7 @@ use std::time::Duration;
 use floe_snowflake::{Auth, Bind, Client, ConnectOptions};
 
 use super::schema::{self, Fit, TargetType};
-use super::{LoadReport, Refused, Sink, SinkError, TableLoad, Truncation, core_shape};
+use super::{LoadReport, Sink, SinkError, TableLoad, Truncation, core_shape};
 use crate::config::{IdentifierCase, SnowflakeConfig};
 
 /// Maps a source table (`schema.table`) to its target name parts.
@@ -152,20 +152,24 @@ impl SnowflakeSink {
         truncation: Truncation,
         report: &mut LoadReport,
     ) -> Result<(), SinkError> {
-        let columns = match self.known_tables.get(&load.target) {
-            Some(columns) => columns.clone(),
-            None => self.target_columns(&load.target).await?,
+        let case = core_case(self.cfg.identifier_case);
+        let lsn_column = floe_cdc_core::sql::identifier(floe_cdc_core::LSN_COLUMN, case);
+        // (table exists, table has the __LSN column)
+        let (exists, has_lsn) = match self.known_tables.get(&load.target) {
+            Some(columns) => (!columns.is_empty(), columns.contains_key(&lsn_column)),
+            None => {
+                let columns = self.target_columns(&load.target).await?;
+                (!columns.is_empty(), columns.contains_key(&lsn_column))
+            }
         };
         let target = load.target.join(".");
-        if columns.is_empty() {
+        if !exists {
             tracing::info!(table = %target, "truncate of a table that does not exist yet: nothing to empty");
             return Ok(());
         }
-        let case = core_case(self.cfg.identifier_case);
         let table = floe_cdc_core::qualified(&load.target);
-        let lsn_column = floe_cdc_core::sql::identifier(floe_cdc_core::LSN_COLUMN, case);
         let sql = match truncation.below_lsn {
-            Some(lsn) if columns.contains_key(&lsn_column) => {
+            Some(lsn) if has_lsn => {
                 let lsn_column = floe_cdc_core::quote_ident(floe_cdc_core::LSN_COLUMN, case);
                 format!("DELETE FROM {table} WHERE {lsn_column} IS NULL OR {lsn_column} < {lsn}")
             }
@@ -278,12 +282,7 @@ impl Sink for SnowflakeSink {
             let ensured = match self.ensure_table(load).await? {
                 Ok(ensured) => ensured,
                 Err(reason) => {
-                    tracing::error!(table = %load.target.join("."), rows = load.plan.rows_after_dedup, reason = %reason, "table refuses the batch's rows");
-                    report.refused.push(Refused {
-                        load: index,
-                        category: "schema",
-                        reason,
-                    });
+                    report.refuse(index, load, "schema", reason);
                     continue;
                 }
             };
@@ -310,12 +309,7 @@ impl Sink for SnowflakeSink {
                             "warehouse: table {}: {code}: {message}",
                             load.target.join(".")
                         );
-                        tracing::error!(table = %load.target.join("."), rows = load.plan.rows_after_dedup, reason = %reason, "the warehouse refused the table's rows");
-                        report.refused.push(Refused {
-                            load: index,
-                            category: "warehouse",
-                            reason,
-                        });
+                        report.refuse(index, load, "warehouse", reason);
                         break;
                     }
                     Err(e) => return Err(e.into()),
