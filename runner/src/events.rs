@@ -23,6 +23,10 @@ pub struct Stats {
     pub dead_letters: AtomicU64,
     pub breaker_state: AtomicU64,
     pub breaker_opened: AtomicU64,
+    pub broker_breaker_state: AtomicU64,
+    pub broker_breaker_opened: AtomicU64,
+    pub broker_errors: AtomicU64,
+    pub commits_refused: AtomicU64,
     pub rows_transformed: AtomicU64,
     pub rows_loaded: AtomicU64,
     pub rows_inserted: AtomicU64,
@@ -66,6 +70,16 @@ pub struct StatsSnapshot {
     pub breaker_state: &'static str,
     /// Times the breaker opened.
     pub breaker_opened: u64,
+    /// The broker circuit breaker now (consumption and offset commits): `closed`,
+    /// `open` or `half-open`.
+    pub broker_breaker_state: &'static str,
+    /// Times the broker breaker opened.
+    pub broker_breaker_opened: u64,
+    /// Transient broker errors seen while consuming or committing.
+    pub broker_errors: u64,
+    /// Offset commits the consumer group refused because the partitions had been
+    /// reassigned (the new owner replays those batches, harmlessly).
+    pub commits_refused: u64,
     pub rows_transformed: u64,
     pub rows_loaded: u64,
     pub rows_inserted: u64,
@@ -135,12 +149,12 @@ impl Stats {
             columns_added: g(&self.columns_added),
             columns_widened: g(&self.columns_widened),
             dead_letters: g(&self.dead_letters),
-            breaker_state: match g(&self.breaker_state) {
-                1 => "open",
-                2 => "half-open",
-                _ => "closed",
-            },
+            breaker_state: BreakerState::name(g(&self.breaker_state)),
             breaker_opened: g(&self.breaker_opened),
+            broker_breaker_state: BreakerState::name(g(&self.broker_breaker_state)),
+            broker_breaker_opened: g(&self.broker_breaker_opened),
+            broker_errors: g(&self.broker_errors),
+            commits_refused: g(&self.commits_refused),
             rows_transformed: g(&self.rows_transformed),
             rows_loaded: g(&self.rows_loaded),
             rows_inserted: g(&self.rows_inserted),
@@ -230,7 +244,7 @@ impl EventDropped<'_> {
     }
 }
 
-/// States of the warehouse circuit breaker.
+/// States of a circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed = 0,
@@ -238,8 +252,36 @@ pub enum BreakerState {
     HalfOpen = 2,
 }
 
-/// The warehouse circuit breaker changed state.
+impl BreakerState {
+    fn name(v: u64) -> &'static str {
+        match v {
+            1 => "open",
+            2 => "half-open",
+            _ => "closed",
+        }
+    }
+}
+
+/// The two circuit breakers: around the warehouse (loads) and around the broker
+/// (consumption and offset commits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaker {
+    Warehouse,
+    Broker,
+}
+
+impl Breaker {
+    pub fn name(self) -> &'static str {
+        match self {
+            Breaker::Warehouse => "warehouse",
+            Breaker::Broker => "broker",
+        }
+    }
+}
+
+/// A circuit breaker changed state.
 pub struct BreakerChanged<'a> {
+    pub breaker: Breaker,
     pub state: BreakerState,
     /// The error that opened it.
     pub error: Option<&'a str>,
@@ -249,12 +291,17 @@ pub struct BreakerChanged<'a> {
 
 impl BreakerChanged<'_> {
     pub fn emit(&self, stats: &Stats) {
-        stats.breaker_state.store(self.state as u64, Relaxed);
+        let (state, opened) = match self.breaker {
+            Breaker::Warehouse => (&stats.breaker_state, &stats.breaker_opened),
+            Breaker::Broker => (&stats.broker_breaker_state, &stats.broker_breaker_opened),
+        };
+        state.store(self.state as u64, Relaxed);
+        let breaker = self.breaker.name();
         match self.state {
             BreakerState::Open => {
-                stats.breaker_opened.fetch_add(1, Relaxed);
+                opened.fetch_add(1, Relaxed);
                 tracing::error!(
-                    breaker = "warehouse",
+                    breaker,
                     state = "open",
                     open_ms = self.open_for.map_or(0, |d| d.as_millis() as u64),
                     error = self.error.unwrap_or(""),
@@ -263,19 +310,55 @@ impl BreakerChanged<'_> {
             }
             BreakerState::HalfOpen => {
                 tracing::warn!(
-                    breaker = "warehouse",
+                    breaker,
                     state = "half-open",
                     "circuit breaker half-open: probing"
                 )
             }
             BreakerState::Closed => {
                 tracing::info!(
-                    breaker = "warehouse",
+                    breaker,
                     state = "closed",
                     "circuit breaker closed: consumption resumed"
                 )
             }
         }
+    }
+}
+
+/// A transient broker error while consuming or committing offsets.
+pub struct BrokerError<'a> {
+    /// `consume` or `commit`.
+    pub operation: &'static str,
+    pub error: &'a str,
+}
+
+impl BrokerError<'_> {
+    pub fn emit(&self, stats: &Stats) {
+        stats.broker_errors.fetch_add(1, Relaxed);
+        tracing::warn!(
+            error_type = "kafka",
+            stage = self.operation,
+            error = self.error,
+            "broker error; retrying"
+        );
+    }
+}
+
+/// The consumer group refused an offset commit because this member no longer owns the
+/// partitions (a rebalance happened while the batch was loading). The batch is in the
+/// warehouse; the partitions' new owner loads it again, which the MERGE makes harmless.
+pub struct CommitRefused<'a> {
+    pub error: &'a str,
+}
+
+impl CommitRefused<'_> {
+    pub fn emit(&self, stats: &Stats) {
+        stats.commits_refused.fetch_add(1, Relaxed);
+        tracing::warn!(
+            error = self.error,
+            "offset commit refused by the consumer group (partitions reassigned); their new owner replays the batch"
+        );
     }
 }
 

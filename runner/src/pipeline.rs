@@ -16,8 +16,9 @@ use crate::components::Components;
 use crate::config::{DeleteMode, IdentifierCase, SnowflakeConfig, TruncateMode};
 use crate::dlq::{DeadLetter, DeadLetterQueue, DlqError};
 use crate::events::{
-    BatchCommitted, BatchReceived, BreakerChanged, BreakerState, ComponentFailed,
-    DeadLettersWritten, EventDropped, LoadRetry, Position, Stats, StatsSnapshot, TruncateIgnored,
+    BatchCommitted, BatchReceived, Breaker, BreakerChanged, BreakerState, BrokerError,
+    CommitRefused, ComponentFailed, DeadLettersWritten, EventDropped, LoadRetry, Position, Stats,
+    StatsSnapshot, TruncateIgnored,
 };
 use crate::sinks::snowflake::target_for;
 use crate::sinks::{Sink, SinkError, TableLoad, Truncation};
@@ -104,6 +105,8 @@ pub struct Pipeline<S, K> {
     truncated_below: HashMap<String, i64>,
     /// Where events that cannot be loaded go.
     dlq: DeadLetterQueue,
+    /// The broker circuit breaker (consumption and offset commits).
+    broker: BrokerBreaker,
 }
 
 /// A batch after the components ran: what to load and what it amounted to.
@@ -160,6 +163,100 @@ async fn shutdown_requested(mut shutdown: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// The broker circuit breaker: transient broker errors (consuming or committing) are
+/// retried with exponential backoff and jitter; after `attempts` in a row it opens
+/// (nothing is polled or committed) for `open_for`, then half-opens (one more try):
+/// success closes it, failure opens it again for twice as long, up to `max_open_for`.
+struct BrokerBreaker {
+    settings: BreakerSettings,
+    attempts: usize,
+    failures: usize,
+    backoff: backon::ExponentialBackoff,
+    open_for: Duration,
+    state: BreakerState,
+}
+
+impl BrokerBreaker {
+    fn new(settings: BreakerSettings, attempts: usize) -> BrokerBreaker {
+        BrokerBreaker {
+            settings,
+            attempts: attempts.max(1),
+            failures: 0,
+            backoff: Self::backoff(),
+            open_for: settings.open_for,
+            state: BreakerState::Closed,
+        }
+    }
+
+    fn backoff() -> backon::ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    fn success(&mut self, stats: &Stats) {
+        if self.state != BreakerState::Closed {
+            BreakerChanged {
+                breaker: Breaker::Broker,
+                state: BreakerState::Closed,
+                error: None,
+                open_for: None,
+            }
+            .emit(stats);
+        }
+        self.failures = 0;
+        self.backoff = Self::backoff();
+        self.open_for = self.settings.open_for;
+        self.state = BreakerState::Closed;
+    }
+
+    /// Records a transient failure and waits before the next try. False: shutdown was
+    /// asked while waiting.
+    async fn failure(
+        &mut self,
+        operation: &'static str,
+        error: &str,
+        stats: &Stats,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        BrokerError { operation, error }.emit(stats);
+        self.failures += 1;
+        let wait = if self.state == BreakerState::Closed && self.failures < self.attempts {
+            self.backoff.next().unwrap_or(self.settings.open_for)
+        } else {
+            let open_for = self.open_for;
+            BreakerChanged {
+                breaker: Breaker::Broker,
+                state: BreakerState::Open,
+                error: Some(error),
+                open_for: Some(open_for),
+            }
+            .emit(stats);
+            self.state = BreakerState::Open;
+            self.open_for = (self.open_for * 2).min(self.settings.max_open_for);
+            open_for
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown_requested(shutdown) => return false,
+        }
+        if self.state == BreakerState::Open {
+            self.state = BreakerState::HalfOpen;
+            BreakerChanged {
+                breaker: Breaker::Broker,
+                state: BreakerState::HalfOpen,
+                error: None,
+                open_for: None,
+            }
+            .emit(stats);
+        }
+        true
+    }
+}
+
 /// Whether change `a` comes before change `b` of the same table, each given as (batch
 /// position, LSN): by LSN when both have one (offsets do not order a keyless truncate
 /// against row changes in other partitions), else by position in the batch.
@@ -213,6 +310,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         settings: PipelineSettings,
         stats: Arc<Stats>,
     ) -> Self {
+        let (settings_breaker, load_attempts) = (settings.breaker, settings.load_attempts);
         Pipeline {
             source,
             sink,
@@ -221,6 +319,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             stats,
             truncated_below: HashMap::new(),
             dlq: DeadLetterQueue::Log,
+            broker: BrokerBreaker::new(settings_breaker, load_attempts),
         }
     }
 
@@ -257,11 +356,30 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 break;
             }
             let next = tokio::select! {
-                b = self.source.next_batch(self.settings.limits) => b?,
+                b = self.source.next_batch(self.settings.limits) => b,
                 _ = shutdown.changed() => {
                     tracing::info!("shutdown requested; in-flight batch left uncommitted");
                     break;
                 }
+            };
+            let next = match next {
+                Ok(next) => {
+                    self.broker.success(&self.stats);
+                    next
+                }
+                Err(e) if e.is_retryable() => {
+                    let error = e.to_string();
+                    if !self
+                        .broker
+                        .failure("consume", &error, &self.stats, shutdown.clone())
+                        .await
+                    {
+                        tracing::info!("shutdown requested; stopping");
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             };
             let Some(batch) = next else {
                 tracing::info!("source exhausted");
@@ -328,7 +446,10 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         let messages = batch.messages;
         let mut prepared = tokio::task::block_in_place(|| self.prepare(&messages));
         let load_started = Instant::now();
-        let Some(report) = self.load_with_breaker(&prepared.loads, shutdown).await? else {
+        let Some(report) = self
+            .load_with_breaker(&prepared.loads, shutdown.clone())
+            .await?
+        else {
             return Ok(false);
         };
         let load = load_started.elapsed();
@@ -362,7 +483,9 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             .emit(&self.stats);
         }
         self.send_dead_letters(&messages, &prepared.dead).await?;
-        self.source.commit(&checkpoint).await?;
+        if !self.commit(&checkpoint, shutdown).await? {
+            return Ok(false);
+        }
         BatchCommitted {
             events,
             rows: prepared.rows - refused_rows,
@@ -400,6 +523,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 Ok(report) => {
                     if opened {
                         BreakerChanged {
+                            breaker: Breaker::Warehouse,
                             state: BreakerState::Closed,
                             error: None,
                             open_for: None,
@@ -412,6 +536,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 Err(e) => {
                     opened = true;
                     BreakerChanged {
+                        breaker: Breaker::Warehouse,
                         state: BreakerState::Open,
                         error: Some(&e.to_string()),
                         open_for: Some(open_for),
@@ -426,6 +551,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     }
                     open_for = (open_for * 2).min(settings.max_open_for);
                     BreakerChanged {
+                        breaker: Breaker::Warehouse,
                         state: BreakerState::HalfOpen,
                         error: None,
                         open_for: None,
@@ -433,6 +559,47 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     .emit(&self.stats);
                     result = self.sink.load(loads).await.map_err(PipelineError::from);
                 }
+            }
+        }
+    }
+
+    /// Commits the batch's offsets, riding out broker outages through the broker
+    /// breaker. A commit the consumer group refuses (partitions reassigned) is given
+    /// up: the batch is in the warehouse and the new owner replays it harmlessly.
+    /// `Ok(false)`: shutdown was asked while the broker was failing (the batch is
+    /// loaded but not committed; the next run replays it).
+    async fn commit(
+        &mut self,
+        checkpoint: &crate::sources::Checkpoint,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, PipelineError> {
+        loop {
+            match self.source.commit(checkpoint).await {
+                Ok(()) => {
+                    self.broker.success(&self.stats);
+                    return Ok(true);
+                }
+                Err(e) if e.is_group_refusal() => {
+                    CommitRefused {
+                        error: &e.to_string(),
+                    }
+                    .emit(&self.stats);
+                    return Ok(true);
+                }
+                Err(e) if e.is_retryable() => {
+                    let error = e.to_string();
+                    if !self
+                        .broker
+                        .failure("commit", &error, &self.stats, shutdown.clone())
+                        .await
+                    {
+                        tracing::warn!(
+                            "shutdown while the broker is failing: batch loaded but not committed (the next run replays it)"
+                        );
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -840,8 +1007,62 @@ mod tests {
         }
     }
 
-    fn pipeline(sink: FlakySink, breaker: BreakerSettings) -> Pipeline<FileSource, FlakySink> {
-        let message = Message {
+    /// A source whose broker fails: `consume_failures` transient errors before the first
+    /// batch, then `commit_failures` transient commit errors, then (if `refuse`) one
+    /// commit refused by the group.
+    struct FlakySource {
+        inner: FileSource,
+        consume_failures: usize,
+        commit_failures: usize,
+        refuse: bool,
+        committed: usize,
+    }
+
+    fn transient() -> SourceError {
+        SourceError::Kafka(rdkafka::error::KafkaError::MessageConsumption(
+            rdkafka::types::RDKafkaErrorCode::AllBrokersDown,
+        ))
+    }
+
+    impl Source for FlakySource {
+        async fn next_batch(
+            &mut self,
+            limits: BatchLimits,
+        ) -> Result<Option<SourceBatch>, SourceError> {
+            if self.consume_failures > 0 {
+                self.consume_failures -= 1;
+                return Err(transient());
+            }
+            self.inner.next_batch(limits).await
+        }
+
+        async fn commit(
+            &mut self,
+            checkpoint: &crate::sources::Checkpoint,
+        ) -> Result<(), SourceError> {
+            if self.commit_failures > 0 {
+                self.commit_failures -= 1;
+                return Err(SourceError::Kafka(
+                    rdkafka::error::KafkaError::ConsumerCommit(
+                        rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+                    ),
+                ));
+            }
+            if self.refuse {
+                self.refuse = false;
+                return Err(SourceError::Kafka(
+                    rdkafka::error::KafkaError::ConsumerCommit(
+                        rdkafka::types::RDKafkaErrorCode::IllegalGeneration,
+                    ),
+                ));
+            }
+            self.committed += 1;
+            self.inner.commit(checkpoint).await
+        }
+    }
+
+    fn message() -> Message {
+        Message {
             topic: Arc::from("dbz.public.t"),
             partition: 0,
             offset: 0,
@@ -852,8 +1073,11 @@ mod tests {
                     .to_vec(),
             ),
             headers: Vec::new(),
-        };
-        let settings = PipelineSettings {
+        }
+    }
+
+    fn settings(breaker: BreakerSettings) -> PipelineSettings {
+        PipelineSettings {
             limits: BatchLimits {
                 max_rows: 10,
                 max_bytes: 1 << 20,
@@ -866,15 +1090,120 @@ mod tests {
             metrics_json: None,
             max_message_bytes: 1 << 20,
             breaker,
-        };
+        }
+    }
+
+    fn pipeline(sink: FlakySink, breaker: BreakerSettings) -> Pipeline<FileSource, FlakySink> {
         let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
         Pipeline::new(
-            FileSource::from_messages(vec![message]),
+            FileSource::from_messages(vec![message()]),
             sink,
             components,
-            settings,
+            settings(breaker),
             Stats::new(),
         )
+    }
+
+    fn healthy() -> FlakySink {
+        FlakySink {
+            failures: 0,
+            stall: Duration::ZERO,
+            loaded: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broker_breaker_rides_out_consume_and_commit_failures() {
+        let source = FlakySource {
+            inner: FileSource::from_messages(vec![message()]),
+            consume_failures: 3,
+            commit_failures: 3,
+            refuse: false,
+            committed: 0,
+        };
+        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
+        let mut p = Pipeline::new(
+            source,
+            healthy(),
+            components,
+            settings(breaker(20, 1000)),
+            Stats::new(),
+        );
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.unwrap();
+        // 2 attempts: consume fails (retry), fails (open), probe fails (open again),
+        // then succeeds; commit likewise. Loaded once, committed once.
+        assert_eq!(snap.broker_errors, 6, "{snap:?}");
+        assert_eq!(snap.broker_breaker_opened, 4, "{snap:?}");
+        assert_eq!(snap.broker_breaker_state, "closed", "{snap:?}");
+        assert_eq!((snap.commits, snap.rows_loaded), (1, 1), "{snap:?}");
+        assert_eq!(p.sink().loaded, 1);
+        assert_eq!(p.source().committed, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_refused_by_the_group_is_not_retried() {
+        let source = FlakySource {
+            inner: FileSource::from_messages(vec![message()]),
+            consume_failures: 0,
+            commit_failures: 0,
+            refuse: true,
+            committed: 0,
+        };
+        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
+        let mut p = Pipeline::new(
+            source,
+            healthy(),
+            components,
+            settings(breaker(20, 1000)),
+            Stats::new(),
+        );
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.unwrap();
+        assert_eq!(
+            (
+                snap.commits_refused,
+                snap.broker_errors,
+                p.source().committed
+            ),
+            (1, 0, 0),
+            "{snap:?}"
+        );
+        assert_eq!(snap.rows_loaded, 1, "{snap:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_while_the_broker_fails_stops_at_once() {
+        let source = FlakySource {
+            inner: FileSource::from_messages(vec![message()]),
+            consume_failures: usize::MAX,
+            commit_failures: 0,
+            refuse: false,
+            committed: 0,
+        };
+        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
+        let mut p = Pipeline::new(
+            source,
+            healthy(),
+            components,
+            settings(breaker(60_000, 60_000)),
+            Stats::new(),
+        );
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            tx.send(true).unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let started = Instant::now();
+        let snap = p.run(rx).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(snap.broker_breaker_state, "open", "{snap:?}");
+        assert_eq!(snap.commits, 0, "{snap:?}");
     }
 
     fn breaker(open_ms: u64, shutdown_ms: u64) -> BreakerSettings {

@@ -1,6 +1,6 @@
 //! Warehouse faults: a fault-injecting HTTP proxy between floe and the Snowflake emulator
 //! answers 500, then 429, then holds its answers past floe's request timeout, then cuts
-//! connections, each for a few seconds between healthy periods. The breaker opens and
+//! connections, each until the breaker opened (plus 1 s) between healthy periods. The breaker opens and
 //! closes; the run never ends on these transient errors; afterwards the target equals
 //! the model of the change stream.
 
@@ -179,7 +179,7 @@ async fn breaker_rides_out_500s_429s_timeouts_and_cut_connections() {
     };
     let (_stop, stats, handle) = spawn_run(config, options);
 
-    // Each fault starts after a few more committed batches and lasts 2.5 s.
+    // Each fault starts after a few more committed batches.
     let started = Instant::now();
     let mut faults_seen = Vec::new();
     for (after_commits, fault) in [(3, ERROR_500), (8, TOO_MANY), (13, SLOW), (18, CUT)] {
@@ -196,9 +196,17 @@ async fn breaker_rides_out_500s_429s_timeouts_and_cut_connections() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The fault lasts until the breaker opened (at most 20 s: a loaded CI machine
+        // may take several seconds to exhaust the attempts), then 1 s more.
         let before = stats.snapshot().breaker_opened;
         mode.store(fault, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let fault_started = Instant::now();
+        while stats.snapshot().breaker_opened == before
+            && fault_started.elapsed() < Duration::from_secs(20)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         let during = stats.snapshot();
         mode.store(HEALTHY, Ordering::SeqCst);
         faults_seen.push((fault, during.breaker_opened - before, during.breaker_state));

@@ -3,8 +3,8 @@
 //! [`Source::commit`], which the pipeline calls after the warehouse committed the batch.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -16,10 +16,12 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::{BatchLimits, Checkpoint, Message, Source, SourceBatch, SourceError};
 use crate::config::KafkaConfig;
 
-/// Logs rebalances (partition assignment changes) as they happen and tracks whether
-/// this consumer owns any partition.
+/// Logs rebalances (partition assignment changes) as they happen, tracks whether this
+/// consumer owns any partition, and remembers revoked partitions so that the batch
+/// being collected drops their messages.
 pub struct FloeContext {
     assigned: Arc<AtomicBool>,
+    revoked: Arc<Mutex<Vec<(String, i32)>>>,
 }
 
 impl ClientContext for FloeContext {}
@@ -32,7 +34,21 @@ impl ConsumerContext for FloeContext {
     ) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "kafka partitions revoked")
+                // Every loaded batch is committed before the next poll (and rebalance
+                // callbacks only run inside a poll), so nothing loaded is left
+                // uncommitted here. The messages of these partitions in the batch
+                // being collected are dropped: their new owner consumes them from the
+                // committed offset, in order.
+                tracing::info!(
+                    partitions = tpl.count(),
+                    "kafka partitions revoked; loaded offsets are committed"
+                );
+                let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+                revoked.extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition())),
+                );
             }
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "kafka partitions assigned")
@@ -58,6 +74,7 @@ impl ConsumerContext for FloeContext {
 pub struct KafkaSource {
     consumer: StreamConsumer<FloeContext>,
     assigned: Arc<AtomicBool>,
+    revoked: Arc<Mutex<Vec<(String, i32)>>>,
     topics: HashMap<String, Arc<str>>,
 }
 
@@ -89,8 +106,10 @@ impl KafkaSource {
             cc.set("max.poll.interval.ms", "900000");
         }
         let assigned = Arc::new(AtomicBool::new(false));
+        let revoked = Arc::new(Mutex::new(Vec::new()));
         let consumer: StreamConsumer<FloeContext> = cc.create_with_context(FloeContext {
             assigned: assigned.clone(),
+            revoked: revoked.clone(),
         })?;
         let subscription: Vec<String> = if config.topics.is_empty() {
             let p = &config.topic_pattern;
@@ -109,6 +128,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer,
             assigned,
+            revoked,
             topics: HashMap::new(),
         })
     }
@@ -146,8 +166,42 @@ fn own(topics: &mut HashMap<String, Arc<str>>, m: &BorrowedMessage<'_>) -> Messa
 fn is_fatal(e: &KafkaError) -> bool {
     matches!(
         e,
-        KafkaError::ClientCreation(_) | KafkaError::Subscription(_) | KafkaError::Canceled
+        KafkaError::ClientCreation(_)
+            | KafkaError::Subscription(_)
+            | KafkaError::Canceled
+            | KafkaError::MessageConsumptionFatal(_)
     )
+}
+
+/// Errors that say nothing about the broker's health: a subscribed topic that does not
+/// exist (yet). Logged, never counted against the broker breaker.
+fn is_benign(e: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        e,
+        KafkaError::MessageConsumption(C::UnknownTopicOrPartition | C::UnknownTopic)
+    )
+}
+
+impl KafkaSource {
+    /// Drops from `batch` the messages of partitions revoked since the last call.
+    fn drop_revoked(&self, batch: &mut SourceBatch) {
+        let revoked: Vec<(String, i32)> =
+            std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()));
+        if revoked.is_empty() || batch.messages.is_empty() {
+            return;
+        }
+        let before = batch.messages.len();
+        batch.retain(|m| {
+            !revoked
+                .iter()
+                .any(|(t, p)| *p == m.partition && **t == *m.topic)
+        });
+        tracing::info!(
+            dropped = before - batch.messages.len(),
+            "messages of revoked partitions dropped from the batch being collected (their new owner consumes them)"
+        );
+    }
 }
 
 impl Source for KafkaSource {
@@ -175,19 +229,29 @@ impl Source for KafkaSource {
                 Err(_elapsed) => break,
                 Ok(Ok(m)) => m,
                 Ok(Err(e)) if is_fatal(&e) => return Err(e.into()),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka consume error; librdkafka retries");
+                Ok(Err(e)) if is_benign(&e) => {
+                    tracing::warn!(error = %e, "kafka consume warning");
                     continue;
+                }
+                // A transient broker error ends the batch: what was collected is
+                // loaded (librdkafka's position is past it already); an empty batch
+                // reports the error to the pipeline's broker breaker.
+                Ok(Err(e)) if batch.messages.is_empty() => return Err(e.into()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consume error; batch cut here");
+                    break;
                 }
             };
             let msg = own(&mut self.topics, &m);
             drop(m);
+            self.drop_revoked(&mut batch);
             first_at.get_or_insert_with(Instant::now);
             batch.push(msg);
             if batch.messages.len() >= limits.max_rows || batch.bytes >= limits.max_bytes {
                 break;
             }
         }
+        self.drop_revoked(&mut batch);
         Ok(Some(batch))
     }
 

@@ -68,6 +68,15 @@ impl SourceBatch {
         self.checkpoint.advance(&msg);
         self.messages.push(msg);
     }
+
+    /// Keeps only the messages `keep` accepts (recomputing bytes and checkpoint).
+    pub fn retain(&mut self, keep: impl Fn(&Message) -> bool) {
+        let messages = std::mem::take(&mut self.messages);
+        *self = SourceBatch::default();
+        for m in messages.into_iter().filter(|m| keep(m)) {
+            self.push(m);
+        }
+    }
 }
 
 /// When to cut a batch.
@@ -107,8 +116,29 @@ impl SourceError {
                 e,
                 rdkafka::error::KafkaError::ClientCreation(_)
                     | rdkafka::error::KafkaError::Subscription(_)
+                    | rdkafka::error::KafkaError::Canceled
+                    | rdkafka::error::KafkaError::MessageConsumptionFatal(_)
             ),
             SourceError::File { .. } | SourceError::Config(_) => false,
+        }
+    }
+
+    /// Whether the consumer group refused an offset commit because this member no
+    /// longer owns the partitions (a rebalance): retrying cannot help, and nothing is
+    /// lost, since the new owner consumes from the last committed offset.
+    pub fn is_group_refusal(&self) -> bool {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+        match self {
+            SourceError::Kafka(KafkaError::ConsumerCommit(code)) => matches!(
+                code,
+                C::RebalanceInProgress
+                    | C::IllegalGeneration
+                    | C::UnknownMemberId
+                    | C::FencedInstanceId
+                    | C::State
+                    | C::AssignmentLost
+            ),
+            _ => false,
         }
     }
 }
