@@ -122,16 +122,19 @@ fn start_tansu(port: u16, s3_port: u16, log: &Path) -> Proc {
     proc
 }
 
-/// `changes` Debezium envelopes over 150 keys (key JSON, value JSON), and the model's
-/// final table.
-fn stream(changes: usize) -> (Vec<(String, String)>, BTreeMap<i64, String>) {
+/// `changes` Debezium envelopes of `table` over 150 keys (key JSON, value JSON), and
+/// the model's final table.
+pub(crate) fn stream(
+    table: &str,
+    changes: usize,
+) -> (Vec<(String, String)>, BTreeMap<i64, String>) {
     let mut rng = Rng(7);
     let mut model = BTreeMap::new();
     let mut out = Vec::new();
     for i in 0..changes {
         let id = rng.below(150) as i64;
         let lsn = 5000 + i as i64;
-        let source = serde_json::json!({"schema": "public", "table": "broker_items", "lsn": lsn});
+        let source = serde_json::json!({"schema": "public", "table": table, "lsn": lsn});
         let value = match (model.contains_key(&id), rng.below(6)) {
             (true, 0) => {
                 model.remove(&id);
@@ -149,7 +152,7 @@ fn stream(changes: usize) -> (Vec<(String, String)>, BTreeMap<i64, String>) {
     (out, model)
 }
 
-async fn produce(producer: &FutureProducer, topic: &str, records: &[(String, String)]) {
+pub(crate) async fn produce(producer: &FutureProducer, topic: &str, records: &[(String, String)]) {
     let sends: Vec<_> = records
         .iter()
         .map(|(k, v)| {
@@ -246,7 +249,7 @@ async fn broker_restarts_mid_stream_lose_nothing() {
     let brokers = format!("127.0.0.1:{kafka_port}");
     let topic = "dbz.public.broker_items";
 
-    let (records, model) = stream(1200);
+    let (records, model) = stream("broker_items", 1200);
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("acks", "all")

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use floe::RunOptions;
@@ -16,11 +16,24 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{Rng, env, query, sink_config, snowflake, spawn_run, unique};
 
-const HEALTHY: u8 = 0;
+pub(crate) const HEALTHY: u8 = 0;
 const ERROR_500: u8 = 1;
 const TOO_MANY: u8 = 2;
-const SLOW: u8 = 3;
+/// Runs the statement, then holds the answer for the proxy's `hold_ms`.
+pub(crate) const SLOW: u8 = 3;
 const CUT: u8 = 4;
+
+/// A fault-injecting HTTP proxy in front of the Snowflake emulator.
+#[derive(Clone)]
+pub(crate) struct Proxy {
+    pub url: String,
+    /// One of the modes above, read per request.
+    pub mode: Arc<AtomicU8>,
+    /// How long SLOW holds an answer.
+    pub hold_ms: Arc<AtomicU64>,
+    /// Answers being held right now.
+    pub held: Arc<AtomicUsize>,
+}
 
 /// Reads one HTTP/1.1 request (headers, then a `Content-Length` body); `None` at EOF.
 async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
@@ -64,7 +77,8 @@ async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
     Some(rewritten)
 }
 
-async fn serve(mut client: TcpStream, upstream: String, mode: Arc<AtomicU8>) {
+async fn serve(mut client: TcpStream, upstream: String, proxy: Proxy) {
+    let mode = &proxy.mode;
     let Some(request) = read_request(&mut client).await else {
         return;
     };
@@ -99,29 +113,39 @@ async fn serve(mut client: TcpStream, upstream: String, mode: Arc<AtomicU8>) {
     let mut response = Vec::new();
     if up.read_to_end(&mut response).await.is_ok() {
         if slow {
-            tokio::time::sleep(Duration::from_secs(4)).await;
+            proxy.held.fetch_add(1, Ordering::SeqCst);
+            let hold = Duration::from_millis(proxy.hold_ms.load(Ordering::SeqCst));
+            tokio::time::sleep(hold).await;
+            proxy.held.fetch_sub(1, Ordering::SeqCst);
         }
         let _ = client.write_all(&response).await;
     }
 }
 
-/// Starts the proxy; returns its URL.
-async fn proxy(upstream_url: &str, mode: Arc<AtomicU8>) -> String {
+/// Starts the proxy (healthy; SLOW holds answers 4 s).
+pub(crate) async fn proxy(upstream_url: &str) -> Proxy {
     let upstream = upstream_url
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let proxy = Proxy {
+        url: format!("http://{addr}"),
+        mode: Arc::new(AtomicU8::new(HEALTHY)),
+        hold_ms: Arc::new(AtomicU64::new(4000)),
+        held: Arc::new(AtomicUsize::new(0)),
+    };
+    let p = proxy.clone();
     tokio::spawn(async move {
         loop {
             let Ok((client, _)) = listener.accept().await else {
                 return;
             };
-            tokio::spawn(serve(client, upstream.clone(), mode.clone()));
+            tokio::spawn(serve(client, upstream.clone(), p.clone()));
         }
     });
-    format!("http://{addr}")
+    proxy
 }
 
 /// A change stream over 60 keys in the fixture format, and the model's final table.
@@ -156,8 +180,8 @@ fn stream(path: &std::path::Path, changes: usize) -> BTreeMap<i64, i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Snowflake emulator: make test"]
 async fn breaker_rides_out_500s_429s_timeouts_and_cut_connections() {
-    let mode = Arc::new(AtomicU8::new(HEALTHY));
-    let url = proxy(&env("FLOE_SNOWFLAKE_URL"), mode.clone()).await;
+    let proxy = proxy(&env("FLOE_SNOWFLAKE_URL")).await;
+    let (mode, url) = (proxy.mode.clone(), proxy.url.clone());
     let run = unique("faults");
     let database = run.to_uppercase();
     let dir = std::env::temp_dir().join(&run);

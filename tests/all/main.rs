@@ -9,5 +9,6 @@ mod fixtures;
 mod live_types;
 mod property;
 mod schema_change;
+mod shutdown;
 mod support;
 mod variants;
