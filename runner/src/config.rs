@@ -162,6 +162,13 @@ pub struct KafkaConfig {
     /// Consumer session timeout in milliseconds.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// Back-pressure: at most this many bytes of fetched messages wait in the consumer
+    /// while a batch loads (librdkafka's `queued.max.messages.kbytes`; fetches are
+    /// sized to a quarter of it). floe holds one batch at a time, so its message memory
+    /// stays within `batch.max_bytes` (times ~3 while the batch is decoded and turned
+    /// into rows) plus this, however slow the warehouse is. Default 16 MiB.
+    #[serde(default = "default_max_prefetch_bytes")]
+    pub max_prefetch_bytes: usize,
     /// Extra librdkafka settings, passed through as-is (e.g. `security.protocol`,
     /// `sasl.mechanisms`). floe's own delivery settings (`enable.auto.commit`,
     /// `enable.auto.offset.store`) cannot be overridden here.
@@ -184,6 +191,9 @@ fn default_metadata_refresh_ms() -> u64 {
 fn default_session_timeout_ms() -> u64 {
     30_000
 }
+fn default_max_prefetch_bytes() -> usize {
+    16 << 20
+}
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -194,6 +204,7 @@ impl Default for KafkaConfig {
             topic_pattern: default_topic_pattern(),
             metadata_refresh_ms: default_metadata_refresh_ms(),
             session_timeout_ms: default_session_timeout_ms(),
+            max_prefetch_bytes: default_max_prefetch_bytes(),
             options: BTreeMap::new(),
         }
     }

@@ -56,7 +56,7 @@ shutdown_timeout_ms = {shutdown_ms}
     .unwrap();
 }
 
-fn start(config: &Path, metrics: &Path, extra: &[&str]) -> Child {
+pub(crate) fn start(config: &Path, metrics: &Path, extra: &[&str]) -> Child {
     Command::new(floe_bin())
         .arg("--config")
         .arg(config)
@@ -72,7 +72,7 @@ fn start(config: &Path, metrics: &Path, extra: &[&str]) -> Child {
 }
 
 /// Commits so far, from the metrics JSON floe writes after every batch.
-fn commits(metrics: &Path) -> u64 {
+pub(crate) fn commits(metrics: &Path) -> u64 {
     std::fs::read(metrics)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -97,7 +97,7 @@ async fn wait_for(child: &mut Child, what: &str, ready: impl Fn() -> bool) {
 }
 
 /// SIGTERM; returns floe's exit code and how long it took to exit.
-async fn terminate(child: &mut Child) -> (Option<i32>, Duration) {
+pub(crate) async fn terminate(child: &mut Child) -> (Option<i32>, Duration) {
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")

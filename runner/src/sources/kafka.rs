@@ -97,6 +97,23 @@ impl KafkaSource {
                 config.metadata_refresh_ms.to_string(),
             )
             .set_log_level(RDKafkaLogLevel::Warning);
+        // Back-pressure: bound what librdkafka prefetches while a batch loads (its
+        // defaults allow 64 MiB and 100,000 messages per partition).
+        let prefetch = config.max_prefetch_bytes.max(1 << 20);
+        let fetch = (prefetch / 4).clamp(1 << 20, 50 << 20);
+        for (key, value) in [
+            ("queued.max.messages.kbytes", (prefetch / 1024).to_string()),
+            (
+                "queued.min.messages",
+                (prefetch / 512).clamp(1000, 100_000).to_string(),
+            ),
+            ("fetch.max.bytes", fetch.to_string()),
+            ("max.partition.fetch.bytes", fetch.min(1 << 20).to_string()),
+        ] {
+            if !config.options.contains_key(key) {
+                cc.set(key, value);
+            }
+        }
         if !config.options.contains_key("auto.offset.reset") {
             cc.set("auto.offset.reset", "earliest");
         }
