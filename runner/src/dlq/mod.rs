@@ -116,7 +116,33 @@ fn now_ms() -> i64 {
 
 /// The producer for dead letters and their replay: the source's brokers, acks from all
 /// in-sync replicas, idempotent, room for the largest accepted message, `dlq.options`.
+/// librdkafka settings about reaching and authenticating to the cluster, shared by a
+/// consumer and a producer of the same cluster.
+fn is_connection_setting(key: &str) -> bool {
+    const PREFIXES: [&str; 7] = [
+        "security.",
+        "sasl.",
+        "ssl.",
+        "ssl_",
+        "socket.",
+        "client.",
+        "broker.",
+    ];
+    PREFIXES.iter().any(|p| key.starts_with(p))
+        || matches!(
+            key,
+            "enable.ssl.certificate.verification" | "resolve.canonical.bootstrap.servers.only"
+        )
+}
+
 pub(crate) fn producer(config: &Config) -> Result<FutureProducer, DlqError> {
+    producer_config(config)
+        .create()
+        .map_err(|e| DlqError::Kafka(e.to_string()))
+}
+
+/// The DLQ producer's librdkafka settings.
+fn producer_config(config: &Config) -> ClientConfig {
     let dlq = &config.dlq;
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.source.kafka.brokers)
@@ -127,10 +153,17 @@ pub(crate) fn producer(config: &Config) -> Result<FutureProducer, DlqError> {
             (config.source.max_message_bytes.max(1 << 20) * 2 + 65_536).to_string(),
         )
         .set("message.timeout.ms", dlq.timeout_ms.to_string());
+    // The source's connection settings (TLS, SASL, client id...) apply to the DLQ
+    // producer too, since both talk to the same cluster; `dlq.options` override them.
+    for (k, v) in &config.source.kafka.options {
+        if is_connection_setting(k) {
+            cc.set(k, v);
+        }
+    }
     for (k, v) in &dlq.options {
         cc.set(k, v);
     }
-    cc.create().map_err(|e| DlqError::Kafka(e.to_string()))
+    cc
 }
 
 impl DeadLetterQueue {
@@ -286,6 +319,28 @@ mod tests {
             value: Some(b"{not json".to_vec()),
             headers: vec![("h".into(), Some(b"v".to_vec()))],
         }
+    }
+
+    #[test]
+    fn the_producer_reuses_the_source_connection_settings() {
+        let mut config = Config::default();
+        let source = &mut config.source.kafka.options;
+        source.insert("security.protocol".into(), "SASL_SSL".into());
+        source.insert("sasl.mechanisms".into(), "SCRAM-SHA-512".into());
+        source.insert("group.instance.id".into(), "floe-1".into());
+        config
+            .dlq
+            .options
+            .insert("sasl.mechanisms".into(), "PLAIN".into());
+        let cc = producer_config(&config);
+        assert_eq!(cc.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(cc.get("sasl.mechanisms"), Some("PLAIN"), "dlq.options win");
+        assert_eq!(
+            cc.get("group.instance.id"),
+            None,
+            "consumer settings stay out"
+        );
+        assert_eq!(cc.get("acks"), Some("all"));
     }
 
     #[tokio::test]
