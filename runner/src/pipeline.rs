@@ -893,6 +893,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                         .iter()
                         .map(|r| original[r.event as usize])
                         .collect();
+                    let requests = plan.statements.iter().map(|_| Arc::default()).collect();
                     loads.push(TableLoad {
                         source_table: input.shape.name.clone(),
                         target,
@@ -900,6 +901,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                         truncate: truncate_first,
                         plan,
                         origins,
+                        requests,
                     });
                 }
                 Err(e) => {
@@ -936,6 +938,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     rows_after_dedup: 0,
                 },
                 origins: Vec::new(),
+                requests: Vec::new(),
             });
         }
         Prepared {
@@ -993,10 +996,18 @@ mod tests {
         failures: usize,
         stall: Duration,
         loaded: usize,
+        /// The warehouse request ids of every attempt.
+        request_ids: Vec<Vec<String>>,
     }
 
     impl Sink for FlakySink {
-        async fn load(&mut self, _loads: &[TableLoad]) -> Result<LoadReport, SinkError> {
+        async fn load(&mut self, loads: &[TableLoad]) -> Result<LoadReport, SinkError> {
+            self.request_ids.push(
+                loads
+                    .iter()
+                    .flat_map(|l| l.requests.iter().map(|r| r.id().to_string()))
+                    .collect(),
+            );
             tokio::time::sleep(self.stall).await;
             if self.failures > 0 {
                 self.failures -= 1;
@@ -1109,6 +1120,7 @@ mod tests {
             failures: 0,
             stall: Duration::ZERO,
             loaded: 0,
+            request_ids: Vec::new(),
         }
     }
 
@@ -1220,6 +1232,7 @@ mod tests {
             failures: 5,
             stall: Duration::ZERO,
             loaded: 0,
+            request_ids: Vec::new(),
         };
         let mut p = pipeline(sink, breaker(20, 1000));
         let (_tx, rx) = tokio::sync::watch::channel(false);
@@ -1229,6 +1242,11 @@ mod tests {
         assert_eq!(snap.breaker_state, "closed");
         assert_eq!((snap.commits, snap.rows_loaded), (1, 1), "{snap:?}");
         assert_eq!(p.sink().loaded, 1);
+        // Every attempt and probe resubmitted the batch's statements under the same ids.
+        let ids = &p.sink().request_ids;
+        assert_eq!(ids.len(), 6);
+        assert!(!ids[0].is_empty());
+        assert!(ids.iter().all(|a| *a == ids[0]), "{ids:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1237,6 +1255,7 @@ mod tests {
             failures: usize::MAX,
             stall: Duration::ZERO,
             loaded: 0,
+            request_ids: Vec::new(),
         };
         let mut p = pipeline(sink, breaker(60_000, 60_000));
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -1262,6 +1281,7 @@ mod tests {
             failures: 0,
             stall: Duration::from_secs(60),
             loaded: 0,
+            request_ids: Vec::new(),
         };
         let mut p = pipeline(sink, breaker(20, 300));
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -134,6 +134,22 @@ impl Client {
     /// Polls a statement Snowflake reports as still running, downloads result chunks, and on
     /// session expiry renews the session (or logs in again) and resubmits once.
     pub async fn execute(&self, sql: &str, binds: &[Bind]) -> Result<QueryResult, Error> {
+        self.execute_as(sql, binds, &RequestId::new()).await
+    }
+
+    /// [`execute`](Self::execute) under a caller-held request id: every submission of
+    /// the statement, including the caller's retries after a timeout, carries the same
+    /// `requestId`, and those after the first are marked `retry=true` with their
+    /// `retryCount`, as Snowflake's own drivers do. Snowflake then answers a resubmission
+    /// with the first submission's statement instead of running it again, so a request
+    /// that timed out on the client but still reached the warehouse does not execute a
+    /// second time, later, after newer statements.
+    pub async fn execute_as(
+        &self,
+        sql: &str,
+        binds: &[Bind],
+        request: &RequestId,
+    ) -> Result<QueryResult, Error> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -147,7 +163,7 @@ impl Client {
             sql = %truncate(sql, SQL_LOG_CHARS),
             "snowflake statement"
         );
-        let outcome = match inner.run(&body).await {
+        let outcome = match inner.run(&body, request).await {
             Ok(data) => inner.result(data).await,
             Err(e) => Err(e),
         };
@@ -375,14 +391,14 @@ impl Inner {
     }
 
     /// Submits a statement, resubmitting once after renewing an expired session.
-    async fn run(&self, body: &Value) -> Result<QueryData, Error> {
+    async fn run(&self, body: &Value, request_id: &RequestId) -> Result<QueryData, Error> {
         let mut renewed = false;
         loop {
             let (token, generation) = self.token().await;
             let request = self
                 .http
                 .post(format!("{}/queries/v1/query-request", self.base))
-                .query(&[("requestId", Uuid::new_v4().to_string())])
+                .query(&request_id.next_query())
                 .header(AUTHORIZATION, auth_header(&token)?)
                 .header(ACCEPT, "application/snowflake")
                 .json(body);
@@ -575,6 +591,48 @@ fn auth_header(token: &Secret) -> Result<HeaderValue, Error> {
         .map_err(|_| Error::Decode("session token is not a valid header value".into()))?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// The identity of one logical statement across its submissions (see
+/// [`Client::execute_as`]).
+#[derive(Debug)]
+pub struct RequestId {
+    id: Uuid,
+    submissions: std::sync::atomic::AtomicU32,
+}
+
+impl RequestId {
+    pub fn new() -> RequestId {
+        RequestId {
+            id: Uuid::new_v4(),
+            submissions: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// The id sent as `requestId`.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The query parameters of the next submission.
+    fn next_query(&self) -> Vec<(&'static str, String)> {
+        let n = self.submissions.fetch_add(1, Ordering::Relaxed);
+        let mut q = vec![
+            ("requestId", self.id.to_string()),
+            ("request_guid", Uuid::new_v4().to_string()),
+        ];
+        if n > 0 {
+            q.push(("retry", "true".into()));
+            q.push(("retryCount", n.to_string()));
+        }
+        q
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId::new()
+    }
 }
 
 fn query_body(sql: &str, binds: &[Bind], sequence_id: u64) -> Value {

@@ -714,6 +714,62 @@ async fn errors_are_classified() {
 }
 
 #[tokio::test]
+async fn resubmissions_of_one_statement_keep_its_request_id() {
+    // The first submission is answered too late (the client times out); the caller
+    // retries under the same RequestId; a plain execute gets a fresh id.
+    let server = MockServer::start(|request, seen| match request.path() {
+        LOGIN => login_ok("T1"),
+        QUERY if seen == 0 => Reply {
+            delay: Duration::from_secs(3),
+            ..one_value("late")
+        },
+        QUERY => one_value("ok"),
+        _ => status(404, "no"),
+    })
+    .await;
+    let mut opts = options(&server.url, password());
+    opts.request_timeout = Duration::from_millis(500);
+    let client = Client::connect(opts).await.unwrap();
+    let request = RequestId::new();
+    let first = client.execute_as("MERGE 1", &[], &request).await;
+    assert!(matches!(first, Err(Error::Timeout { .. })), "{first:?}");
+    let second = client.execute_as("MERGE 1", &[], &request).await.unwrap();
+    assert_eq!(second.rows[0][0].as_deref(), Some("ok"));
+    client.execute("SELECT 1", &[]).await.unwrap();
+
+    let queries = server.requests_to(QUERY);
+    assert_eq!(queries.len(), 3);
+    let param = |r: &Recorded, name: &str| {
+        r.query()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+    };
+    let id = request.id().to_string();
+    assert_eq!(
+        param(&queries[0], "requestId").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(param(&queries[0], "retry"), None, "a first submission");
+    assert_eq!(
+        param(&queries[1], "requestId").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(param(&queries[1], "retry").as_deref(), Some("true"));
+    assert_eq!(param(&queries[1], "retryCount").as_deref(), Some("1"));
+    assert_ne!(
+        param(&queries[0], "request_guid"),
+        param(&queries[1], "request_guid"),
+        "each submission has its own guid"
+    );
+    assert_ne!(
+        param(&queries[2], "requestId").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(param(&queries[2], "retry"), None);
+}
+
+#[tokio::test]
 async fn refused_login_and_unreachable_server() {
     let server = MockServer::start(|_, _| {
         ok(

@@ -76,7 +76,7 @@ mod jwt;
 mod options;
 mod protocol;
 
-pub use client::Client;
+pub use client::{Client, RequestId};
 pub use error::Error;
 pub use options::{Auth, Bind, ConnectOptions, Secret};
 

@@ -25,6 +25,10 @@ pub struct TableLoad {
     /// The batch messages (indexes) the plan's rows came from, to report them if the
     /// table refuses them.
     pub origins: Vec<usize>,
+    /// One warehouse request id per plan statement, made once per batch so that every
+    /// retry of the load (and every breaker probe) resubmits the same statement under
+    /// the same id, which the warehouse runs at most once.
+    pub requests: Vec<std::sync::Arc<floe_snowflake::RequestId>>,
 }
 
 /// A source TRUNCATE to apply to the target before a table's plan.

@@ -289,7 +289,7 @@ impl Sink for SnowflakeSink {
             report.tables_created += ensured.tables_created;
             report.columns_added += ensured.columns_added;
             report.columns_widened += ensured.columns_widened;
-            for st in &load.plan.statements {
+            for (i, st) in load.plan.statements.iter().enumerate() {
                 let binds: Vec<Bind> = st
                     .binds
                     .iter()
@@ -298,7 +298,11 @@ impl Sink for SnowflakeSink {
                         value: b.value.clone(),
                     })
                     .collect();
-                let res = match self.client.execute(&st.sql, &binds).await {
+                let executed = match load.requests.get(i) {
+                    Some(request) => self.client.execute_as(&st.sql, &binds, request).await,
+                    None => self.client.execute(&st.sql, &binds).await,
+                };
+                let res = match executed {
                     Ok(res) => res,
                     // A data error (Snowflake's 100xxx: a value it cannot convert or
                     // store) repeats on every retry: the table's rows go to the DLQ.
