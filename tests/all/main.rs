@@ -9,6 +9,7 @@ mod faults;
 mod fixtures;
 mod live_types;
 mod property;
+mod rebalance;
 mod schema_change;
 mod shutdown;
 mod support;

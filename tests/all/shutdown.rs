@@ -26,7 +26,7 @@ fn floe_bin() -> PathBuf {
     p
 }
 
-fn write_config(path: &Path, run: &str, topic: &str, url: &str, shutdown_ms: u64) {
+pub(crate) fn write_config(path: &Path, run: &str, topic: &str, url: &str, shutdown_ms: u64) {
     std::fs::write(
         path,
         format!(
