@@ -29,6 +29,7 @@ use crate::config::{SinkKind, SourceKind};
 use crate::dlq::DeadLetterQueue;
 use crate::pipeline::{BreakerSettings, Pipeline, PipelineError, PipelineSettings};
 use crate::sinks::null::NullSink;
+use crate::sinks::plan::PlanSink;
 use crate::sinks::snowflake::SnowflakeSink;
 use crate::sources::file::FileSource;
 use crate::sources::kafka::KafkaSource;
@@ -129,8 +130,91 @@ async fn with_sink<S: Source>(
     }
 }
 
+/// `floe plan`: runs the pipeline over fixture-format files with the configured
+/// components, without a warehouse, and returns the SQL each batch would execute (with
+/// binds summarised, or in full with `show_binds`) and the run's statistics. Events that
+/// would be dead-lettered are logged, not written anywhere.
+pub async fn plan(
+    config: &Config,
+    files: &[PathBuf],
+    show_binds: bool,
+) -> Result<(String, StatsSnapshot), RunError> {
+    config.validate()?;
+    let components = Arc::new(Components::load(&config.components)?);
+    let settings = PipelineSettings {
+        limits: BatchLimits {
+            max_rows: config.batch.max_rows,
+            max_bytes: config.batch.max_bytes,
+            max_wait: config.batch.max_wait(),
+            idle_poll: Duration::from_millis(500).min(config.batch.max_wait()),
+        },
+        target: config.sink.snowflake.clone(),
+        exit_when_idle: None,
+        load_attempts: 1,
+        metrics_json: None,
+        max_message_bytes: config.source.max_message_bytes,
+        breaker: BreakerSettings::default(),
+    };
+    let source = FileSource::open(files).map_err(PipelineError::from)?;
+    let mut p = Pipeline::new(
+        source,
+        PlanSink::new(show_binds),
+        components,
+        settings,
+        Stats::new(),
+    );
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let stats = p.run(rx).await?;
+    Ok((p.sink().text.clone(), stats))
+}
+
 /// Where `floe` looks for a config file when none is given.
 pub fn default_config_path() -> Option<PathBuf> {
     let p = PathBuf::from("floe.toml");
     p.exists().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plan_prints_one_merge_per_table_per_batch() {
+        let dir = std::env::temp_dir().join(format!("floe-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("events.jsonl");
+        let line = |table: &str, id: i64, op: &str, lsn: i64| {
+            serde_json::json!({"topic": format!("dbz.public.{table}"), "key": {"id": id},
+                "value": {"op": op, "before": null, "after": {"id": id, "name": format!("n{lsn}")},
+                          "source": {"schema": "public", "table": table, "lsn": lsn}}})
+            .to_string()
+        };
+        let lines = [
+            line("customers", 1, "c", 10),
+            line("customers", 1, "u", 11),
+            line("orders", 7, "c", 12),
+            line("orders", 8, "x", 13),
+        ];
+        std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+        let mut config = Config::default();
+        config.sink.snowflake.database = "DB".into();
+        config.sink.snowflake.schema = "S".into();
+        let (text, stats) = plan(&config, std::slice::from_ref(&file), true)
+            .await
+            .unwrap();
+        assert_eq!(text.matches("MERGE INTO").count(), 2, "{text}");
+        assert!(
+            text.contains(
+                "public.customers -> DB.S.CUSTOMERS · 1 row(s) after dedup from 2 event(s)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("public.orders -> DB.S.ORDERS"), "{text}");
+        assert!(text.contains("\"n11\""), "binds shown: {text}");
+        assert!(!text.contains("\"n10\""), "deduplicated: {text}");
+        assert_eq!(stats.events_rejected, 1, "{stats:?}");
+        let (summary, _) = plan(&config, &[file], false).await.unwrap();
+        assert!(summary.contains("-- bind 1 (TEXT): "), "{summary}");
+        assert!(!summary.contains("\"n11\""), "{summary}");
+    }
 }

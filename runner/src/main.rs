@@ -56,6 +56,16 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         metrics_json: Option<PathBuf>,
     },
+    /// Print the SQL `floe run` would execute for these events (fixture-format JSON
+    /// lines), batch by batch, without connecting to a warehouse.
+    Plan {
+        /// Fixture-format JSON-lines files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Print bind values in full (default: their type and size).
+        #[arg(long)]
+        binds: bool,
+    },
     /// Print the effective configuration (secrets masked) and exit.
     Config,
     /// Run one SQL statement against the configured Snowflake and print the result.
@@ -159,6 +169,20 @@ async fn main() -> anyhow::Result<()> {
             let stats = Stats::new();
             let snapshot = floe::run(&config, &options, rx, stats).await?;
             println!("{}", serde_json::to_string_pretty(&snapshot)?);
+            Ok(())
+        }
+        Command::Plan { files, binds } => {
+            let config = load_config(cli.config)?;
+            let (text, stats) = floe::plan(&config, &files, binds).await?;
+            print!("{text}");
+            eprintln!(
+                "plan: {} events, {} rows after dedup, {} statements, {} rejected, {} failed",
+                stats.events_consumed,
+                stats.rows_transformed,
+                stats.statements,
+                stats.events_rejected,
+                stats.events_failed
+            );
             Ok(())
         }
         Command::Config => {

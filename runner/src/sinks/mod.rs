@@ -5,6 +5,7 @@
 use floe_host::types::{MergePlan, TableShape};
 
 pub mod null;
+pub mod plan;
 pub mod schema;
 pub mod snowflake;
 
