@@ -65,7 +65,23 @@ pub async fn run(
 ) -> Result<StatsSnapshot, RunError> {
     config.validate()?;
     let components = Arc::new(Components::load(&config.components)?);
-    let settings = PipelineSettings {
+    let settings = settings_of(config, options);
+    match config.source.kind {
+        SourceKind::Kafka => {
+            let source = KafkaSource::new(&config.source.kafka).map_err(PipelineError::from)?;
+            with_sink(config, source, components, settings, shutdown, stats).await
+        }
+        SourceKind::File => {
+            let source =
+                FileSource::open(&config.source.file.paths).map_err(PipelineError::from)?;
+            with_sink(config, source, components, settings, shutdown, stats).await
+        }
+    }
+}
+
+/// The pipeline settings `config` and `options` ask for.
+fn settings_of(config: &Config, options: &RunOptions) -> PipelineSettings {
+    PipelineSettings {
         limits: BatchLimits {
             max_rows: config.batch.max_rows,
             max_bytes: config.batch.max_bytes,
@@ -89,17 +105,6 @@ pub async fn run(
             ),
             shutdown_timeout: Duration::from_millis(config.delivery.shutdown_timeout_ms),
         },
-    };
-    match config.source.kind {
-        SourceKind::Kafka => {
-            let source = KafkaSource::new(&config.source.kafka).map_err(PipelineError::from)?;
-            with_sink(config, source, components, settings, shutdown, stats).await
-        }
-        SourceKind::File => {
-            let source =
-                FileSource::open(&config.source.file.paths).map_err(PipelineError::from)?;
-            with_sink(config, source, components, settings, shutdown, stats).await
-        }
     }
 }
 
@@ -141,19 +146,13 @@ pub async fn plan(
 ) -> Result<(String, StatsSnapshot), RunError> {
     config.validate()?;
     let components = Arc::new(Components::load(&config.components)?);
-    let settings = PipelineSettings {
-        limits: BatchLimits {
-            max_rows: config.batch.max_rows,
-            max_bytes: config.batch.max_bytes,
-            max_wait: config.batch.max_wait(),
-            idle_poll: Duration::from_millis(500).min(config.batch.max_wait()),
-        },
-        target: config.sink.snowflake.clone(),
+    let options = RunOptions {
         exit_when_idle: None,
-        load_attempts: 1,
+        load_attempts: Some(1),
+    };
+    let settings = PipelineSettings {
         metrics_json: None,
-        max_message_bytes: config.source.max_message_bytes,
-        breaker: BreakerSettings::default(),
+        ..settings_of(config, &options)
     };
     let source = FileSource::open(files).map_err(PipelineError::from)?;
     let mut p = Pipeline::new(

@@ -1124,23 +1124,33 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn broker_breaker_rides_out_consume_and_commit_failures() {
+    /// A pipeline over one message whose broker fails as given, with a healthy sink.
+    fn flaky_broker(
+        consume_failures: usize,
+        commit_failures: usize,
+        refuse: bool,
+        breaker: BreakerSettings,
+    ) -> Pipeline<FlakySource, FlakySink> {
         let source = FlakySource {
             inner: FileSource::from_messages(vec![message()]),
-            consume_failures: 3,
-            commit_failures: 3,
-            refuse: false,
+            consume_failures,
+            commit_failures,
+            refuse,
             committed: 0,
         };
         let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
-        let mut p = Pipeline::new(
+        Pipeline::new(
             source,
             healthy(),
             components,
-            settings(breaker(20, 1000)),
+            settings(breaker),
             Stats::new(),
-        );
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broker_breaker_rides_out_consume_and_commit_failures() {
+        let mut p = flaky_broker(3, 3, false, breaker(20, 1000));
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let snap = p.run(rx).await.unwrap();
         // 2 attempts: consume fails (retry), fails (open), probe fails (open again),
@@ -1155,21 +1165,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_refused_by_the_group_is_not_retried() {
-        let source = FlakySource {
-            inner: FileSource::from_messages(vec![message()]),
-            consume_failures: 0,
-            commit_failures: 0,
-            refuse: true,
-            committed: 0,
-        };
-        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
-        let mut p = Pipeline::new(
-            source,
-            healthy(),
-            components,
-            settings(breaker(20, 1000)),
-            Stats::new(),
-        );
+        let mut p = flaky_broker(0, 0, true, breaker(20, 1000));
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let snap = p.run(rx).await.unwrap();
         assert_eq!(
@@ -1186,21 +1182,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_while_the_broker_fails_stops_at_once() {
-        let source = FlakySource {
-            inner: FileSource::from_messages(vec![message()]),
-            consume_failures: usize::MAX,
-            commit_failures: 0,
-            refuse: false,
-            committed: 0,
-        };
-        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
-        let mut p = Pipeline::new(
-            source,
-            healthy(),
-            components,
-            settings(breaker(60_000, 60_000)),
-            Stats::new(),
-        );
+        let mut p = flaky_broker(usize::MAX, 0, false, breaker(60_000, 60_000));
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(800)).await;

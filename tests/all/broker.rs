@@ -185,34 +185,11 @@ async fn wait_consumed(stats: &floe::Stats, at_least: u64, handle_done: impl Fn(
 /// the beginning, folded into the final table (per key, the change with the highest
 /// LSN wins; a delete removes the row). Returns it and the number of records.
 fn broker_model(brokers: &str, topic: &str) -> (BTreeMap<i64, String>, usize) {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message as _;
-    use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("broker-check"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions = md.topics()[0].partitions().len();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
     let mut last: BTreeMap<i64, (i64, Option<String>)> = BTreeMap::new();
-    let mut records = 0;
-    let mut quiet = Instant::now();
-    while quiet.elapsed() < Duration::from_secs(5) {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        quiet = Instant::now();
-        records += 1;
+    let messages = crate::support::read_topic(brokers, topic);
+    let records = messages.len();
+    for m in messages {
         let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
         let lsn = v["source"]["lsn"].as_i64().unwrap();
         let (id, row) = if v["op"] == "d" {

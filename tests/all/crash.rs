@@ -6,24 +6,12 @@
 //! no change was applied out of order, however the kills cut the batches.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::support::{Rng, env, psql, query, snowflake, unique};
-
-/// The `floe` binary `make build` (a prerequisite of `make test`) produced.
-fn floe_bin() -> PathBuf {
-    let p = std::env::var_os("FLOE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/floe"));
-    assert!(p.exists(), "{} is missing: run `make build`", p.display());
-    p
-}
+use crate::support::{Rng, env, floe_bin, psql, query, read_topic, snowflake, unique};
 
 /// The workload, in steps applied a second or two apart.
 fn steps(table: &str) -> (Vec<String>, u64) {
@@ -54,30 +42,8 @@ fn steps(table: &str) -> (Vec<String>, u64) {
 
 /// Per key, the LSN of its last change event in the topic (deletes included).
 fn last_lsn_per_key(topic: &str) -> HashMap<String, i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", env("FLOE_KAFKA_BROKERS"))
-        .set("group.id", unique("crash-check"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions = md.topics()[0].partitions().len();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
     let mut last: HashMap<String, i64> = HashMap::new();
-    let mut quiet = Instant::now();
-    while quiet.elapsed() < Duration::from_secs(5) {
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = m.unwrap();
-        quiet = Instant::now();
+    for m in read_topic(&env("FLOE_KAFKA_BROKERS"), topic) {
         let Some(value) = m.payload() else { continue };
         let v: serde_json::Value = serde_json::from_slice(value).unwrap();
         let payload = &v["payload"];

@@ -6,7 +6,7 @@
 //!    uncommitted and exits 0 at the deadline.
 //! 3. A healthy run catches up: the target equals the model of the stream.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,16 +15,8 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 
 use crate::broker::{produce, stream};
-use crate::faults::{HEALTHY, SLOW, proxy};
-use crate::support::{env, query, snowflake, unique};
-
-fn floe_bin() -> PathBuf {
-    let p = std::env::var_os("FLOE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/floe"));
-    assert!(p.exists(), "{} is missing: run `make build`", p.display());
-    p
-}
+use crate::faults::{HEALTHY, Proxy, SLOW, proxy};
+use crate::support::{env, floe_bin, query, snowflake, unique};
 
 pub(crate) fn write_config(path: &Path, run: &str, topic: &str, url: &str, shutdown_ms: u64) {
     std::fs::write(
@@ -119,6 +111,50 @@ pub(crate) async fn terminate(child: &mut Child) -> (Option<i32>, Duration) {
     }
 }
 
+/// One shutdown scenario's setting.
+struct Held<'a> {
+    config: &'a Path,
+    metrics: &'a Path,
+    run: &'a str,
+    topic: &'a str,
+    proxy: &'a Proxy,
+}
+
+impl Held<'_> {
+    /// Starts floe with `shutdown_ms`, lets it commit `warm_up` batches, then makes the
+    /// warehouse hold its answers `hold_ms` and sends SIGTERM while one is held. Returns
+    /// the exit code, the time to exit and the commits before and after the signal.
+    async fn sigterm(
+        &self,
+        shutdown_ms: u64,
+        hold_ms: u64,
+        warm_up: u64,
+    ) -> (Option<i32>, Duration, u64, u64) {
+        let proxy = self.proxy;
+        write_config(self.config, self.run, self.topic, &proxy.url, shutdown_ms);
+        proxy.mode.store(HEALTHY, Ordering::SeqCst);
+        let _ = std::fs::remove_file(self.metrics);
+        let mut floe = start(self.config, self.metrics, &[]);
+        wait_for(&mut floe, "the first commits", || {
+            commits(self.metrics) >= warm_up
+        })
+        .await;
+        proxy.hold_ms.store(hold_ms, Ordering::SeqCst);
+        proxy.mode.store(SLOW, Ordering::SeqCst);
+        wait_for(&mut floe, "a held statement", || {
+            proxy.held.load(Ordering::SeqCst) > 0
+        })
+        .await;
+        let before = commits(self.metrics);
+        let (code, took) = terminate(&mut floe).await;
+        let after = commits(self.metrics);
+        eprintln!(
+            "shutdown: deadline {shutdown_ms} ms, answers held {hold_ms} ms: exit {code:?} after {took:?}, commits {before} -> {after}"
+        );
+        (code, took, before, after)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the dev stack and the floe binary: make test"]
 async fn sigterm_during_a_slow_load_finishes_or_abandons_it_within_the_deadline() {
@@ -140,19 +176,14 @@ async fn sigterm_during_a_slow_load_finishes_or_abandons_it_within_the_deadline(
     let metrics = dir.join("metrics.json");
 
     // 1. Held 1.5 s per statement, deadline 15 s: the in-flight batch finishes.
-    write_config(&config, &run, &topic, &proxy.url, 15_000);
-    let mut floe = start(&config, &metrics, &[]);
-    wait_for(&mut floe, "3 commits", || commits(&metrics) >= 3).await;
-    proxy.hold_ms.store(1500, Ordering::SeqCst);
-    proxy.mode.store(SLOW, Ordering::SeqCst);
-    wait_for(&mut floe, "a held statement", || {
-        proxy.held.load(Ordering::SeqCst) > 0
-    })
-    .await;
-    let before = commits(&metrics);
-    let (code, took) = terminate(&mut floe).await;
-    let after = commits(&metrics);
-    eprintln!("shutdown 1: exit {code:?} after {took:?}, commits {before} -> {after}");
+    let held = Held {
+        config: &config,
+        metrics: &metrics,
+        run: &run,
+        topic: &topic,
+        proxy: &proxy,
+    };
+    let (code, took, before, after) = held.sigterm(15_000, 1500, 3).await;
     assert_eq!(code, Some(0), "exit code");
     assert!(
         took < Duration::from_secs(15),
@@ -161,21 +192,7 @@ async fn sigterm_during_a_slow_load_finishes_or_abandons_it_within_the_deadline(
     assert_eq!(after, before + 1, "the in-flight batch was committed");
 
     // 2. Held 120 s, deadline 1.5 s: the batch is abandoned uncommitted.
-    write_config(&config, &run, &topic, &proxy.url, 1500);
-    proxy.mode.store(HEALTHY, Ordering::SeqCst);
-    let _ = std::fs::remove_file(&metrics);
-    let mut floe = start(&config, &metrics, &[]);
-    wait_for(&mut floe, "2 commits", || commits(&metrics) >= 2).await;
-    proxy.hold_ms.store(120_000, Ordering::SeqCst);
-    proxy.mode.store(SLOW, Ordering::SeqCst);
-    wait_for(&mut floe, "a held statement", || {
-        proxy.held.load(Ordering::SeqCst) > 0
-    })
-    .await;
-    let before = commits(&metrics);
-    let (code, took) = terminate(&mut floe).await;
-    let after = commits(&metrics);
-    eprintln!("shutdown 2: exit {code:?} after {took:?}, commits {before} -> {after}");
+    let (code, took, before, after) = held.sigterm(1500, 120_000, 2).await;
     assert_eq!(code, Some(0), "exit code");
     assert!(
         took >= Duration::from_millis(1400) && took < Duration::from_secs(6),

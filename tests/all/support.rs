@@ -205,3 +205,44 @@ pub fn pipeline_settings(
         breaker: Default::default(),
     }
 }
+
+/// The `floe` binary `make build` (a prerequisite of `make test`) produced.
+pub fn floe_bin() -> PathBuf {
+    let p = std::env::var_os("FLOE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/floe"));
+    assert!(p.exists(), "{} is missing: run `make build`", p.display());
+    p
+}
+
+/// Every record of `topic` on `brokers`, read from the beginning of each partition until
+/// none arrived for 5 s.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("read-topic"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = md.topics()[0].partitions().len();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    let mut quiet = std::time::Instant::now();
+    while quiet.elapsed() < Duration::from_secs(5) {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            records.push(m.unwrap().detach());
+            quiet = std::time::Instant::now();
+        }
+    }
+    records
+}
