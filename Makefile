@@ -12,7 +12,7 @@ help: ## List the commands
 install: ## Install the dev stack's programs (tansu, fakesnow, PostgreSQL, Debezium, WASM toolchain); idempotent
 	dev/install.sh
 
-components: ## Build the three default WASM components into target/components/
+components: ## Build the default WASM components into target/components/ and the examples into target/components/examples/
 	dev/install.sh wasm
 	functions/build.sh
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds floe's default WASM components:
+# Builds floe's default WASM components and the example user components:
 #   target/components/{validator,transformer,merge_builder}.wasm
+#   target/components/examples/{example_rules_validator,example_hostile_validator}.wasm
 #
 # 1. The guest crates are compiled to wasm32-unknown-unknown core modules with the
 #    `wasm` profile (panic=abort, size-optimised), by whichever toolchain this machine has:
@@ -19,8 +20,9 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export CARGO_TARGET_DIR="$TARGET_DIR"
 WASM_TARGET=wasm32-unknown-unknown
 GUESTS=(floe-validator floe-transformer floe-merge-builder)
+EXAMPLES=(floe-example-rules-validator floe-example-hostile-validator)
 PACKAGES=()
-for g in "${GUESTS[@]}"; do PACKAGES+=(-p "$g"); done
+for g in "${GUESTS[@]}" "${EXAMPLES[@]}"; do PACKAGES+=(-p "$g"); done
 
 cd "$ROOT"
 
@@ -50,5 +52,11 @@ for g in "${GUESTS[@]}"; do
     MODULES+=("$TARGET_DIR/$WASM_TARGET/wasm/${g//-/_}.wasm")
 done
 
+EXAMPLE_MODULES=()
+for g in "${EXAMPLES[@]}"; do
+    EXAMPLE_MODULES+=("$TARGET_DIR/$WASM_TARGET/wasm/${g//-/_}.wasm")
+done
+
 # The build step itself is native: the default toolchain on PATH builds it.
 cargo run --quiet -p floe-componentize -- "$TARGET_DIR/components" "${MODULES[@]}"
+cargo run --quiet -p floe-componentize -- "$TARGET_DIR/components/examples" "${EXAMPLE_MODULES[@]}"

@@ -13,4 +13,5 @@ mod rebalance;
 mod schema_change;
 mod shutdown;
 mod support;
+mod user_components;
 mod variants;

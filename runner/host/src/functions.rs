@@ -12,11 +12,31 @@ fn load_err(name: &str, e: wasmtime::Error) -> HostError {
     }
 }
 
+/// Longest reason or message taken from a guest, in bytes: they end up in logs and
+/// dead-letter headers, so a component cannot make them arbitrarily large.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// `text`, cut at [`MAX_REASON_BYTES`] (on a character boundary) with a note of how
+/// much was dropped.
+pub fn bounded(mut text: String) -> String {
+    if text.len() <= MAX_REASON_BYTES {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = MAX_REASON_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!("... ({} more bytes cut)", total - cut));
+    text
+}
+
 fn guest_err(name: &str, e: GuestError) -> HostError {
-    let message = match e {
+    let message = bounded(match e {
         GuestError::InvalidInput(m) => format!("invalid input: {m}"),
         GuestError::Internal(m) => m,
-    };
+    });
     HostError::Guest {
         component: name.to_string(),
         message,
@@ -97,7 +117,7 @@ impl Validator {
 
     /// One verdict per event of the batch, in order.
     pub fn validate(&self, batch: &Batch) -> Result<Vec<Verdict>, HostError> {
-        let verdicts = self.0.call(|pre, store| {
+        let mut verdicts = self.0.call(|pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_validate(&mut *store, batch)
         })?;
@@ -110,6 +130,11 @@ impl Validator {
                     batch.events.len()
                 ),
             ));
+        }
+        for v in &mut verdicts {
+            if let Verdict::Rejected(reason) = v {
+                *reason = bounded(std::mem::take(reason));
+            }
         }
         Ok(verdicts)
     }
@@ -138,7 +163,7 @@ impl Transformer {
     /// Rows, truncates and per-event failures for the batch; every index in the answer
     /// is checked against the batch.
     pub fn transform(&self, batch: &Batch) -> Result<Transformed, HostError> {
-        let out = self.0.call(|pre, store| {
+        let mut out = self.0.call(|pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_transform(&mut *store, batch)
         })?;
@@ -168,6 +193,9 @@ impl Transformer {
                 &self.0.name,
                 format!("answer refers to event {e} but the batch has {events} events"),
             ));
+        }
+        for f in &mut out.failures {
+            f.reason = bounded(std::mem::take(&mut f.reason));
         }
         Ok(out)
     }

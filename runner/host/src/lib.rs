@@ -21,7 +21,7 @@ mod functions;
 
 pub use engine::{Host, Limits};
 pub use error::{HostError, TrapKind};
-pub use functions::{MergeBuilder, Transformer, Validator};
+pub use functions::{MAX_REASON_BYTES, MergeBuilder, Transformer, Validator, bounded};
 
 /// The data types of `floe:cdc/types`, generated once from the WIT package and shared
 /// by the three worlds.

@@ -11,6 +11,10 @@ fn component(name: &str) -> Vec<u8> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/components")
         .join(format!("{name}.wasm"));
+    read_component(p)
+}
+
+fn read_component(p: PathBuf) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| {
         panic!(
             "{}: {e}; build the components first: `make components`",
@@ -233,4 +237,168 @@ fn a_core_module_is_refused_with_a_clear_error() {
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("a core module loaded as a component"),
     }
+}
+
+/// A rejection's reason; `None` for ok.
+fn reason(v: &Verdict) -> Option<&str> {
+    match v {
+        Verdict::Ok => None,
+        Verdict::Rejected(r) => Some(r),
+    }
+}
+
+fn example(name: &str) -> Vec<u8> {
+    read_component(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/components/examples")
+            .join(format!("{name}.wasm")),
+    )
+}
+
+/// A batch of `n` records whose first asks the hostile validator for `mode`.
+fn hostile_batch(mode: &str, n: usize) -> Batch {
+    let lines = (0..n)
+        .map(|i| {
+            let value = if i == 0 {
+                format!(r#"{{"op":"c","after":{{"id":{i},"hostile":"{mode}"}}}}"#)
+            } else {
+                format!(r#"{{"op":"c","after":{{"id":{i}}}}}"#)
+            };
+            (
+                "dbz.public.h".to_string(),
+                Some(format!(r#"{{"id":{i}}}"#).into_bytes()),
+                Some(value.into_bytes()),
+            )
+        })
+        .collect();
+    batch_of(lines)
+}
+
+#[test]
+fn hostile_components_fail_only_their_call() {
+    let h = host();
+    let limits = Limits {
+        max_memory_bytes: 64 * 1024 * 1024,
+        deadline: Duration::from_millis(300),
+        fuel: None,
+    };
+    let v = Validator::new(&h, "hostile", &example("example_hostile_validator"), limits).unwrap();
+    let started = std::time::Instant::now();
+    match v.validate(&hostile_batch("loop", 3)) {
+        Err(HostError::Trap {
+            kind: TrapKind::Deadline,
+            ..
+        }) => {}
+        other => panic!("loop: expected a deadline trap, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    match v.validate(&hostile_batch("alloc", 3)) {
+        Err(HostError::Trap {
+            kind: TrapKind::Memory,
+            ..
+        }) => {}
+        other => panic!("alloc 4 GiB: expected a memory trap, got {other:?}"),
+    }
+    match v.validate(&hostile_batch("panic", 3)) {
+        Err(HostError::Trap {
+            kind: TrapKind::Panic,
+            ..
+        }) => {}
+        other => panic!("panic: expected a panic trap, got {other:?}"),
+    }
+    match v.validate(&hostile_batch("count", 3)) {
+        Err(e @ HostError::Contract { .. }) => {
+            assert!(e.to_string().contains("2 verdicts for 3 events"), "{e}")
+        }
+        other => panic!("count: expected a contract violation, got {other:?}"),
+    }
+    // 16 MiB per reason does not fit the 64 MiB cap three times over: the guest traps.
+    // With room for it, the host cuts each reason to a bounded size.
+    let roomy = Validator::new(
+        &h,
+        "hostile",
+        &example("example_hostile_validator"),
+        Limits {
+            max_memory_bytes: 256 * 1024 * 1024,
+            ..Limits::default()
+        },
+    )
+    .unwrap();
+    let verdicts = roomy.validate(&hostile_batch("huge", 3)).unwrap();
+    assert_eq!(verdicts.len(), 3);
+    for v in &verdicts {
+        match v {
+            Verdict::Rejected(r) => {
+                assert!(r.len() < floe_host::MAX_REASON_BYTES + 64, "{}", r.len());
+                assert!(r.ends_with("more bytes cut)"), "{}", &r[r.len() - 40..]);
+            }
+            Verdict::Ok => panic!("huge: expected rejections"),
+        }
+    }
+    // After all that, the same component serves a normal batch.
+    let fine = v.validate(&hostile_batch("reject", 2)).unwrap();
+    let fine: Vec<Option<&str>> = fine.iter().map(reason).collect();
+    assert_eq!(fine, vec![Some("hostile: rejected"), None]);
+}
+
+#[test]
+fn the_example_rules_validator_rejects_with_its_reasons() {
+    let h = host();
+    let v = Validator::new(
+        &h,
+        "rules",
+        &example("example_rules_validator"),
+        Limits::default(),
+    )
+    .unwrap();
+    let line = |id: i64, after: &str| {
+        (
+            "dbz.public.orders".to_string(),
+            Some(format!(r#"{{"id":{id}}}"#).into_bytes()),
+            Some(
+                format!(
+                    r#"{{"op":"c","before":null,"after":{after},"source":{{"schema":"public","table":"orders","lsn":{id}}}}}"#
+                )
+                .into_bytes(),
+            ),
+        )
+    };
+    let verdicts = v
+        .validate(&batch_of(vec![
+            line(
+                1,
+                r#"{"id":1,"amount":"5.00","currency":"USD","email":"a@b.io"}"#,
+            ),
+            line(2, r#"{"id":2,"amount":"-5.00","currency":"USD"}"#),
+            line(3, r#"{"id":3,"amount":"5.00","currency":"DOGE"}"#),
+            line(4, r#"{"id":4,"email":"not-an-email"}"#),
+            (
+                "dbz.public.orders".into(),
+                Some(b"{\"id\":5}".to_vec()),
+                None,
+            ),
+        ]))
+        .unwrap();
+    assert_eq!(reason(&verdicts[0]), None);
+    assert_eq!(
+        reason(&verdicts[1]),
+        Some("rules: public.orders: amount must be non-negative, got -5")
+    );
+    assert!(matches!(&verdicts[2], Verdict::Rejected(r) if r.contains("\"DOGE\"")));
+    assert!(matches!(&verdicts[3], Verdict::Rejected(r) if r.contains("malformed email")));
+    assert_eq!(reason(&verdicts[4]), None, "a tombstone");
+    // Debezium fixtures: every real record is accepted (their amounts and emails are fine).
+    let real = fixture_lines("schemas_precise", "_all_in_order.jsonl");
+    let n = real.len();
+    let verdicts = v.validate(&batch_of(real)).unwrap();
+    assert_eq!(verdicts.len(), n);
+    let rejected: Vec<_> = verdicts
+        .iter()
+        .filter(|v| matches!(v, Verdict::Rejected(_)))
+        .collect();
+    assert!(rejected.is_empty(), "{rejected:?}");
 }

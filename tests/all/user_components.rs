@@ -1,0 +1,240 @@
+//! User components in the running pipeline:
+//! - the example rules validator (built with floe-sdk) replaces the default validator in
+//!   a live Kafka pipeline: the records it rejects land on the DLQ topic with its reason
+//!   (category `validation`), the accepted ones load;
+//! - the hostile validator loops, allocates 4 GiB, panics and breaks the contract in
+//!   some batches: only those batches' records go to the DLQ (category `wasm-trap`, the
+//!   component's error text), a huge reason is cut to a bounded size, and the run goes
+//!   on and loads the other batches.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use floe::RunOptions;
+use floe::config::{DlqKind, SourceKind};
+use rdkafka::ClientConfig;
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::producer::FutureProducer;
+
+use crate::broker::produce;
+use crate::support::{env, query, read_topic, replay_with, sink_config, snowflake, unique};
+
+fn example(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/components/examples")
+        .join(format!("{name}.wasm"));
+    assert!(p.exists(), "{}: run `make components`", p.display());
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn the_rules_validator_rejects_into_the_dlq_and_the_rest_loads() {
+    let run = unique("rules");
+    let table = format!("{run}_orders");
+    let topic = format!("dbz.public.{table}");
+    let database = run.to_uppercase();
+    // 300 orders; by id % 10: 3 a negative amount, 5 an unknown currency, 7 a broken
+    // email. Everything else is fine.
+    let mut records = Vec::new();
+    let mut accepted = BTreeSet::new();
+    for id in 0..300i64 {
+        let (amount, currency, email) = match id % 10 {
+            3 => ("-1.50", "EUR", "a@b.io"),
+            5 => ("1.50", "DOGE", "a@b.io"),
+            7 => ("1.50", "EUR", "broken"),
+            _ => {
+                accepted.insert(id);
+                ("1.50", "EUR", "a@b.io")
+            }
+        };
+        let value = serde_json::json!({"op": "c", "before": null,
+            "after": {"id": id, "amount": amount, "currency": currency, "email": email},
+            "source": {"schema": "public", "table": table, "lsn": 100 + id}});
+        records.push((
+            serde_json::json!({ "id": id }).to_string(),
+            value.to_string(),
+        ));
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env("FLOE_KAFKA_BROKERS"))
+        .create()
+        .unwrap();
+    produce(&producer, &topic, &records).await;
+
+    let mut config = sink_config(&database);
+    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
+    config.source.kafka.topics = vec![topic.clone()];
+    config.source.kafka.group_id = run.clone();
+    config.components.validator = example("example_rules_validator").display().to_string();
+    let (_stop, stats, handle) = crate::support::spawn_run(
+        config,
+        RunOptions {
+            exit_when_idle: Some(Duration::from_secs(8)),
+            load_attempts: None,
+        },
+    );
+    let snap = tokio::time::timeout(Duration::from_secs(180), handle)
+        .await
+        .unwrap_or_else(|_| panic!("run did not end: {:?}", stats.snapshot()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (snap.events_rejected, snap.dead_letters),
+        (90, 90),
+        "{snap:?}"
+    );
+
+    let sf = snowflake().await;
+    let loaded: BTreeSet<i64> = query(
+        &sf,
+        &format!(
+            r#"SELECT "ID" FROM "{database}"."CDC"."{}" ORDER BY "ID""#,
+            table.to_uppercase()
+        ),
+    )
+    .await
+    .into_iter()
+    .map(|r| r[0].parse().unwrap())
+    .collect();
+    assert_eq!(loaded, accepted, "exactly the accepted orders load");
+
+    let letters = read_topic(&env("FLOE_KAFKA_BROKERS"), &format!("{topic}.dlq"));
+    assert_eq!(letters.len(), 90);
+    let mut reasons = [0; 3];
+    for m in &letters {
+        let header = |name: &str| {
+            m.headers()
+                .and_then(|hs| hs.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        assert_eq!(header("floe.error.category"), "validation");
+        assert!(
+            header("floe.error.component").ends_with("example_rules_validator.wasm"),
+            "{}",
+            header("floe.error.component")
+        );
+        let key: serde_json::Value = serde_json::from_slice(m.key().unwrap()).unwrap();
+        let id = key["id"].as_i64().unwrap();
+        let reason = header("floe.error.reason");
+        let want = match id % 10 {
+            3 => "amount must be non-negative, got -1.5",
+            5 => "currency \"DOGE\" is not one of USD, EUR, GBP, CHF",
+            7 => "malformed email \"broken\"",
+            _ => panic!("id {id} should not be in the DLQ"),
+        };
+        assert!(reason.ends_with(want), "{id}: {reason}");
+        reasons[[3, 5, 7].iter().position(|r| *r == id % 10).unwrap()] += 1;
+    }
+    assert_eq!(reasons, [30, 30, 30]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Snowflake emulator: make test"]
+async fn a_hostile_validator_fails_only_its_batches() {
+    let run = unique("hostile");
+    let database = run.to_uppercase();
+    let dir = std::env::temp_dir().join(&run);
+    std::fs::create_dir_all(&dir).unwrap();
+    // 7 batches of 5 records (batch.max_rows = 5); the first record of a batch may ask
+    // the validator to misbehave.
+    let modes = ["", "loop", "alloc", "panic", "count", "huge", ""];
+    let mut lines = Vec::new();
+    for (b, mode) in modes.iter().enumerate() {
+        for i in 0..5 {
+            let id = (b * 5 + i) as i64;
+            let mut after = serde_json::json!({"id": id, "v": format!("v{id}")});
+            if i == 0 && !mode.is_empty() {
+                after["hostile"] = (*mode).into();
+            }
+            lines.push(
+                serde_json::json!({"topic": "dbz.public.hostile_items", "key": {"id": id},
+                    "value": {"op": "c", "before": null, "after": after,
+                              "source": {"schema": "public", "table": "hostile_items", "lsn": 10 + id}}})
+                .to_string(),
+            );
+        }
+    }
+    let file = dir.join("events.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let dlq = dir.join("dlq.jsonl");
+
+    let started = std::time::Instant::now();
+    let snap = replay_with(std::slice::from_ref(&file), &database, |c| {
+        c.source.kind = SourceKind::File;
+        c.batch.max_rows = 5;
+        c.components.validator = example("example_hostile_validator").display().to_string();
+        c.components.deadline_ms = 500;
+        c.components.max_memory_mib = 256;
+        c.dlq.kind = DlqKind::File;
+        c.dlq.path = dlq.clone();
+    })
+    .await;
+    let took = started.elapsed();
+    assert_eq!(snap.events_consumed, 35, "{snap:?}");
+    assert_eq!(snap.dead_letters, 25, "{snap:?}");
+
+    // Per batch: the category and reason of its dead letters.
+    let mut seen: Vec<(i64, String, String)> = std::fs::read_to_string(&dlq)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let header = |name: &str| {
+                v["headers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|h| h["key"] == name)
+                    .and_then(|h| h["value"].as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let key: serde_json::Value =
+                serde_json::from_str(v["raw_key"].as_str().unwrap()).unwrap();
+            (
+                key["id"].as_i64().unwrap(),
+                header("floe.error.category"),
+                header("floe.error.reason"),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen.len(), 25);
+    for (id, category, reason) in &seen {
+        let batch = modes[(*id / 5) as usize];
+        let (want_category, want_in_reason) = match batch {
+            "loop" => ("wasm-trap", "deadline"),
+            "alloc" => ("wasm-trap", "memory"),
+            "panic" => ("wasm-trap", "panic"),
+            "count" => ("wasm-trap", "4 verdicts for 5 events"),
+            "huge" => ("validation", "more bytes cut)"),
+            other => panic!("id {id} of batch {other:?} should have loaded"),
+        };
+        assert_eq!(category, want_category, "{id}: {reason}");
+        assert!(reason.contains(want_in_reason), "{id}: {reason}");
+        assert!(
+            reason.len() < 5000,
+            "{id}: reason of {} bytes",
+            reason.len()
+        );
+    }
+
+    let sf = snowflake().await;
+    let loaded: Vec<String> = query(
+        &sf,
+        &format!(r#"SELECT "ID" FROM "{database}"."CDC"."HOSTILE_ITEMS" ORDER BY "ID""#),
+    )
+    .await
+    .into_iter()
+    .map(|r| r[0].clone())
+    .collect();
+    let want: Vec<String> = (0..5).chain(30..35).map(|i: i64| i.to_string()).collect();
+    assert_eq!(loaded, want, "the healthy batches loaded");
+    eprintln!(
+        "hostile: 7 batches (loop, 4 GiB allocation, panic, wrong verdict count, 16 MiB reasons, 2 healthy) in {took:?}; 25 dead letters, 10 rows loaded"
+    );
+}
