@@ -9,6 +9,7 @@
 //! `floe-host` (the only crate that touches wasmtime); the Snowflake protocol lives in
 //! `floe-snowflake`.
 
+pub mod check;
 pub mod components;
 pub mod config;
 pub mod dlq;

@@ -66,6 +66,22 @@ enum Command {
         #[arg(long)]
         binds: bool,
     },
+    /// Load a validator component with the configured sandbox limits and run it over
+    /// sample events: prints every verdict, timings and limit usage; exits 1 when a
+    /// call trapped, failed or broke the contract (e.g. the wrong number of verdicts).
+    Check {
+        /// The component (.wasm, world floe:cdc/validator).
+        component: PathBuf,
+        /// Fixture-format JSON-lines files of sample events.
+        #[arg(long = "events", value_name = "FILE", required = true)]
+        events: Vec<PathBuf>,
+        /// Events per call (default: batch.max_rows).
+        #[arg(long, value_name = "N")]
+        batch_rows: Option<usize>,
+        /// Print the report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective configuration (secrets masked) and exit.
     Config,
     /// Run one SQL statement against the configured Snowflake and print the result.
@@ -183,6 +199,25 @@ async fn main() -> anyhow::Result<()> {
                 stats.events_rejected,
                 stats.events_failed
             );
+            Ok(())
+        }
+        Command::Check {
+            component,
+            events,
+            batch_rows,
+            json,
+        } => {
+            let config = load_config(cli.config)?;
+            let rows = batch_rows.unwrap_or(config.batch.max_rows);
+            let report = floe::check::check(&config.components, &component, &events, rows)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", floe::check::render(&report));
+            }
+            if !report.passed() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Config => {

@@ -118,6 +118,7 @@ impl Host {
             StoreState {
                 max_memory_bytes: limits.max_memory_bytes,
                 memory_exceeded: false,
+                memory_peak: 0,
             },
         );
         store.limiter(|s| s as &mut dyn ResourceLimiter);
@@ -138,6 +139,8 @@ impl Host {
 pub(crate) struct StoreState {
     max_memory_bytes: usize,
     pub(crate) memory_exceeded: bool,
+    /// The largest linear memory size the component reached (or asked for), in bytes.
+    pub(crate) memory_peak: usize,
 }
 
 impl ResourceLimiter for StoreState {
@@ -147,6 +150,7 @@ impl ResourceLimiter for StoreState {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        self.memory_peak = self.memory_peak.max(desired);
         if desired > self.max_memory_bytes {
             self.memory_exceeded = true;
             return Err(wasmtime::format_err!(

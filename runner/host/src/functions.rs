@@ -50,6 +50,17 @@ fn contract(name: &str, message: String) -> HostError {
     }
 }
 
+/// What one call used of its sandbox limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Wall time of the call (instantiation included).
+    pub elapsed: std::time::Duration,
+    /// Largest linear memory the component reached or asked for, in bytes.
+    pub memory_peak_bytes: usize,
+    /// Fuel (roughly: WebAssembly instructions) consumed, when fuel metering is on.
+    pub fuel_used: Option<u64>,
+}
+
 /// What the three component kinds share: the compiled, linked component and how to
 /// call it in a fresh store.
 struct Loaded<P> {
@@ -88,15 +99,37 @@ impl<P> Loaded<P> {
         &self,
         call: impl FnOnce(&P, &mut Store<StoreState>) -> wasmtime::Result<Result<R, GuestError>>,
     ) -> Result<R, HostError> {
-        let mut store = self.host.store(&self.name, &self.limits)?;
-        match call(&self.pre, &mut store) {
+        self.call_measured(call).0
+    }
+
+    /// [`Loaded::call`], also reporting what the call used.
+    fn call_measured<R>(
+        &self,
+        call: impl FnOnce(&P, &mut Store<StoreState>) -> wasmtime::Result<Result<R, GuestError>>,
+    ) -> (Result<R, HostError>, Usage) {
+        let started = std::time::Instant::now();
+        let mut store = match self.host.store(&self.name, &self.limits) {
+            Ok(store) => store,
+            Err(e) => return (Err(e), Usage::default()),
+        };
+        let fuel_before = store.get_fuel().ok();
+        let outcome = call(&self.pre, &mut store);
+        let usage = Usage {
+            elapsed: started.elapsed(),
+            memory_peak_bytes: store.data().memory_peak,
+            fuel_used: fuel_before
+                .zip(store.get_fuel().ok())
+                .map(|(before, after)| before.saturating_sub(after)),
+        };
+        let result = match outcome {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(guest_err(&self.name, e)),
             Err(e) => {
                 let exceeded = store.data().memory_exceeded;
                 Err(classify_trap(&self.name, e, exceeded))
             }
-        }
+        };
+        (result, usage)
     }
 }
 
@@ -117,10 +150,24 @@ impl Validator {
 
     /// One verdict per event of the batch, in order.
     pub fn validate(&self, batch: &Batch) -> Result<Vec<Verdict>, HostError> {
-        let mut verdicts = self.0.call(|pre, store| {
+        self.validate_measured(batch).0
+    }
+
+    /// [`Validator::validate`], also reporting what the call used of its limits.
+    pub fn validate_measured(&self, batch: &Batch) -> (Result<Vec<Verdict>, HostError>, Usage) {
+        let (result, usage) = self.0.call_measured(|pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_validate(&mut *store, batch)
-        })?;
+        });
+        (result.and_then(|v| self.checked(batch, v)), usage)
+    }
+
+    /// The contract checks of a validator's answer; reasons bounded.
+    fn checked(
+        &self,
+        batch: &Batch,
+        mut verdicts: Vec<Verdict>,
+    ) -> Result<Vec<Verdict>, HostError> {
         if verdicts.len() != batch.events.len() {
             return Err(contract(
                 &self.0.name,

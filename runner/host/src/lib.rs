@@ -21,7 +21,7 @@ mod functions;
 
 pub use engine::{Host, Limits};
 pub use error::{HostError, TrapKind};
-pub use functions::{MAX_REASON_BYTES, MergeBuilder, Transformer, Validator, bounded};
+pub use functions::{MAX_REASON_BYTES, MergeBuilder, Transformer, Usage, Validator, bounded};
 
 /// The data types of `floe:cdc/types`, generated once from the WIT package and shared
 /// by the three worlds.

@@ -1,0 +1,321 @@
+//! `floe check COMPONENT.wasm --events FILE.jsonl`: loads a validator component with the
+//! configured sandbox limits, runs it over sample events (fixture-format JSON lines) in
+//! batches, and reports every verdict, the time taken and how much of its limits each
+//! call used. Contract violations, traps and guest errors are reported per batch and
+//! make the check fail.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use floe_host::types::{Batch, Event, Verdict};
+use floe_host::{Host, HostError, Limits, Usage, Validator};
+use serde::Serialize;
+
+use crate::config::ComponentsConfig;
+use crate::sources::file::read_file;
+use crate::sources::{Message, SourceError};
+
+/// Why a check could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{0}: cannot read the component: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Load(HostError),
+    #[error(transparent)]
+    Events(#[from] SourceError),
+}
+
+/// One event's outcome.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Outcome {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// `ok`, `rejected` or `failed` (its batch's call failed).
+    pub verdict: &'static str,
+    pub reason: Option<String>,
+}
+
+/// One call of the component (one batch).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Call {
+    pub events: usize,
+    pub elapsed_ms: f64,
+    pub memory_peak_bytes: usize,
+    pub fuel_used: Option<u64>,
+    /// The call's error (trap, contract violation, guest error), if it failed.
+    pub error: Option<String>,
+}
+
+/// What `floe check` found.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CheckReport {
+    pub component: String,
+    pub compile_ms: f64,
+    pub events: usize,
+    pub accepted: usize,
+    pub rejected: usize,
+    /// Events of batches whose call failed.
+    pub failed: usize,
+    pub calls: Vec<Call>,
+    /// Per event, in file order.
+    pub outcomes: Vec<Outcome>,
+    pub limits: LimitsReport,
+}
+
+/// The limits the component ran under.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LimitsReport {
+    pub max_memory_bytes: usize,
+    pub deadline_ms: u64,
+    pub fuel: Option<u64>,
+}
+
+impl CheckReport {
+    /// Whether every call answered within the contract.
+    pub fn passed(&self) -> bool {
+        self.calls.iter().all(|c| c.error.is_none())
+    }
+}
+
+fn batch_of(messages: &[Message]) -> Batch {
+    let mut topics: Vec<String> = Vec::new();
+    let mut index: HashMap<&str, u32> = HashMap::new();
+    let events = messages
+        .iter()
+        .map(|m| {
+            let topic = *index.entry(&m.topic).or_insert_with(|| {
+                topics.push(m.topic.to_string());
+                (topics.len() - 1) as u32
+            });
+            Event {
+                topic,
+                partition: m.partition,
+                offset: m.offset,
+                timestamp_ms: m.timestamp_ms,
+                key: m.key.clone(),
+                value: m.value.clone(),
+            }
+        })
+        .collect();
+    Batch { topics, events }
+}
+
+/// Runs the check: `component` over the events of `files`, `batch_rows` per call.
+pub fn check(
+    config: &ComponentsConfig,
+    component: &Path,
+    files: &[PathBuf],
+    batch_rows: usize,
+) -> Result<CheckReport, CheckError> {
+    let bytes =
+        std::fs::read(component).map_err(|e| CheckError::Read(component.to_path_buf(), e))?;
+    let mut messages = Vec::new();
+    for f in files {
+        messages.extend(read_file(f)?);
+    }
+    // Fuel metering is always on here, so the report can say how much a call used.
+    let host = Host::new(true).map_err(CheckError::Load)?;
+    let limits = Limits {
+        max_memory_bytes: config.max_memory_mib * 1024 * 1024,
+        deadline: Duration::from_millis(config.deadline_ms),
+        fuel: config.fuel,
+    };
+    let name = component.display().to_string();
+    let started = Instant::now();
+    let validator =
+        Validator::new(&host, &name, &bytes, limits.clone()).map_err(CheckError::Load)?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut report = CheckReport {
+        component: name,
+        compile_ms,
+        events: messages.len(),
+        accepted: 0,
+        rejected: 0,
+        failed: 0,
+        calls: Vec::new(),
+        outcomes: Vec::new(),
+        limits: LimitsReport {
+            max_memory_bytes: limits.max_memory_bytes,
+            deadline_ms: config.deadline_ms,
+            fuel: config.fuel,
+        },
+    };
+    for chunk in messages.chunks(batch_rows.max(1)) {
+        let (result, usage): (_, Usage) = validator.validate_measured(&batch_of(chunk));
+        let error = result.as_ref().err().map(ToString::to_string);
+        report.calls.push(Call {
+            events: chunk.len(),
+            elapsed_ms: usage.elapsed.as_secs_f64() * 1000.0,
+            memory_peak_bytes: usage.memory_peak_bytes,
+            fuel_used: usage.fuel_used,
+            error: error.clone(),
+        });
+        for (i, m) in chunk.iter().enumerate() {
+            let (verdict, reason) = match &result {
+                Ok(verdicts) => match &verdicts[i] {
+                    Verdict::Ok => ("ok", None),
+                    Verdict::Rejected(r) => ("rejected", Some(r.clone())),
+                },
+                Err(_) => ("failed", error.clone()),
+            };
+            match verdict {
+                "ok" => report.accepted += 1,
+                "rejected" => report.rejected += 1,
+                _ => report.failed += 1,
+            }
+            report.outcomes.push(Outcome {
+                topic: m.topic.to_string(),
+                partition: m.partition,
+                offset: m.offset,
+                verdict,
+                reason,
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// The report as text: one line per event, then one per call and a summary.
+pub fn render(report: &CheckReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for o in &report.outcomes {
+        let _ = write!(
+            out,
+            "{}[{}]@{}\t{}",
+            o.topic, o.partition, o.offset, o.verdict
+        );
+        if let Some(r) = &o.reason {
+            let _ = write!(out, "\t{r}");
+        }
+        out.push('\n');
+    }
+    let mib = |b: usize| b as f64 / 1_048_576.0;
+    for (i, c) in report.calls.iter().enumerate() {
+        let _ = write!(
+            out,
+            "call {}: {} events in {:.2} ms ({:.0} ns/event), memory peak {:.1} MiB of {:.0} MiB",
+            i + 1,
+            c.events,
+            c.elapsed_ms,
+            c.elapsed_ms * 1e6 / c.events.max(1) as f64,
+            mib(c.memory_peak_bytes),
+            mib(report.limits.max_memory_bytes)
+        );
+        if let Some(f) = c.fuel_used {
+            let _ = write!(out, ", fuel {f}");
+        }
+        if let Some(e) = &c.error {
+            let _ = write!(out, ", FAILED: {e}");
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "{}: {} events: {} accepted, {} rejected, {} in failed calls; compiled in {:.0} ms; deadline {} ms per call; {}",
+        report.component,
+        report.events,
+        report.accepted,
+        report.rejected,
+        report.failed,
+        report.compile_ms,
+        report.limits.deadline_ms,
+        if report.passed() { "PASS" } else { "FAIL" }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/components/examples")
+            .join(format!("{name}.wasm"))
+    }
+
+    fn events(dir: &Path, lines: &[serde_json::Value]) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let p = dir.join("events.jsonl");
+        let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
+        std::fs::write(&p, text.join("\n") + "\n").unwrap();
+        p
+    }
+
+    fn order(id: i64, after: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"topic": "dbz.public.orders", "key": {"id": id},
+            "value": {"op": "c", "before": null, "after": after,
+                      "source": {"schema": "public", "table": "orders", "lsn": id}}})
+    }
+
+    #[test]
+    fn reports_verdicts_usage_and_contract_violations() {
+        let dir = std::env::temp_dir().join(format!("floe-check-{}", std::process::id()));
+        let file = events(
+            &dir,
+            &[
+                order(
+                    1,
+                    serde_json::json!({"id": 1, "amount": "2.00", "currency": "USD"}),
+                ),
+                order(
+                    2,
+                    serde_json::json!({"id": 2, "amount": "-2.00", "currency": "USD"}),
+                ),
+                order(3, serde_json::json!({"id": 3, "hostile": "count"})),
+            ],
+        );
+        let config = ComponentsConfig::default();
+        let report = check(
+            &config,
+            &example("example_rules_validator"),
+            std::slice::from_ref(&file),
+            10,
+        )
+        .unwrap();
+        assert!(report.passed(), "{report:?}");
+        assert_eq!((report.accepted, report.rejected, report.failed), (2, 1, 0));
+        assert_eq!(report.outcomes[1].verdict, "rejected");
+        assert!(
+            report.outcomes[1]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("non-negative")
+        );
+        let call = &report.calls[0];
+        assert!(call.memory_peak_bytes > 0, "{call:?}");
+        assert!(call.fuel_used.is_some_and(|f| f > 0), "{call:?}");
+        let text = render(&report);
+        assert!(
+            text.contains("dbz.public.orders[0]@1\trejected\trules:"),
+            "{text}"
+        );
+        assert!(text.ends_with("PASS\n"), "{text}");
+
+        // The hostile validator answers one verdict short for the batch with "count".
+        let report = check(&config, &example("example_hostile_validator"), &[file], 2).unwrap();
+        assert!(!report.passed());
+        assert_eq!((report.accepted, report.failed), (2, 1), "{report:?}");
+        assert!(
+            report.calls[1]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("0 verdicts for 1 events")
+        );
+        assert!(render(&report).ends_with("FAIL\n"));
+
+        // Not a component at all.
+        let bogus = dir.join("bogus.wasm");
+        std::fs::write(&bogus, b"\0asm\x01\0\0\0").unwrap();
+        assert!(matches!(
+            check(&config, &bogus, &[], 10),
+            Err(CheckError::Load(_))
+        ));
+    }
+}
