@@ -209,7 +209,13 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let config = load_config(cli.config)?;
             let rows = batch_rows.unwrap_or(config.batch.max_rows);
-            let report = floe::check::check(&config.components, &component, &events, rows)?;
+            let report = match floe::check::check(&config.components, &component, &events, rows) {
+                Ok(report) => report,
+                Err(e) => {
+                    eprintln!("floe check: {e}");
+                    std::process::exit(2);
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
