@@ -1,6 +1,10 @@
 //! Loads the configured components (built-in or from files) once per process.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use regex::Regex;
 
 use floe_host::{Host, HostError, Limits, MergeBuilder, Transformer, Validator};
 
@@ -19,11 +23,30 @@ pub fn builtin_bytes(kind: &str) -> &'static [u8] {
     }
 }
 
-/// The three components of a pipeline, compiled and ready to instantiate per batch.
+/// The components of a pipeline, compiled and ready to instantiate per batch.
 pub struct Components {
-    pub validator: Validator,
+    /// Validator chains: the configured `chains` in order, then the default chain
+    /// (`validator` alone), which matches every topic.
+    pub chains: Vec<Chain>,
     pub transformer: Transformer,
     pub merge_builder: MergeBuilder,
+}
+
+/// An ordered chain of validators for the topics its pattern matches.
+pub struct Chain {
+    /// `None`: every topic (the default chain).
+    pub topics: Option<Regex>,
+    pub validators: Vec<Arc<Validator>>,
+}
+
+impl Components {
+    /// Index in [`Components::chains`] of the chain validating `topic`.
+    pub fn chain_for(&self, topic: &str) -> usize {
+        self.chains
+            .iter()
+            .position(|c| c.topics.as_ref().is_none_or(|re| re.is_match(topic)))
+            .unwrap_or(self.chains.len() - 1)
+    }
 }
 
 fn bytes_of(kind: &str, r: &ComponentRef) -> Result<(String, Vec<u8>), HostError> {
@@ -57,11 +80,41 @@ impl Components {
             deadline: Duration::from_millis(cfg.deadline_ms),
             fuel: cfg.fuel,
         };
-        let (vn, vb) = bytes_of("validator", &cfg.validator_ref())?;
+        // Each validator is compiled once, however many chains use it.
+        let mut loaded: HashMap<ComponentRef, Arc<Validator>> = HashMap::new();
+        let mut validator = |r: ComponentRef| -> Result<Arc<Validator>, HostError> {
+            if let Some(v) = loaded.get(&r) {
+                return Ok(v.clone());
+            }
+            let (name, bytes) = bytes_of("validator", &r)?;
+            let v = Arc::new(Validator::new(&host, &name, &bytes, limits.clone())?);
+            loaded.insert(r, v.clone());
+            Ok(v)
+        };
+        let mut chains = Vec::new();
+        for c in &cfg.chains {
+            let topics = Regex::new(&c.topics).map_err(|e| HostError::Load {
+                component: format!("chain {}", c.topics),
+                message: e.to_string(),
+            })?;
+            let validators = c
+                .validator_refs()
+                .into_iter()
+                .map(&mut validator)
+                .collect::<Result<_, _>>()?;
+            chains.push(Chain {
+                topics: Some(topics),
+                validators,
+            });
+        }
+        chains.push(Chain {
+            topics: None,
+            validators: vec![validator(cfg.validator_ref())?],
+        });
         let (tn, tb) = bytes_of("transformer", &cfg.transformer_ref())?;
         let (mn, mb) = bytes_of("merge_builder", &cfg.merge_builder_ref())?;
         Ok(Components {
-            validator: Validator::new(&host, &vn, &vb, limits.clone())?,
+            chains,
             transformer: Transformer::new(&host, &tn, &tb, limits.clone())?,
             merge_builder: MergeBuilder::new(&host, &mn, &mb, limits)?,
         })

@@ -262,7 +262,7 @@ impl BatchConfig {
 }
 
 /// Where a component comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum ComponentRef {
     /// The component built into the floe binary (`"builtin"`).
     #[default]
@@ -303,6 +303,31 @@ pub struct ComponentsConfig {
     /// Optional instruction budget (fuel) per call; unset disables fuel metering.
     #[serde(default)]
     pub fuel: Option<u64>,
+    /// Validator chains for some topics: the first chain whose `topics` pattern matches
+    /// a record's topic validates it; other topics use `validator` alone.
+    #[serde(default)]
+    pub chains: Vec<ChainConfig>,
+}
+
+/// An ordered chain of validators for the topics matching a pattern. Every validator of
+/// the chain sees the chain's records; the first rejection (in chain order) is the one
+/// reported.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// Regular expression over topic names (e.g. `^dbz\.public\.orders$`).
+    pub topics: String,
+    /// `"builtin"` or component paths, in order.
+    pub validators: Vec<String>,
+}
+
+impl ChainConfig {
+    pub fn validator_refs(&self) -> Vec<ComponentRef> {
+        self.validators
+            .iter()
+            .map(|v| ComponentRef::from_setting(v))
+            .collect()
+    }
 }
 
 fn default_builtin() -> String {
@@ -324,6 +349,7 @@ impl Default for ComponentsConfig {
             max_memory_mib: default_max_memory_mib(),
             deadline_ms: default_deadline_ms(),
             fuel: None,
+            chains: Vec::new(),
         }
     }
 }
@@ -624,6 +650,14 @@ impl Config {
         }
         if self.components.max_memory_mib == 0 || self.components.deadline_ms == 0 {
             return bad("components.max_memory_mib and components.deadline_ms must be > 0".into());
+        }
+        for (i, chain) in self.components.chains.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(&chain.topics) {
+                return bad(format!("components.chains[{i}].topics: {e}"));
+            }
+            if chain.validators.is_empty() {
+                return bad(format!("components.chains[{i}].validators is empty"));
+            }
         }
         match self.source.kind {
             SourceKind::Kafka => {

@@ -701,45 +701,80 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             return empty(wasm_started.elapsed(), dead);
         }
 
-        // 1. validate
+        // 1. validate: each event by its topic's chain, every validator of the chain in
+        // order; the first rejection is the one reported. A failed call dead-letters
+        // the chain's events of this batch (not the other chains').
         let c = &self.components;
-        let verdicts = match retry_once(|| c.validator.validate(&batch)) {
-            Ok(v) => v,
-            Err(e) => {
-                let msg = e.to_string();
-                ComponentFailed {
-                    component: c.validator.name(),
-                    error_code: e.error_code(),
-                    error: &msg,
-                    events: batch.events.len(),
-                }
-                .emit(&self.stats);
-                let component = c.validator.name();
-                all_dead(
-                    &mut dead,
-                    entered.iter().copied(),
-                    "validate",
-                    component,
-                    &msg,
-                );
-                return empty(wasm_started.elapsed(), dead);
+        let n = batch.events.len();
+        let chain_of: Vec<usize> = batch
+            .events
+            .iter()
+            .map(|e| c.chain_for(&batch.topics[e.topic as usize]))
+            .collect();
+        // Per event: None = accepted so far.
+        let mut refused: Vec<Option<DeadLetter>> = (0..n).map(|_| None).collect();
+        for (ci, chain) in c.chains.iter().enumerate() {
+            let members: Vec<usize> = (0..n).filter(|&i| chain_of[i] == ci).collect();
+            if members.is_empty() {
+                continue;
             }
-        };
-        let mut original: Vec<usize> = Vec::with_capacity(batch.events.len());
+            let sub;
+            let input = if members.len() == n {
+                &batch
+            } else {
+                sub = Batch {
+                    topics: batch.topics.clone(),
+                    events: members.iter().map(|&i| batch.events[i].clone()).collect(),
+                };
+                &sub
+            };
+            for v in &chain.validators {
+                match retry_once(|| v.validate(input)) {
+                    Ok(verdicts) => {
+                        for (&i, verdict) in members.iter().zip(verdicts) {
+                            if let (Verdict::Rejected(reason), None) = (verdict, &refused[i]) {
+                                refused[i] = Some(DeadLetter {
+                                    index: entered[i],
+                                    category: rejection_type(&reason),
+                                    stage: "validate",
+                                    component: v.name().to_owned(),
+                                    reason,
+                                });
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        ComponentFailed {
+                            component: v.name(),
+                            error_code: e.error_code(),
+                            error: &msg,
+                            events: members.len(),
+                        }
+                        .emit(&self.stats);
+                        for &i in &members {
+                            refused[i] = Some(DeadLetter {
+                                index: entered[i],
+                                category: "wasm-trap",
+                                stage: "validate",
+                                component: v.name().to_owned(),
+                                reason: msg.clone(),
+                            });
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let mut original: Vec<usize> = Vec::with_capacity(n);
         let all = std::mem::take(&mut batch.events);
-        for (i, (ev, verdict)) in all.into_iter().zip(verdicts).enumerate() {
-            match verdict {
-                Verdict::Ok => {
+        for (i, (ev, refusal)) in all.into_iter().zip(refused).enumerate() {
+            match refusal {
+                None => {
                     original.push(entered[i]);
                     batch.events.push(ev);
                 }
-                Verdict::Rejected(reason) => dead.push(DeadLetter {
-                    index: entered[i],
-                    category: rejection_type(&reason),
-                    stage: "validate",
-                    component: c.validator.name().to_owned(),
-                    reason,
-                }),
+                Some(letter) => dead.push(letter),
             }
         }
         if batch.events.is_empty() {

@@ -5,7 +5,9 @@
 //! - the hostile validator loops, allocates 4 GiB, panics and breaks the contract in
 //!   some batches: only those batches' records go to the DLQ (category `wasm-trap`, the
 //!   component's error text), a huge reason is cut to a bounded size, and the run goes
-//!   on and loads the other batches.
+//!   on and loads the other batches;
+//! - a chain (built-in validator, then the rules validator) for one topic: it applies to
+//!   that topic only, and the first rejection in chain order is the one reported.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -236,5 +238,100 @@ async fn a_hostile_validator_fails_only_its_batches() {
     assert_eq!(loaded, want, "the healthy batches loaded");
     eprintln!(
         "hostile: 7 batches (loop, 4 GiB allocation, panic, wrong verdict count, 16 MiB reasons, 2 healthy) in {took:?}; 25 dead letters, 10 rows loaded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Snowflake emulator: make test"]
+async fn a_chain_applies_to_its_topics_only_first_rejection_wins() {
+    let run = unique("chain");
+    let database = run.to_uppercase();
+    let dir = std::env::temp_dir().join(&run);
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = |table: &str, id: i64, op: &str, amount: &str| {
+        serde_json::json!({"topic": format!("dbz.public.{table}"), "key": {"id": id},
+            "value": {"op": op, "before": null, "after": {"id": id, "amount": amount},
+                      "source": {"schema": "public", "table": table, "lsn": id}}})
+        .to_string()
+    };
+    let lines = [
+        line("chain_orders", 1, "c", "5.00"),
+        line("chain_orders", 2, "c", "-1.00"),
+        line("chain_orders", 3, "x", "-1.00"),
+        line("chain_customers", 4, "c", "-1.00"),
+    ];
+    let file = dir.join("events.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let dlq = dir.join("dlq.jsonl");
+    let rules = example("example_rules_validator").display().to_string();
+    let snap = replay_with(std::slice::from_ref(&file), &database, |c| {
+        c.components.chains = vec![floe::config::ChainConfig {
+            topics: r"^dbz\.public\.chain_orders$".into(),
+            validators: vec!["builtin".into(), rules.clone()],
+        }];
+        c.dlq.kind = DlqKind::File;
+        c.dlq.path = dlq.clone();
+    })
+    .await;
+    assert_eq!(
+        (snap.events_rejected, snap.dead_letters),
+        (2, 2),
+        "{snap:?}"
+    );
+    let letters: Vec<(i64, String, String)> = std::fs::read_to_string(&dlq)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let header = |name: &str| {
+                v["headers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|h| h["key"] == name)
+                    .and_then(|h| h["value"].as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let key: serde_json::Value =
+                serde_json::from_str(v["raw_key"].as_str().unwrap()).unwrap();
+            (
+                key["id"].as_i64().unwrap(),
+                header("floe.error.component"),
+                header("floe.error.reason"),
+            )
+        })
+        .collect();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let (id, component, reason) = &letters[0];
+    assert_eq!(*id, 2);
+    assert!(
+        component.ends_with("example_rules_validator.wasm"),
+        "{component}"
+    );
+    assert!(reason.contains("amount must be non-negative"), "{reason}");
+    let (id, component, reason) = &letters[1];
+    assert_eq!(*id, 3);
+    assert_eq!(
+        component, "builtin-validator",
+        "the first rejection wins: {reason}"
+    );
+
+    let sf = snowflake().await;
+    let orders = query(
+        &sf,
+        &format!(r#"SELECT "ID" FROM "{database}"."CDC"."CHAIN_ORDERS" ORDER BY "ID""#),
+    )
+    .await;
+    assert_eq!(orders, vec![vec!["1".to_string()]]);
+    let customers = query(
+        &sf,
+        &format!(r#"SELECT "ID" FROM "{database}"."CDC"."CHAIN_CUSTOMERS" ORDER BY "ID""#),
+    )
+    .await;
+    assert_eq!(
+        customers,
+        vec![vec!["4".to_string()]],
+        "no chain for customers"
     );
 }
