@@ -117,7 +117,10 @@ pub fn check(
         messages.extend(read_file(f)?);
     }
     // Fuel metering is always on here, so the report can say how much a call used.
-    let host = Host::new(true).map_err(CheckError::Load)?;
+    let mut host = Host::new(true).map_err(CheckError::Load)?;
+    if let Some(dir) = config.cache_path() {
+        host = host.with_cache(dir);
+    }
     let limits = Limits {
         max_memory_bytes: config.max_memory_mib * 1024 * 1024,
         deadline: Duration::from_millis(config.deadline_ms),

@@ -74,7 +74,10 @@ fn bytes_of(kind: &str, r: &ComponentRef) -> Result<(String, Vec<u8>), HostError
 impl Components {
     /// Compiles all three components with the configured sandbox limits.
     pub fn load(cfg: &ComponentsConfig) -> Result<Components, HostError> {
-        let host = Host::new(cfg.fuel.is_some())?;
+        let mut host = Host::new(cfg.fuel.is_some())?;
+        if let Some(dir) = cfg.cache_path() {
+            host = host.with_cache(dir);
+        }
         let limits = Limits {
             max_memory_bytes: cfg.max_memory_mib * 1024 * 1024,
             deadline: Duration::from_millis(cfg.deadline_ms),

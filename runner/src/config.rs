@@ -303,6 +303,13 @@ pub struct ComponentsConfig {
     /// Optional instruction budget (fuel) per call; unset disables fuel metering.
     #[serde(default)]
     pub fuel: Option<u64>,
+    /// Keep compiled components between runs, so start-up does not compile them again.
+    #[serde(default = "default_cache")]
+    pub cache: bool,
+    /// Where compiled components are kept (default `$XDG_CACHE_HOME/floe/components`,
+    /// else `~/.cache/floe/components`). Must be writable by floe's user only.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
     /// Validator chains for some topics: the first chain whose `topics` pattern matches
     /// a record's topic validates it; other topics use `validator` alone.
     #[serde(default)]
@@ -333,6 +340,9 @@ impl ChainConfig {
 fn default_builtin() -> String {
     "builtin".into()
 }
+fn default_cache() -> bool {
+    true
+}
 fn default_max_memory_mib() -> usize {
     512
 }
@@ -349,12 +359,28 @@ impl Default for ComponentsConfig {
             max_memory_mib: default_max_memory_mib(),
             deadline_ms: default_deadline_ms(),
             fuel: None,
+            cache: default_cache(),
+            cache_dir: None,
             chains: Vec::new(),
         }
     }
 }
 
 impl ComponentsConfig {
+    /// The precompiled-component cache directory, when the cache is on.
+    pub fn cache_path(&self) -> Option<PathBuf> {
+        if !self.cache {
+            return None;
+        }
+        if let Some(dir) = &self.cache_dir {
+            return Some(dir.clone());
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("floe").join("components"))
+    }
+
     pub fn validator_ref(&self) -> ComponentRef {
         ComponentRef::from_setting(&self.validator)
     }

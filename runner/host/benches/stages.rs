@@ -111,6 +111,12 @@ fn fixtures_dir() -> PathBuf {
         })
 }
 
+/// An example user component (`functions/examples`, built into
+/// `target/components/examples/`).
+fn example(name: &str) -> Vec<u8> {
+    component(&format!("examples/{name}"))
+}
+
 fn component(name: &str) -> Vec<u8> {
     let dir = std::env::var_os("FLOE_COMPONENTS_DIR")
         .map(PathBuf::from)
@@ -293,6 +299,15 @@ fn stages(c: &mut Criterion) {
     let limits = Limits::default();
     let validator = Validator::new(&host, "validator", &component("validator"), limits.clone())
         .expect("validator");
+    // A user validator written with floe-sdk: decodes every record (as the transformer
+    // does) and applies three rules to each row.
+    let user = Validator::new(
+        &host,
+        "rules",
+        &example("example_rules_validator"),
+        limits.clone(),
+    )
+    .expect("rules validator");
     let transformer = Transformer::new(
         &host,
         "transformer",
@@ -358,6 +373,11 @@ fn stages(c: &mut Criterion) {
         });
         g.bench_with_input(BenchmarkId::new("native", n), &events, |b, events| {
             b.iter(|| core::validate_batch(events))
+        });
+        let user_verdicts = user.validate(&wit_batch).expect("user validate");
+        assert_eq!(user_verdicts.len(), n);
+        g.bench_with_input(BenchmarkId::new("user-sdk", n), &wit_batch, |b, batch| {
+            b.iter(|| user.validate(batch).expect("user validate"))
         });
         g.finish();
 

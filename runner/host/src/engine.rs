@@ -1,6 +1,10 @@
+use std::hash::Hash;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, ResourceLimiter, Store};
@@ -37,7 +41,21 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Host {
     pub(crate) engine: Engine,
     pub(crate) fuel_enabled: bool,
+    /// Where compiled components are kept between runs (see [`Host::with_cache`]).
+    cache_dir: Option<PathBuf>,
     _ticker: Arc<Ticker>,
+}
+
+/// Feeds `Hash` output into SHA-256 (for a cache key that is stable across runs).
+struct Sha(Sha256);
+
+impl std::hash::Hasher for Sha {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    fn finish(&self) -> u64 {
+        0
+    }
 }
 
 impl std::fmt::Debug for Host {
@@ -89,16 +107,76 @@ impl Host {
         Ok(Host {
             engine,
             fuel_enabled: fuel,
+            cache_dir: None,
             _ticker: Arc::new(Ticker { stop }),
         })
     }
 
-    /// Compiles a component (or deserialises nothing: always from wasm bytes).
+    /// Keeps compiled components in `dir`, keyed by the component's bytes and the
+    /// engine's compatibility hash (wasmtime version and settings), so a restart does
+    /// not compile them again. The directory must be writable by floe's user only: a
+    /// cached file is native code that is loaded as is.
+    pub fn with_cache(mut self, dir: PathBuf) -> Host {
+        self.cache_dir = Some(dir);
+        self
+    }
+
+    /// The cache file of a component's bytes for this engine.
+    fn cache_path(&self, dir: &Path, bytes: &[u8]) -> PathBuf {
+        let mut sha = Sha(Sha256::new());
+        self.engine.precompile_compatibility_hash().hash(&mut sha);
+        sha.0.update(bytes);
+        let digest = sha.0.finalize();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        dir.join(format!("{hex}.cwasm"))
+    }
+
+    /// Compiles a component, or loads it from the cache when it was compiled before.
     pub(crate) fn compile(&self, name: &str, bytes: &[u8]) -> Result<Component, HostError> {
-        Component::new(&self.engine, bytes).map_err(|e| HostError::Load {
+        let load_err = |e: wasmtime::Error| HostError::Load {
             component: name.to_string(),
             message: format!("{e:#}"),
-        })
+        };
+        let Some(dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes).map_err(load_err);
+        };
+        let path = self.cache_path(dir, bytes);
+        // Read into memory rather than mapped: a cache file replaced or truncated by
+        // another process later cannot fault this one.
+        if let Ok(compiled) = std::fs::read(&path) {
+            // SAFETY: the file was written by `Component::serialize` of an engine with
+            // the same compatibility hash (it is in the file name), into a directory
+            // only floe's user can write (documented requirement); wasmtime checks the
+            // header and the engine settings again before using it.
+            #[allow(unsafe_code, reason = "loading floe's own precompiled components")]
+            match unsafe { Component::deserialize(&self.engine, &compiled) } {
+                Ok(component) => {
+                    tracing::debug!(component = name, path = %path.display(), "component loaded precompiled");
+                    return Ok(component);
+                }
+                Err(e) => {
+                    tracing::warn!(component = name, path = %path.display(), error = %e, "unusable precompiled component; compiling again");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(load_err)?;
+        match component.serialize() {
+            Ok(compiled) => {
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                let written = std::fs::create_dir_all(dir)
+                    .and_then(|()| std::fs::write(&tmp, &compiled))
+                    .and_then(|()| std::fs::rename(&tmp, &path));
+                if let Err(e) = written {
+                    let _ = std::fs::remove_file(&tmp);
+                    tracing::warn!(component = name, dir = %dir.display(), error = %e, "cannot cache the compiled component");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(component = name, error = %e, "cannot serialise the compiled component")
+            }
+        }
+        Ok(component)
     }
 
     /// The linker every component is instantiated with: empty, so a component that

@@ -402,3 +402,47 @@ fn the_example_rules_validator_rejects_with_its_reasons() {
         .collect();
     assert!(rejected.is_empty(), "{rejected:?}");
 }
+
+#[test]
+fn compiled_components_are_cached_and_a_bad_cache_file_is_replaced() {
+    let dir = std::env::temp_dir().join(format!("floe-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bytes = component("validator");
+    let batch = || batch_of(fixture_lines("noschemas_precise", "snapshot_read.jsonl"));
+    let first = Host::new(false).unwrap().with_cache(dir.clone());
+    let v = Validator::new(&first, "validator", &bytes, Limits::default()).unwrap();
+    assert!(!v.validate(&batch()).unwrap().is_empty());
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].extension().unwrap(), "cwasm");
+    let modified = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+
+    // A new engine (a restart) loads the cached file instead of compiling.
+    let second = Host::new(false).unwrap().with_cache(dir.clone());
+    let started = std::time::Instant::now();
+    let v = Validator::new(&second, "validator", &bytes, Limits::default()).unwrap();
+    let load = started.elapsed();
+    assert!(!v.validate(&batch()).unwrap().is_empty());
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().modified().unwrap(),
+        modified,
+        "not rewritten"
+    );
+    eprintln!("cached validator loaded in {load:?}");
+
+    // A fuel-metering engine is another engine: its own file.
+    let fuel = Host::new(true).unwrap().with_cache(dir.clone());
+    Validator::new(&fuel, "validator", &bytes, Limits::default()).unwrap();
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+
+    // A damaged file is compiled again and replaced.
+    std::fs::write(&files[0], b"not a compiled component").unwrap();
+    let third = Host::new(false).unwrap().with_cache(dir.clone());
+    let v = Validator::new(&third, "validator", &bytes, Limits::default()).unwrap();
+    assert!(!v.validate(&batch()).unwrap().is_empty());
+    assert!(std::fs::read(&files[0]).unwrap().len() > 1000, "replaced");
+    let _ = std::fs::remove_dir_all(&dir);
+}
