@@ -25,12 +25,15 @@ demo: install build ## Demo: start the stack, apply a sample workload to Postgre
 test-unit: components ## Unit tests (no external services)
 	$(CARGO) test --workspace
 
+# The integration tests are the workspace's #[ignore]d tests (tests/all and the Snowflake
+# client's fakesnow tests), run with the same package selection as `build`, so cargo
+# reuses its artifacts instead of rebuilding the dependencies with other features.
 test-integration: install build ## Integration tests against the real stack (tansu, fakesnow, PostgreSQL, Debezium)
-	dev/with-stack.sh $(CARGO) test -p floe-integration-tests -- --include-ignored --test-threads=1
+	dev/with-stack.sh $(CARGO) test --workspace -- --ignored --test-threads=1
 
 test: install build ## All tests: unit, then integration against the real stack
 	$(CARGO) test --workspace
-	dev/with-stack.sh $(CARGO) test -p floe-integration-tests -- --include-ignored --test-threads=1
+	dev/with-stack.sh $(CARGO) test --workspace -- --ignored --test-threads=1
 
 lint: components ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
