@@ -123,3 +123,55 @@ impl Components {
         })
     }
 }
+
+impl Components {
+    /// Loads the components of `cfg` and checks each validator answers a probe batch
+    /// within the contract (one verdict per event), so a replacement that loads but
+    /// cannot serve is refused before it replaces anything.
+    pub fn load_checked(cfg: &ComponentsConfig) -> Result<Components, HostError> {
+        let c = Components::load(cfg)?;
+        let probe = floe_host::types::Batch {
+            topics: vec!["dbz.public.floe_probe".into()],
+            events: vec![floe_host::types::Event {
+                topic: 0,
+                partition: 0,
+                offset: 0,
+                timestamp_ms: None,
+                key: Some(br#"{"id":1}"#.to_vec()),
+                value: Some(
+                    br#"{"op":"c","before":null,"after":{"id":1},"source":{"schema":"public","table":"floe_probe","lsn":1}}"#
+                        .to_vec(),
+                ),
+            }],
+        };
+        for chain in &c.chains {
+            for v in &chain.validators {
+                v.validate(&probe)?;
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// The component files a configuration names (built-ins have none), for change
+/// detection.
+pub fn files_of(cfg: &ComponentsConfig) -> Vec<std::path::PathBuf> {
+    let mut refs = vec![
+        cfg.validator_ref(),
+        cfg.transformer_ref(),
+        cfg.merge_builder_ref(),
+    ];
+    for c in &cfg.chains {
+        refs.extend(c.validator_refs());
+    }
+    let mut files: Vec<std::path::PathBuf> = refs
+        .into_iter()
+        .filter_map(|r| match r {
+            ComponentRef::Path(p) => Some(p),
+            ComponentRef::Builtin => None,
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}

@@ -303,6 +303,11 @@ pub struct ComponentsConfig {
     /// Optional instruction budget (fuel) per call; unset disables fuel metering.
     #[serde(default)]
     pub fuel: Option<u64>,
+    /// Hot reload: when a component file changes on disk, load it again between
+    /// batches (and self-check it) and swap it in; a failed load keeps the running one.
+    /// SIGHUP asks for the same at any time.
+    #[serde(default = "default_reload")]
+    pub reload: bool,
     /// Keep compiled components between runs, so start-up does not compile them again.
     #[serde(default = "default_cache")]
     pub cache: bool,
@@ -340,6 +345,9 @@ impl ChainConfig {
 fn default_builtin() -> String {
     "builtin".into()
 }
+fn default_reload() -> bool {
+    true
+}
 fn default_cache() -> bool {
     true
 }
@@ -359,6 +367,7 @@ impl Default for ComponentsConfig {
             max_memory_mib: default_max_memory_mib(),
             deadline_ms: default_deadline_ms(),
             fuel: None,
+            reload: default_reload(),
             cache: default_cache(),
             cache_dir: None,
             chains: Vec::new(),

@@ -27,6 +27,8 @@ pub struct Stats {
     pub broker_breaker_opened: AtomicU64,
     pub broker_errors: AtomicU64,
     pub commits_refused: AtomicU64,
+    pub components_reloaded: AtomicU64,
+    pub component_reloads_failed: AtomicU64,
     pub rows_transformed: AtomicU64,
     pub rows_loaded: AtomicU64,
     pub rows_inserted: AtomicU64,
@@ -80,6 +82,11 @@ pub struct StatsSnapshot {
     /// Offset commits the consumer group refused because the partitions had been
     /// reassigned (the new owner replays those batches, harmlessly).
     pub commits_refused: u64,
+    /// Times the components were replaced on SIGHUP or a changed file.
+    pub components_reloaded: u64,
+    /// Reloads refused (the new component did not load or failed its self-check); the
+    /// previous components kept running.
+    pub component_reloads_failed: u64,
     pub rows_transformed: u64,
     pub rows_loaded: u64,
     pub rows_inserted: u64,
@@ -155,6 +162,8 @@ impl Stats {
             broker_breaker_opened: g(&self.broker_breaker_opened),
             broker_errors: g(&self.broker_errors),
             commits_refused: g(&self.commits_refused),
+            components_reloaded: g(&self.components_reloaded),
+            component_reloads_failed: g(&self.component_reloads_failed),
             rows_transformed: g(&self.rows_transformed),
             rows_loaded: g(&self.rows_loaded),
             rows_inserted: g(&self.rows_inserted),
@@ -359,6 +368,36 @@ impl CommitRefused<'_> {
             error = self.error,
             "offset commit refused by the consumer group (partitions reassigned); their new owner replays the batch"
         );
+    }
+}
+
+/// A reload of the components was tried between batches.
+pub struct ComponentsReloaded<'a> {
+    /// What asked for it: `sighup` or `file changed`.
+    pub trigger: &'static str,
+    /// `None`: replaced; `Some(error)`: refused, the previous components keep running.
+    pub error: Option<&'a str>,
+}
+
+impl ComponentsReloaded<'_> {
+    pub fn emit(&self, stats: &Stats) {
+        match self.error {
+            None => {
+                stats.components_reloaded.fetch_add(1, Relaxed);
+                tracing::info!(
+                    trigger = self.trigger,
+                    "components reloaded; the next batch uses them"
+                );
+            }
+            Some(error) => {
+                stats.component_reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!(
+                    trigger = self.trigger,
+                    error,
+                    "component reload refused; the previous components keep running"
+                );
+            }
+        }
     }
 }
 

@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub exit_when_idle: Option<Duration>,
     /// Attempts of a retryable warehouse error before the run fails.
     pub load_attempts: Option<usize>,
+    /// Set to ask for a reload of the components between batches (SIGHUP). With
+    /// `components.reload`, a changed component file asks for one too.
+    pub reload: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Runs a pipeline as configured until the source ends, it is idle for
@@ -106,6 +109,12 @@ fn settings_of(config: &Config, options: &RunOptions) -> PipelineSettings {
             ),
             shutdown_timeout: Duration::from_millis(config.delivery.shutdown_timeout_ms),
         },
+        reload: (options.reload.is_some() || config.components.reload).then(|| {
+            pipeline::ReloadSettings {
+                components: config.components.clone(),
+                requested: options.reload.clone().unwrap_or_default(),
+            }
+        }),
     }
 }
 
@@ -150,6 +159,7 @@ pub async fn plan(
     let options = RunOptions {
         exit_when_idle: None,
         load_attempts: Some(1),
+        reload: None,
     };
     let settings = PipelineSettings {
         metrics_json: None,

@@ -165,9 +165,23 @@ async fn main() -> anyhow::Result<()> {
             if metrics_json.is_some() {
                 config.metrics.json_path = metrics_json;
             }
+            // SIGHUP: reload the components between batches.
+            let reload = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = reload.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: components will be reloaded before the next batch");
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
             let options = RunOptions {
                 exit_when_idle: exit_when_idle.map(Duration::from_secs_f64),
                 load_attempts: None,
+                reload: Some(reload),
             };
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {

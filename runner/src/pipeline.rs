@@ -17,8 +17,8 @@ use crate::config::{DeleteMode, IdentifierCase, SnowflakeConfig, TruncateMode};
 use crate::dlq::{DeadLetter, DeadLetterQueue, DlqError};
 use crate::events::{
     BatchCommitted, BatchReceived, Breaker, BreakerChanged, BreakerState, BrokerError,
-    CommitRefused, ComponentFailed, DeadLettersWritten, EventDropped, LoadRetry, Position, Stats,
-    StatsSnapshot, TruncateIgnored,
+    CommitRefused, ComponentFailed, ComponentsReloaded, DeadLettersWritten, EventDropped,
+    LoadRetry, Position, Stats, StatsSnapshot, TruncateIgnored,
 };
 use crate::sinks::snowflake::target_for;
 use crate::sinks::{Sink, SinkError, TableLoad, Truncation};
@@ -67,6 +67,67 @@ pub struct PipelineSettings {
     pub max_message_bytes: usize,
     /// The warehouse circuit breaker and the shutdown deadline.
     pub breaker: BreakerSettings,
+    /// Hot reload of the components (None: never).
+    pub reload: Option<ReloadSettings>,
+}
+
+/// Hot reload: between batches, when `requested` was set (SIGHUP) or a component file
+/// changed, the components are loaded again from `components` and self-checked; they
+/// replace the running ones only if that succeeds.
+#[derive(Debug, Clone)]
+pub struct ReloadSettings {
+    pub components: crate::config::ComponentsConfig,
+    pub requested: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What the reload watcher knows about the component files.
+struct Watched {
+    settings: ReloadSettings,
+    /// Modification time (and length) of each component file at the last (re)load.
+    stamps: Vec<(PathBuf, Option<(std::time::SystemTime, u64)>)>,
+    checked_at: Instant,
+}
+
+fn stamp(p: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl Watched {
+    fn new(settings: ReloadSettings) -> Watched {
+        let stamps = crate::components::files_of(&settings.components)
+            .into_iter()
+            .map(|p| {
+                let s = stamp(&p);
+                (p, s)
+            })
+            .collect();
+        Watched {
+            settings,
+            stamps,
+            checked_at: Instant::now(),
+        }
+    }
+
+    /// Why a reload is due now, if it is (files are looked at most once a second).
+    fn due(&mut self) -> Option<&'static str> {
+        use std::sync::atomic::Ordering;
+        if self.settings.requested.swap(false, Ordering::Relaxed) {
+            return Some("sighup");
+        }
+        if self.checked_at.elapsed() < Duration::from_secs(1) {
+            return None;
+        }
+        self.checked_at = Instant::now();
+        let changed = self.stamps.iter().any(|(p, s)| stamp(p) != *s);
+        changed.then_some("file changed")
+    }
+
+    fn restamp(&mut self) {
+        for (p, s) in &mut self.stamps {
+            *s = stamp(p);
+        }
+    }
 }
 
 /// The warehouse circuit breaker: after a batch's load failed `load_attempts` times with
@@ -107,6 +168,8 @@ pub struct Pipeline<S, K> {
     dlq: DeadLetterQueue,
     /// The broker circuit breaker (consumption and offset commits).
     broker: BrokerBreaker,
+    /// Hot reload of the components, when configured.
+    watched: Option<Watched>,
 }
 
 /// A batch after the components ran: what to load and what it amounted to.
@@ -311,6 +374,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         stats: Arc<Stats>,
     ) -> Self {
         let (settings_breaker, load_attempts) = (settings.breaker, settings.load_attempts);
+        let watched = settings.reload.clone().map(Watched::new);
         Pipeline {
             source,
             sink,
@@ -320,6 +384,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             truncated_below: HashMap::new(),
             dlq: DeadLetterQueue::Log,
             broker: BrokerBreaker::new(settings_breaker, load_attempts),
+            watched,
         }
     }
 
@@ -355,6 +420,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 tracing::info!("shutdown requested; stopping");
                 break;
             }
+            self.reload_if_due();
             let next = tokio::select! {
                 b = self.source.next_batch(self.settings.limits) => b,
                 _ = shutdown.changed() => {
@@ -420,6 +486,35 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         }
         self.export_metrics()?;
         Ok(self.stats.snapshot())
+    }
+
+    /// Between batches: replaces the components when a reload is due and the new ones
+    /// load and pass their self-check; otherwise the running ones stay.
+    fn reload_if_due(&mut self) {
+        let Some(watched) = &mut self.watched else {
+            return;
+        };
+        let Some(trigger) = watched.due() else {
+            return;
+        };
+        // Whatever the outcome, the files as they are now were looked at.
+        watched.restamp();
+        let cfg = watched.settings.components.clone();
+        match tokio::task::block_in_place(|| Components::load_checked(&cfg)) {
+            Ok(components) => {
+                self.components = Arc::new(components);
+                ComponentsReloaded {
+                    trigger,
+                    error: None,
+                }
+                .emit(&self.stats);
+            }
+            Err(e) => ComponentsReloaded {
+                trigger,
+                error: Some(&e.to_string()),
+            }
+            .emit(&self.stats),
+        }
     }
 
     /// Processes, loads and commits one batch.
@@ -1136,6 +1231,7 @@ mod tests {
             metrics_json: None,
             max_message_bytes: 1 << 20,
             breaker,
+            reload: None,
         }
     }
 

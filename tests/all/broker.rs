@@ -249,6 +249,7 @@ async fn broker_restarts_mid_stream_lose_nothing() {
     let options = RunOptions {
         load_attempts: Some(3),
         exit_when_idle: Some(Duration::from_secs(12)),
+        ..RunOptions::default()
     };
     let (_stop, stats, handle) = spawn_run(config, options);
     let done = || handle.is_finished();

@@ -247,7 +247,7 @@ async fn postgres_debezium_kafka_floe_snowflake() {
     // A restart consumes nothing that was committed.
     let options = RunOptions {
         exit_when_idle: Some(Duration::from_secs(15)),
-        load_attempts: None,
+        ..RunOptions::default()
     };
     let (_stop, _stats, handle) = spawn_run(config, options);
     let again = handle.await.unwrap().expect("second run");

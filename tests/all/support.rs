@@ -203,6 +203,7 @@ pub fn pipeline_settings(
         metrics_json: None,
         max_message_bytes: 8 << 20,
         breaker: Default::default(),
+        reload: None,
     }
 }
 

@@ -7,7 +7,10 @@
 //!   component's error text), a huge reason is cut to a bounded size, and the run goes
 //!   on and loads the other batches;
 //! - a chain (built-in validator, then the rules validator) for one topic: it applies to
-//!   that topic only, and the first rejection in chain order is the one reported.
+//!   that topic only, and the first rejection in chain order is the one reported;
+//! - hot reload under load: the validator file is replaced mid-stream (the new rules
+//!   apply from the next batch), then replaced by a broken file (refused, the running
+//!   validator stays); nothing is lost.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -74,7 +77,7 @@ async fn the_rules_validator_rejects_into_the_dlq_and_the_rest_loads() {
         config,
         RunOptions {
             exit_when_idle: Some(Duration::from_secs(8)),
-            load_attempts: None,
+            ..RunOptions::default()
         },
     );
     let snap = tokio::time::timeout(Duration::from_secs(180), handle)
@@ -334,4 +337,139 @@ async fn a_chain_applies_to_its_topics_only_first_rejection_wins() {
         vec![vec!["4".to_string()]],
         "no chain for customers"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn hot_reload_swaps_the_validator_between_batches_and_refuses_a_broken_one() {
+    let run = unique("reload");
+    let table = format!("{run}_items");
+    let topic = format!("dbz.public.{table}");
+    let database = run.to_uppercase();
+    let dir = std::env::temp_dir().join(&run);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The validator floe is pointed at; replaced by rename, as a deployment would.
+    let path = dir.join("validator.wasm");
+    let replace = |bytes: &[u8]| {
+        let tmp = dir.join("validator.wasm.new");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    replace(&std::fs::read(example("example_template_validator")).unwrap());
+
+    // id % 4 == 1: an empty name (the template's rule); id % 4 == 2: a negative amount
+    // (the rules example's).
+    let record = |id: i64| {
+        let name = if id % 4 == 1 { "" } else { "n" };
+        let amount = if id % 4 == 2 { "-1.00" } else { "1.00" };
+        let value = serde_json::json!({"op": "c", "before": null,
+            "after": {"id": id, "name": name, "amount": amount},
+            "source": {"schema": "public", "table": table, "lsn": 10 + id}});
+        (
+            serde_json::json!({ "id": id }).to_string(),
+            value.to_string(),
+        )
+    };
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", env("FLOE_KAFKA_BROKERS"))
+        .create()
+        .unwrap();
+    let mut config = sink_config(&database);
+    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
+    config.source.kafka.topics = vec![topic.clone()];
+    config.source.kafka.group_id = run.clone();
+    config.batch.max_wait_ms = 300;
+    config.components.validator = path.display().to_string();
+    let (stop, stats, handle) = crate::support::spawn_run(config, RunOptions::default());
+    let wait = |what: &'static str, done: Box<dyn Fn(&floe::StatsSnapshot) -> bool>| {
+        let stats = stats.clone();
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                let snap = stats.snapshot();
+                if done(&snap) {
+                    return;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(120),
+                    "waiting for {what}: {snap:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let phase = |from: i64| (from..from + 100).map(record).collect::<Vec<_>>();
+
+    produce(&producer, &topic, &phase(0)).await;
+    wait(
+        "phase 1",
+        Box::new(|s| s.events_consumed >= 100 && s.commits > 0),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    replace(&std::fs::read(example("example_rules_validator")).unwrap());
+    wait("the reload", Box::new(|s| s.components_reloaded == 1)).await;
+
+    produce(&producer, &topic, &phase(100)).await;
+    wait("phase 2", Box::new(|s| s.events_consumed >= 200)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    replace(b"not a component");
+    wait(
+        "the refused reload",
+        Box::new(|s| s.component_reloads_failed == 1),
+    )
+    .await;
+
+    produce(&producer, &topic, &phase(200)).await;
+    wait("phase 3", Box::new(|s| s.events_consumed >= 300)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.send(true).unwrap();
+    let snap = tokio::time::timeout(Duration::from_secs(60), handle)
+        .await
+        .expect("run did not stop")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (snap.components_reloaded, snap.component_reloads_failed),
+        (1, 1),
+        "{snap:?}"
+    );
+
+    // Phase 1 was judged by the template, phases 2 and 3 by the rules example (the
+    // broken file was refused and the rules kept running).
+    let rejected_by = |id: i64| match id {
+        0..100 => (id % 4 == 1).then_some("name must not be empty"),
+        _ => (id % 4 == 2).then_some("amount must be non-negative"),
+    };
+    let letters = read_topic(&env("FLOE_KAFKA_BROKERS"), &format!("{topic}.dlq"));
+    let mut in_dlq = BTreeSet::new();
+    for m in &letters {
+        let key: serde_json::Value = serde_json::from_slice(m.key().unwrap()).unwrap();
+        let id = key["id"].as_i64().unwrap();
+        let reason = m
+            .headers()
+            .and_then(|hs| hs.iter().find(|h| h.key == "floe.error.reason"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let want = rejected_by(id).unwrap_or_else(|| panic!("{id} should have loaded: {reason}"));
+        assert!(reason.contains(want), "{id}: {reason}");
+        in_dlq.insert(id);
+    }
+    let want_dlq: BTreeSet<i64> = (0..300).filter(|&id| rejected_by(id).is_some()).collect();
+    assert_eq!(in_dlq, want_dlq);
+    let sf = snowflake().await;
+    let loaded: BTreeSet<i64> = query(
+        &sf,
+        &format!(
+            r#"SELECT "ID" FROM "{database}"."CDC"."{}""#,
+            table.to_uppercase()
+        ),
+    )
+    .await
+    .into_iter()
+    .map(|r| r[0].parse().unwrap())
+    .collect();
+    let want_loaded: BTreeSet<i64> = (0..300).filter(|&id| rejected_by(id).is_none()).collect();
+    assert_eq!(loaded, want_loaded, "nothing lost: loaded + DLQ = all 300");
 }
