@@ -15,7 +15,8 @@
 #   debezium/classes the compiled dev/debezium/FloeDebezium.java
 # System packages (apt): postgresql (15), openjdk-17-jdk-headless, and for the WASM
 # guests, unless rustup already has the wasm32-unknown-unknown target: rustc-web,
-# rust-web-src, lld-22 (Debian's rustc with std sources, used with -Zbuild-std).
+# rust-web-src, lld-22 (Debian's rustc with std sources, used with -Zbuild-std); for the
+# C example validator: clang-22, wasi-libc.
 #
 # Env: FLOE_INSTALL_QUIET=1 hides the "already present" lines.
 set -euo pipefail
@@ -227,6 +228,8 @@ install_moto() {
 # else Debian's rustc-web + std sources (functions/build.sh picks the same route).
 install_wasm() {
   step_begin
+  # The C example validator (functions/examples/c-validator): clang and wasi-libc.
+  apt_install clang-22 wasi-libc
   if command -v rustup >/dev/null 2>&1 \
       && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
     step_end wasm present "rustup target wasm32-unknown-unknown"

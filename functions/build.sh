@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds floe's default WASM components and the example user components:
 #   target/components/{validator,transformer,merge_builder}.wasm
-#   target/components/examples/{example_rules_validator,example_hostile_validator,example_template_validator}.wasm
+#   target/components/examples/{example_rules_validator,example_hostile_validator,example_template_validator,example_c_validator}.wasm
 #
 # 1. The guest crates are compiled to wasm32-unknown-unknown core modules with the
 #    `wasm` profile (panic=abort, size-optimised), by whichever toolchain this machine has:
@@ -56,6 +56,21 @@ EXAMPLE_MODULES=()
 for g in "${EXAMPLES[@]}"; do
     EXAMPLE_MODULES+=("$TARGET_DIR/$WASM_TARGET/wasm/${g//-/_}.wasm")
 done
+
+# The C example (a second guest language): clang-22 against wasi-libc.
+if ! command -v "${CLANG:-clang-22}" >/dev/null 2>&1 || [[ ! -f /usr/lib/wasm32-wasi/libc.a ]]; then
+    echo "build.sh: the C example validator needs clang-22 and wasi-libc:" >&2
+    echo "  dev/install.sh wasm     (or: apt-get install clang-22 wasi-libc)" >&2
+    exit 1
+fi
+C_MODULE="$TARGET_DIR/c-example/floe_example_c_validator.wasm"
+mkdir -p "$(dirname "$C_MODULE")"
+C_SOURCES=("$ROOT"/functions/examples/c-validator/{rules.c,build.sh,bindings/validator.c,bindings/validator.h,bindings/validator_component_type.o})
+if [[ ! -f "$C_MODULE" ]] || [[ -n "$(find "${C_SOURCES[@]}" -newer "$C_MODULE" 2>/dev/null)" ]]; then
+    echo "build.sh: C example with $("${CLANG:-clang-22}" --version | head -1)" >&2
+    "$ROOT/functions/examples/c-validator/build.sh" "$C_MODULE"
+fi
+EXAMPLE_MODULES+=("$C_MODULE")
 
 # The build step itself is native: the default toolchain on PATH builds it.
 cargo run --quiet -p floe-componentize -- "$TARGET_DIR/components" "${MODULES[@]}"

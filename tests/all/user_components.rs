@@ -10,7 +10,8 @@
 //!   that topic only, and the first rejection in chain order is the one reported;
 //! - hot reload under load: the validator file is replaced mid-stream (the new rules
 //!   apply from the next batch), then replaced by a broken file (refused, the running
-//!   validator stays); nothing is lost.
+//!   validator stays); nothing is lost;
+//! - the C example validator (a second guest language) in the pipeline.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -472,4 +473,51 @@ async fn hot_reload_swaps_the_validator_between_batches_and_refuses_a_broken_one
     .collect();
     let want_loaded: BTreeSet<i64> = (0..300).filter(|&id| rejected_by(id).is_none()).collect();
     assert_eq!(loaded, want_loaded, "nothing lost: loaded + DLQ = all 300");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Snowflake emulator: make test"]
+async fn the_c_validator_runs_in_the_pipeline() {
+    let run = unique("cval");
+    let database = run.to_uppercase();
+    let dir = std::env::temp_dir().join(&run);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines: Vec<String> = (0..40i64)
+        .map(|id| {
+            let amount = if id % 5 == 0 { "-2.50" } else { "2.50" };
+            serde_json::json!({"topic": "dbz.public.c_orders", "key": {"id": id},
+                "value": {"op": "c", "before": null, "after": {"id": id, "amount": amount},
+                          "source": {"schema": "public", "table": "c_orders", "lsn": 10 + id}}})
+            .to_string()
+        })
+        .collect();
+    let file = dir.join("events.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let dlq = dir.join("dlq.jsonl");
+    let snap = replay_with(std::slice::from_ref(&file), &database, |c| {
+        c.components.validator = example("example_c_validator").display().to_string();
+        c.batch.max_rows = 16;
+        c.dlq.kind = DlqKind::File;
+        c.dlq.path = dlq.clone();
+    })
+    .await;
+    assert_eq!(
+        (snap.events_rejected, snap.dead_letters),
+        (8, 8),
+        "{snap:?}"
+    );
+    let letters = std::fs::read_to_string(&dlq).unwrap();
+    assert_eq!(
+        letters
+            .matches("c-rules: amount must be non-negative")
+            .count(),
+        8
+    );
+    let sf = snowflake().await;
+    let loaded = query(
+        &sf,
+        &format!(r#"SELECT COUNT(*) FROM "{database}"."CDC"."C_ORDERS""#),
+    )
+    .await;
+    assert_eq!(loaded, vec![vec!["32".to_string()]]);
 }

@@ -446,3 +446,45 @@ fn compiled_components_are_cached_and_a_bad_cache_file_is_replaced() {
     assert!(std::fs::read(&files[0]).unwrap().len() > 1000, "replaced");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_c_example_validator_loads_and_runs() {
+    let h = host();
+    let v = Validator::new(
+        &h,
+        "c-rules",
+        &example("example_c_validator"),
+        Limits::default(),
+    )
+    .unwrap();
+    let line = |id: i64, amount: &str| {
+        (
+            "dbz.public.orders".to_string(),
+            Some(format!(r#"{{"id":{id}}}"#).into_bytes()),
+            Some(
+                format!(r#"{{"op":"c","before":null,"after":{{"id":{id},"amount":{amount}}}}}"#)
+                    .into_bytes(),
+            ),
+        )
+    };
+    let verdicts = v
+        .validate(&batch_of(vec![
+            line(1, r#""5.00""#),
+            line(2, r#""-5.00""#),
+            line(3, "-7"),
+            (
+                "dbz.public.orders".into(),
+                Some(b"{\"id\":4}".to_vec()),
+                None,
+            ),
+        ]))
+        .unwrap();
+    let got: Vec<Option<&str>> = verdicts.iter().map(reason).collect();
+    let neg = Some("c-rules: amount must be non-negative");
+    assert_eq!(got, vec![None, neg, neg, None]);
+    // Real Debezium records (their amounts are base64 decimals or positive): all pass.
+    let real = fixture_lines("schemas_precise", "_all_in_order.jsonl");
+    let n = real.len();
+    let verdicts = v.validate(&batch_of(real)).unwrap();
+    assert_eq!(verdicts.len(), n);
+}
