@@ -308,6 +308,14 @@ fn stages(c: &mut Criterion) {
         limits.clone(),
     )
     .expect("rules validator");
+    // The C example: a byte search per record, no decoding.
+    let user_c = Validator::new(
+        &host,
+        "c-rules",
+        &example("example_c_validator"),
+        limits.clone(),
+    )
+    .expect("C validator");
     let transformer = Transformer::new(
         &host,
         "transformer",
@@ -378,6 +386,9 @@ fn stages(c: &mut Criterion) {
         assert_eq!(user_verdicts.len(), n);
         g.bench_with_input(BenchmarkId::new("user-sdk", n), &wit_batch, |b, batch| {
             b.iter(|| user.validate(batch).expect("user validate"))
+        });
+        g.bench_with_input(BenchmarkId::new("user-c", n), &wit_batch, |b, batch| {
+            b.iter(|| user_c.validate(batch).expect("C validate"))
         });
         g.finish();
 
