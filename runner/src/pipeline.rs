@@ -1255,6 +1255,17 @@ mod tests {
         }
     }
 
+    /// A shutdown signal sent after `ms` milliseconds (and kept open afterwards).
+    fn shutdown_after(ms: u64) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            tx.send(true).unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        rx
+    }
+
     /// A pipeline over one message whose broker fails as given, with a healthy sink.
     fn flaky_broker(
         consume_failures: usize,
@@ -1314,12 +1325,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_while_the_broker_fails_stops_at_once() {
         let mut p = flaky_broker(usize::MAX, 0, false, breaker(60_000, 60_000));
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(800)).await;
-            tx.send(true).unwrap();
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        });
+        let rx = shutdown_after(800);
         let started = Instant::now();
         let snap = p.run(rx).await.unwrap();
         assert!(
@@ -1371,12 +1377,7 @@ mod tests {
             request_ids: Vec::new(),
         };
         let mut p = pipeline(sink, breaker(60_000, 60_000));
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            tx.send(true).unwrap();
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        });
+        let rx = shutdown_after(600);
         let started = Instant::now();
         let snap = p.run(rx).await.unwrap();
         assert!(
@@ -1397,12 +1398,7 @@ mod tests {
             request_ids: Vec::new(),
         };
         let mut p = pipeline(sink, breaker(20, 300));
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            tx.send(true).unwrap();
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        });
+        let rx = shutdown_after(300);
         let started = Instant::now();
         let snap = p.run(rx).await.unwrap();
         let took = started.elapsed();

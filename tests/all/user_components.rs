@@ -34,6 +34,35 @@ fn example(name: &str) -> PathBuf {
     p
 }
 
+/// The dead letters of a file DLQ: (key id, category, component, reason) per line.
+fn file_letters(path: &std::path::Path) -> Vec<(i64, String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let header = |name: &str| {
+                v["headers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|h| h["key"] == name)
+                    .and_then(|h| h["value"].as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let key: serde_json::Value =
+                serde_json::from_str(v["raw_key"].as_str().unwrap()).unwrap();
+            (
+                key["id"].as_i64().unwrap(),
+                header("floe.error.category"),
+                header("floe.error.component"),
+                header("floe.error.reason"),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the dev stack: make test"]
 async fn the_rules_validator_rejects_into_the_dlq_and_the_rest_loads() {
@@ -184,29 +213,9 @@ async fn a_hostile_validator_fails_only_its_batches() {
     assert_eq!(snap.dead_letters, 25, "{snap:?}");
 
     // Per batch: the category and reason of its dead letters.
-    let mut seen: Vec<(i64, String, String)> = std::fs::read_to_string(&dlq)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let header = |name: &str| {
-                v["headers"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|h| h["key"] == name)
-                    .and_then(|h| h["value"].as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            let key: serde_json::Value =
-                serde_json::from_str(v["raw_key"].as_str().unwrap()).unwrap();
-            (
-                key["id"].as_i64().unwrap(),
-                header("floe.error.category"),
-                header("floe.error.reason"),
-            )
-        })
+    let mut seen: Vec<(i64, String, String)> = file_letters(&dlq)
+        .into_iter()
+        .map(|(id, category, _, reason)| (id, category, reason))
         .collect();
     seen.sort();
     assert_eq!(seen.len(), 25);
@@ -282,29 +291,9 @@ async fn a_chain_applies_to_its_topics_only_first_rejection_wins() {
         (2, 2),
         "{snap:?}"
     );
-    let letters: Vec<(i64, String, String)> = std::fs::read_to_string(&dlq)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let header = |name: &str| {
-                v["headers"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|h| h["key"] == name)
-                    .and_then(|h| h["value"].as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            let key: serde_json::Value =
-                serde_json::from_str(v["raw_key"].as_str().unwrap()).unwrap();
-            (
-                key["id"].as_i64().unwrap(),
-                header("floe.error.component"),
-                header("floe.error.reason"),
-            )
-        })
+    let letters: Vec<(i64, String, String)> = file_letters(&dlq)
+        .into_iter()
+        .map(|(id, _, component, reason)| (id, component, reason))
         .collect();
     assert_eq!(letters.len(), 2, "{letters:?}");
     let (id, component, reason) = &letters[0];
