@@ -8,7 +8,7 @@ use regex::Regex;
 
 use floe_host::{Host, HostError, Limits, MergeBuilder, Transformer, Validator};
 
-use crate::config::{ComponentRef, ComponentsConfig};
+use crate::config::{ComponentRef, ComponentsConfig, OnFailure};
 
 mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin_components.rs"));
@@ -30,6 +30,8 @@ pub struct Components {
     pub chains: Vec<Chain>,
     pub transformer: Transformer,
     pub merge_builder: MergeBuilder,
+    /// What a failed component call does to the run.
+    pub on_failure: OnFailure,
 }
 
 /// An ordered chain of validators for the topics its pattern matches.
@@ -120,6 +122,7 @@ impl Components {
             chains,
             transformer: Transformer::new(&host, &tn, &tb, limits.clone())?,
             merge_builder: MergeBuilder::new(&host, &mn, &mb, limits)?,
+            on_failure: cfg.on_failure,
         })
     }
 }

@@ -303,6 +303,12 @@ pub struct ComponentsConfig {
     /// Optional instruction budget (fuel) per call; unset disables fuel metering.
     #[serde(default)]
     pub fuel: Option<u64>,
+    /// What a failed component call (trap, deadline, memory cap, contract violation,
+    /// error answer) does: `dlq` (default) sends the affected events of the batch to the
+    /// dead letter queue (category `wasm-trap`) and goes on; `stop` ends the run without
+    /// committing the batch, for pipelines that must halt rather than skip.
+    #[serde(default)]
+    pub on_failure: OnFailure,
     /// Hot reload: when a component file changes on disk, load it again between
     /// batches (and self-check it) and swap it in; a failed load keeps the running one.
     /// SIGHUP asks for the same at any time.
@@ -319,6 +325,15 @@ pub struct ComponentsConfig {
     /// a record's topic validates it; other topics use `validator` alone.
     #[serde(default)]
     pub chains: Vec<ChainConfig>,
+}
+
+/// See [`ComponentsConfig::on_failure`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    #[default]
+    Dlq,
+    Stop,
 }
 
 /// An ordered chain of validators for the topics matching a pattern. Every validator of
@@ -367,6 +382,7 @@ impl Default for ComponentsConfig {
             max_memory_mib: default_max_memory_mib(),
             deadline_ms: default_deadline_ms(),
             fuel: None,
+            on_failure: OnFailure::default(),
             reload: default_reload(),
             cache: default_cache(),
             cache_dir: None,

@@ -37,6 +37,9 @@ pub enum PipelineError {
     Metrics(#[from] std::io::Error),
     #[error(transparent)]
     Dlq(#[from] DlqError),
+    /// A component call failed and `components.on_failure = "stop"`.
+    #[error("stopping (components.on_failure = stop): {0}")]
+    ComponentFailed(String),
 }
 
 impl PipelineError {
@@ -46,6 +49,7 @@ impl PipelineError {
             PipelineError::Sink(e) => e.is_retryable(),
             PipelineError::Metrics(_) => false,
             PipelineError::Dlq(_) => true,
+            PipelineError::ComponentFailed(_) => false,
         }
     }
 }
@@ -540,6 +544,14 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         let checkpoint = batch.checkpoint;
         let messages = batch.messages;
         let mut prepared = tokio::task::block_in_place(|| self.prepare(&messages));
+        if self.components.on_failure == crate::config::OnFailure::Stop
+            && let Some(failed) = prepared.dead.iter().find(|d| d.category == "wasm-trap")
+        {
+            return Err(PipelineError::ComponentFailed(format!(
+                "{}: {}",
+                failed.component, failed.reason
+            )));
+        }
         let load_started = Instant::now();
         let Some(report) = self
             .load_with_breaker(&prepared.loads, shutdown.clone())
@@ -1253,6 +1265,51 @@ mod tests {
             loaded: 0,
             request_ids: Vec::new(),
         }
+    }
+
+    /// A pipeline over one message that makes the hostile example validator panic.
+    fn hostile(on_failure: crate::config::OnFailure) -> Pipeline<FileSource, FlakySink> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/components/examples/example_hostile_validator.wasm");
+        let cfg = ComponentsConfig {
+            validator: path.display().to_string(),
+            on_failure,
+            ..ComponentsConfig::default()
+        };
+        let mut m = message();
+        m.value = Some(
+            br#"{"op":"c","after":{"id":1,"hostile":"panic"},"source":{"schema":"public","table":"t","lsn":5}}"#
+                .to_vec(),
+        );
+        Pipeline::new(
+            FileSource::from_messages(vec![m]),
+            healthy(),
+            Arc::new(Components::load(&cfg).unwrap()),
+            settings(breaker(20, 1000)),
+            Stats::new(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_component_dead_letters_its_batch_or_stops_the_run() {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = hostile(crate::config::OnFailure::Dlq)
+            .run(rx)
+            .await
+            .unwrap();
+        assert_eq!((snap.dead_letters, snap.commits), (1, 1), "{snap:?}");
+
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let mut p = hostile(crate::config::OnFailure::Stop);
+        match p.run(rx).await {
+            Err(e @ PipelineError::ComponentFailed(_)) => {
+                assert!(e.to_string().contains("panic"), "{e}");
+                assert!(!e.is_retryable());
+            }
+            other => panic!("expected the run to stop, got {other:?}"),
+        }
+        assert_eq!(p.stats().snapshot().commits, 0, "nothing committed");
+        assert_eq!(p.sink().loaded, 0);
     }
 
     /// A shutdown signal sent after `ms` milliseconds (and kept open afterwards).
