@@ -4,17 +4,16 @@
 //! call used. Contract violations, traps and guest errors are reported per batch and
 //! make the check fail.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use floe_host::types::{Batch, Event, Verdict};
-use floe_host::{Host, HostError, Limits, Usage, Validator};
+use floe_host::types::Verdict;
+use floe_host::{HostError, Usage, Validator};
 use serde::Serialize;
 
 use crate::config::ComponentsConfig;
 use crate::sources::file::read_file;
-use crate::sources::{Message, SourceError};
+use crate::sources::{SourceError, batch_of};
 
 /// Why a check could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -80,29 +79,6 @@ impl CheckReport {
     }
 }
 
-fn batch_of(messages: &[Message]) -> Batch {
-    let mut topics: Vec<String> = Vec::new();
-    let mut index: HashMap<&str, u32> = HashMap::new();
-    let events = messages
-        .iter()
-        .map(|m| {
-            let topic = *index.entry(&m.topic).or_insert_with(|| {
-                topics.push(m.topic.to_string());
-                (topics.len() - 1) as u32
-            });
-            Event {
-                topic,
-                partition: m.partition,
-                offset: m.offset,
-                timestamp_ms: m.timestamp_ms,
-                key: m.key.clone(),
-                value: m.value.clone(),
-            }
-        })
-        .collect();
-    Batch { topics, events }
-}
-
 /// Runs the check: `component` over the events of `files`, `batch_rows` per call.
 pub fn check(
     config: &ComponentsConfig,
@@ -117,15 +93,7 @@ pub fn check(
         messages.extend(read_file(f)?);
     }
     // Fuel metering is always on here, so the report can say how much a call used.
-    let mut host = Host::new(true).map_err(CheckError::Load)?;
-    if let Some(dir) = config.cache_path() {
-        host = host.with_cache(dir);
-    }
-    let limits = Limits {
-        max_memory_bytes: config.max_memory_mib * 1024 * 1024,
-        deadline: Duration::from_millis(config.deadline_ms),
-        fuel: config.fuel,
-    };
+    let (host, limits) = crate::components::sandbox(config, true).map_err(CheckError::Load)?;
     let name = component.display().to_string();
     let started = Instant::now();
     let validator =

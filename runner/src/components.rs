@@ -73,18 +73,25 @@ fn bytes_of(kind: &str, r: &ComponentRef) -> Result<(String, Vec<u8>), HostError
     }
 }
 
+/// The engine (with the precompiled-component cache, when on) and the per-call limits
+/// `cfg` asks for; `fuel` turns on fuel metering.
+pub fn sandbox(cfg: &ComponentsConfig, fuel: bool) -> Result<(Host, Limits), HostError> {
+    let mut host = Host::new(fuel)?;
+    if let Some(dir) = cfg.cache_path() {
+        host = host.with_cache(dir);
+    }
+    let limits = Limits {
+        max_memory_bytes: cfg.max_memory_mib * 1024 * 1024,
+        deadline: Duration::from_millis(cfg.deadline_ms),
+        fuel: cfg.fuel,
+    };
+    Ok((host, limits))
+}
+
 impl Components {
     /// Compiles all three components with the configured sandbox limits.
     pub fn load(cfg: &ComponentsConfig) -> Result<Components, HostError> {
-        let mut host = Host::new(cfg.fuel.is_some())?;
-        if let Some(dir) = cfg.cache_path() {
-            host = host.with_cache(dir);
-        }
-        let limits = Limits {
-            max_memory_bytes: cfg.max_memory_mib * 1024 * 1024,
-            deadline: Duration::from_millis(cfg.deadline_ms),
-            fuel: cfg.fuel,
-        };
+        let (host, limits) = sandbox(cfg, cfg.fuel.is_some())?;
         // Each validator is compiled once, however many chains use it.
         let mut loaded: HashMap<ComponentRef, Arc<Validator>> = HashMap::new();
         let mut validator = |r: ComponentRef| -> Result<Arc<Validator>, HostError> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use floe_host::types::{Batch, Event, MergeInput, MergePlan, Op, Row, TableShape, Verdict};
+use floe_host::types::{Batch, MergeInput, MergePlan, Op, Row, TableShape, Verdict};
 
 use crate::components::Components;
 use crate::config::{DeleteMode, IdentifierCase, SnowflakeConfig, TruncateMode};
@@ -22,7 +22,7 @@ use crate::events::{
 };
 use crate::sinks::snowflake::target_for;
 use crate::sinks::{Sink, SinkError, TableLoad, Truncation};
-use crate::sources::{BatchLimits, Message, Source, SourceBatch, SourceError};
+use crate::sources::{BatchLimits, Message, Source, SourceBatch, SourceError, batch_of};
 use floe_cdc_core::DELETED_COLUMN;
 
 /// Errors that stop a pipeline run. Per-event problems never do: they are logged and
@@ -762,9 +762,6 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             offset: messages[i].offset,
         };
         let mut dead: Vec<DeadLetter> = Vec::new();
-        let mut topic_idx: HashMap<Arc<str>, u32> = HashMap::new();
-        let mut topics = Vec::new();
-        let mut events = Vec::with_capacity(messages.len());
         // Message index of each event of the batch.
         let mut entered: Vec<usize> = Vec::with_capacity(messages.len());
         let max_bytes = self.settings.max_message_bytes;
@@ -782,21 +779,9 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 });
                 continue;
             }
-            let idx = *topic_idx.entry(m.topic.clone()).or_insert_with(|| {
-                topics.push(m.topic.to_string());
-                (topics.len() - 1) as u32
-            });
             entered.push(i);
-            events.push(Event {
-                topic: idx,
-                partition: m.partition,
-                offset: m.offset,
-                timestamp_ms: m.timestamp_ms,
-                key: m.key.clone(),
-                value: m.value.clone(),
-            });
         }
-        let mut batch = Batch { topics, events };
+        let mut batch = batch_of(entered.iter().map(|&i| &messages[i]));
         let empty = |wasm: Duration, dead: Vec<DeadLetter>| Prepared {
             loads: Vec::new(),
             rows: 0,

@@ -53,6 +53,31 @@ impl Checkpoint {
     }
 }
 
+/// The component batch (WIT `batch`) of `messages`: topics interned in order of first
+/// appearance, payload bytes copied.
+pub fn batch_of<'a>(messages: impl IntoIterator<Item = &'a Message>) -> floe_host::types::Batch {
+    let mut index: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    let mut topics: Vec<String> = Vec::new();
+    let events = messages
+        .into_iter()
+        .map(|m| {
+            let topic = *index.entry(&m.topic).or_insert_with(|| {
+                topics.push(m.topic.to_string());
+                (topics.len() - 1) as u32
+            });
+            floe_host::types::Event {
+                topic,
+                partition: m.partition,
+                offset: m.offset,
+                timestamp_ms: m.timestamp_ms,
+                key: m.key.clone(),
+                value: m.value.clone(),
+            }
+        })
+        .collect();
+    floe_host::types::Batch { topics, events }
+}
+
 /// A cut micro-batch.
 #[derive(Debug, Default)]
 pub struct SourceBatch {
