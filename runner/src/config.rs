@@ -291,6 +291,11 @@ pub struct ComponentsConfig {
     /// `"builtin"` or the path of a transformer component.
     #[serde(default = "default_builtin")]
     pub transformer: String,
+    /// Row transforms (paths of `row-transform` components) run in order after the
+    /// transformer, for topics no chain matches: each rewrites, skips or fails rows
+    /// before they are loaded. None by default.
+    #[serde(default)]
+    pub transforms: Vec<String>,
     /// `"builtin"` or the path of a merge-builder component.
     #[serde(default = "default_builtin")]
     pub merge_builder: String,
@@ -321,10 +326,27 @@ pub struct ComponentsConfig {
     /// else `~/.cache/floe/components`). Must be writable by floe's user only.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
-    /// Validator chains for some topics: the first chain whose `topics` pattern matches
-    /// a record's topic validates it; other topics use `validator` alone.
+    /// Component chains for some topics: the first chain whose `topics` pattern matches
+    /// a record's topic validates and transforms it; other topics use `validator`,
+    /// `transformer` and `transforms`.
     #[serde(default)]
     pub chains: Vec<ChainConfig>,
+    /// WASI capabilities granted to component files, keyed by the path exactly as it is
+    /// written in this section (`[components.grants."js/validator.wasm"] wasi =
+    /// ["clocks"]`). A component without a grant is linked with nothing: one that
+    /// imports WASI is refused at load, naming the capabilities it would need.
+    #[serde(default)]
+    pub grants: std::collections::BTreeMap<String, GrantConfig>,
+}
+
+/// The WASI capabilities granted to one component file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    /// Capability names: `clocks`, `random`, `stdio`, `environment`, `filesystem`
+    /// (docs/writing-a-validator.md says what each gives; none opens a directory, a
+    /// socket or the host environment).
+    pub wasi: Vec<String>,
 }
 
 /// See [`ComponentsConfig::on_failure`].
@@ -336,23 +358,50 @@ pub enum OnFailure {
     Stop,
 }
 
-/// An ordered chain of validators for the topics matching a pattern. Every validator of
-/// the chain sees the chain's records; the first rejection (in chain order) is the one
-/// reported.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// The components for the topics matching a pattern: validators in order (every one
+/// sees the chain's records; the first rejection, in chain order, is the one reported),
+/// then the transformer, then the row transforms in order. A setting left out is the
+/// pipeline's own (`components.validator`, `.transformer`, `.transforms`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ChainConfig {
     /// Regular expression over topic names (e.g. `^dbz\.public\.orders$`).
     pub topics: String,
-    /// `"builtin"` or component paths, in order.
-    pub validators: Vec<String>,
+    /// `"builtin"` or validator component paths, in order.
+    #[serde(default)]
+    pub validators: Option<Vec<String>>,
+    /// `"builtin"` or the path of a transformer component.
+    #[serde(default)]
+    pub transformer: Option<String>,
+    /// Row transform component paths, in order (`[]`: none).
+    #[serde(default)]
+    pub transforms: Option<Vec<String>>,
 }
 
 impl ChainConfig {
-    pub fn validator_refs(&self) -> Vec<ComponentRef> {
-        self.validators
+    /// The chain's validators (the pipeline's `validator` when not set).
+    pub fn validator_refs(&self, cfg: &ComponentsConfig) -> Vec<ComponentRef> {
+        match &self.validators {
+            Some(v) => v.iter().map(|v| ComponentRef::from_setting(v)).collect(),
+            None => vec![cfg.validator_ref()],
+        }
+    }
+
+    /// The chain's transformer (the pipeline's when not set).
+    pub fn transformer_ref(&self, cfg: &ComponentsConfig) -> ComponentRef {
+        match &self.transformer {
+            Some(t) => ComponentRef::from_setting(t),
+            None => cfg.transformer_ref(),
+        }
+    }
+
+    /// The chain's row transforms (the pipeline's `transforms` when not set).
+    pub fn transform_refs(&self, cfg: &ComponentsConfig) -> Vec<ComponentRef> {
+        self.transforms
+            .as_ref()
+            .unwrap_or(&cfg.transforms)
             .iter()
-            .map(|v| ComponentRef::from_setting(v))
+            .map(|t| ComponentRef::from_setting(t))
             .collect()
     }
 }
@@ -378,6 +427,7 @@ impl Default for ComponentsConfig {
         ComponentsConfig {
             validator: default_builtin(),
             transformer: default_builtin(),
+            transforms: Vec::new(),
             merge_builder: default_builtin(),
             max_memory_mib: default_max_memory_mib(),
             deadline_ms: default_deadline_ms(),
@@ -387,6 +437,7 @@ impl Default for ComponentsConfig {
             cache: default_cache(),
             cache_dir: None,
             chains: Vec::new(),
+            grants: Default::default(),
         }
     }
 }
@@ -414,6 +465,32 @@ impl ComponentsConfig {
     }
     pub fn merge_builder_ref(&self) -> ComponentRef {
         ComponentRef::from_setting(&self.merge_builder)
+    }
+
+    /// The WASI capabilities granted to the component `r` refers to (none for the
+    /// built-ins). Names were checked by [`Config::validate`]; an unknown one here is
+    /// ignored.
+    pub fn grants_of(&self, r: &ComponentRef) -> floe_host::Grants {
+        let ComponentRef::Path(path) = r else {
+            return floe_host::Grants::default();
+        };
+        let granted = self
+            .grants
+            .iter()
+            .filter(|(p, _)| std::path::Path::new(p) == path)
+            .flat_map(|(_, g)| g.wasi.iter().filter_map(|c| c.parse().ok()));
+        floe_host::Grants::new(granted)
+    }
+
+    /// The chains in matching order, the default one (every topic, the pipeline's own
+    /// components) last.
+    pub fn all_chains(&self) -> Vec<ChainConfig> {
+        let mut chains = self.chains.clone();
+        chains.push(ChainConfig {
+            topics: String::new(),
+            ..ChainConfig::default()
+        });
+        chains
     }
 }
 
@@ -706,9 +783,41 @@ impl Config {
             if let Err(e) = regex::Regex::new(&chain.topics) {
                 return bad(format!("components.chains[{i}].topics: {e}"));
             }
-            if chain.validators.is_empty() {
-                return bad(format!("components.chains[{i}].validators is empty"));
+            if chain.validators.as_ref().is_some_and(Vec::is_empty) {
+                return bad(format!(
+                    "components.chains[{i}].validators is empty (leave it out for components.validator)"
+                ));
             }
+            if chain.transforms.iter().flatten().any(|t| t == "builtin") {
+                return bad(format!(
+                    "components.chains[{i}].transforms: there is no built-in row transform; list component paths"
+                ));
+            }
+        }
+        let used = crate::components::files_of(&self.components);
+        for (path, grant) in &self.components.grants {
+            if path == "builtin" {
+                return bad(
+                    "components.grants: built-in components import nothing and take no grants"
+                        .into(),
+                );
+            }
+            if !used.iter().any(|p| p == std::path::Path::new(path)) {
+                return bad(format!(
+                    "components.grants: {path:?} is not a component of this configuration (grants are keyed by the path as written for validator, transformer, transforms, merge_builder or a chain)"
+                ));
+            }
+            for c in &grant.wasi {
+                if let Err(e) = c.parse::<floe_host::Capability>() {
+                    return bad(format!("components.grants.{path:?}.wasi: {e}"));
+                }
+            }
+        }
+        if self.components.transforms.iter().any(|t| t == "builtin") {
+            return bad(
+                "components.transforms: there is no built-in row transform; list component paths"
+                    .into(),
+            );
         }
         match self.source.kind {
             SourceKind::Kafka => {
@@ -821,5 +930,67 @@ mod tests {
             .options
             .insert("enable.auto.commit".into(), "true".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn chains_fall_back_to_the_pipelines_components() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "floe.toml",
+                r#"
+                [components]
+                validator = "v.wasm"
+                transforms = ["mask.wasm"]
+                [[components.chains]]
+                topics = "^dbz\\.public\\.orders$"
+                transforms = []
+                [[components.chains]]
+                topics = "customers"
+                validators = ["builtin", "rules.wasm"]
+                transformer = "t.wasm"
+                "#,
+            )?;
+            let c = Config::load(Some(Path::new("floe.toml"))).unwrap();
+            let cc = &c.components;
+            let path = |p: &str| ComponentRef::Path(PathBuf::from(p));
+            let [orders, customers, default] = &cc.all_chains()[..] else {
+                panic!("two chains and the default");
+            };
+            assert_eq!(orders.validator_refs(cc), vec![path("v.wasm")]);
+            assert_eq!(orders.transformer_ref(cc), ComponentRef::Builtin);
+            assert!(orders.transform_refs(cc).is_empty(), "[] means none");
+            assert_eq!(
+                customers.validator_refs(cc),
+                vec![ComponentRef::Builtin, path("rules.wasm")]
+            );
+            assert_eq!(customers.transformer_ref(cc), path("t.wasm"));
+            assert_eq!(customers.transform_refs(cc), vec![path("mask.wasm")]);
+            assert_eq!(default.transform_refs(cc), vec![path("mask.wasm")]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_builtin_row_transform_or_empty_validator_list_is_refused() {
+        let mut c = Config::default();
+        c.components.transforms = vec!["builtin".into()];
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("no built-in row transform")
+        );
+        let mut c = Config::default();
+        c.components.chains = vec![ChainConfig {
+            topics: "x".into(),
+            validators: Some(Vec::new()),
+            ..ChainConfig::default()
+        }];
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("validators is empty")
+        );
     }
 }

@@ -81,6 +81,10 @@ enum Command {
         /// Print the report as JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Grant a WASI capability (clocks, random, stdio, environment, filesystem), in
+        /// addition to what `components.grants` grants this path; repeat or comma-separate.
+        #[arg(long = "wasi", value_name = "CAPABILITY", value_delimiter = ',')]
+        wasi: Vec<floe_host::Capability>,
     },
     /// Print the effective configuration (secrets masked) and exit.
     Config,
@@ -220,10 +224,14 @@ async fn main() -> anyhow::Result<()> {
             events,
             batch_rows,
             json,
+            wasi,
         } => {
             let config = load_config(cli.config)?;
             let rows = batch_rows.unwrap_or(config.batch.max_rows);
-            let report = match floe::check::check(&config.components, &component, &events, rows) {
+            let granted = floe_host::Grants::new(wasi);
+            let checked =
+                floe::check::check(&config.components, &component, &events, rows, granted);
+            let report = match checked {
                 Ok(report) => report,
                 Err(e) => {
                     eprintln!("floe check: {e}");

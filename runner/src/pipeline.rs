@@ -1,4 +1,5 @@
-//! The pipeline: source -> validator -> transformer -> merge builder -> sink -> commit.
+//! The pipeline: source -> validators -> transformer -> row transforms -> merge builder
+//! -> sink -> commit.
 //!
 //! It knows neither rdkafka nor HTTP: only [`Source`], [`Sink`] and the components.
 //! A batch's offsets are committed only after the sink returned, so a crash anywhere
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use floe_host::types::{Batch, MergeInput, MergePlan, Op, Row, TableShape, Verdict};
+use floe_host::types::{Batch, MergeInput, MergePlan, Op, Row, TableShape, Transformed, Verdict};
 
 use crate::components::Components;
 use crate::config::{DeleteMode, IdentifierCase, SnowflakeConfig, TruncateMode};
@@ -859,11 +860,13 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             }
         }
         let mut original: Vec<usize> = Vec::with_capacity(n);
+        let mut chain_of_accepted: Vec<usize> = Vec::with_capacity(n);
         let all = std::mem::take(&mut batch.events);
         for (i, (ev, refusal)) in all.into_iter().zip(refused).enumerate() {
             match refusal {
                 None => {
                     original.push(entered[i]);
+                    chain_of_accepted.push(chain_of[i]);
                     batch.events.push(ev);
                 }
                 Some(letter) => dead.push(letter),
@@ -873,40 +876,9 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             return empty(wasm_started.elapsed(), dead);
         }
 
-        // 2. transform
-        let out = match retry_once(|| c.transformer.transform(&batch)) {
-            Ok(o) => o,
-            Err(e) => {
-                let msg = e.to_string();
-                ComponentFailed {
-                    component: c.transformer.name(),
-                    error_code: e.error_code(),
-                    error: &msg,
-                    events: batch.events.len(),
-                }
-                .emit(&self.stats);
-                let component = c.transformer.name();
-                all_dead(
-                    &mut dead,
-                    original.iter().copied(),
-                    "transform",
-                    component,
-                    &msg,
-                );
-                return empty(wasm_started.elapsed(), dead);
-            }
-        };
-        let mut produced = vec![false; batch.events.len()];
-        for f in &out.failures {
-            produced[f.event as usize] = true;
-            dead.push(DeadLetter {
-                index: original[f.event as usize],
-                category: "transform",
-                stage: "transform",
-                component: c.transformer.name().to_owned(),
-                reason: f.reason.clone(),
-            });
-        }
+        // 2. transform: per chain, its transformer then its row transforms.
+        let (out, mut produced) =
+            self.transform_chains(&batch, &chain_of_accepted, &original, &mut dead);
         // The last TRUNCATE per table wipes the rows before it; only the rows after it
         // are loaded, and the sink empties the table of rows below its LSN first.
         // "Before" is by LSN where both sides have one: Debezium sends truncates without
@@ -1075,6 +1047,135 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             wasm: wasm_started.elapsed(),
             dead,
         }
+    }
+
+    /// Step 2 of [`Pipeline::prepare`]: each chain's events of `batch` through the
+    /// chain's transformer and then its row transforms, the answers merged into one in
+    /// batch order (event indexes into `batch`). Rows that failed, and every event of a
+    /// chain whose component call failed, are dead-lettered here; the returned flags
+    /// mark those events as handled.
+    fn transform_chains(
+        &self,
+        batch: &Batch,
+        chain_of: &[usize],
+        original: &[usize],
+        dead: &mut Vec<DeadLetter>,
+    ) -> (Transformed, Vec<bool>) {
+        let n = batch.events.len();
+        let mut handled = vec![false; n];
+        let mut out = Transformed {
+            tables: Vec::new(),
+            rows: Vec::new(),
+            truncates: Vec::new(),
+            failures: Vec::new(),
+        };
+        for (ci, chain) in self.components.chains.iter().enumerate() {
+            let members: Vec<usize> = (0..n).filter(|&i| chain_of[i] == ci).collect();
+            if members.is_empty() {
+                continue;
+            }
+            let sub;
+            let input = if members.len() == n {
+                batch
+            } else {
+                sub = Batch {
+                    topics: batch.topics.clone(),
+                    events: members.iter().map(|&i| batch.events[i].clone()).collect(),
+                };
+                &sub
+            };
+            // A failed call dead-letters every event of the chain in this batch.
+            let failed_call =
+                |e: floe_host::HostError, component: &str, dead: &mut Vec<DeadLetter>| {
+                    let msg = e.to_string();
+                    ComponentFailed {
+                        component,
+                        error_code: e.error_code(),
+                        error: &msg,
+                        events: members.len(),
+                    }
+                    .emit(&self.stats);
+                    all_dead(
+                        dead,
+                        members.iter().map(|&i| original[i]),
+                        "transform",
+                        component,
+                        &msg,
+                    );
+                };
+            let mut answer = match retry_once(|| chain.transformer.transform(input)) {
+                Ok(a) => a,
+                Err(e) => {
+                    failed_call(e, chain.transformer.name(), dead);
+                    members.iter().for_each(|&i| handled[i] = true);
+                    continue;
+                }
+            };
+            // Which component failed each failure of `answer`, in order.
+            let mut failed_by: Vec<&str> = vec![chain.transformer.name(); answer.failures.len()];
+            let mut transformed = true;
+            for t in &chain.transforms {
+                match retry_once(|| t.transform_rows(&answer)) {
+                    Ok(next) => {
+                        failed_by.resize(next.failures.len(), t.name());
+                        answer = next;
+                    }
+                    Err(e) => {
+                        failed_call(e, t.name(), dead);
+                        members.iter().for_each(|&i| handled[i] = true);
+                        transformed = false;
+                        break;
+                    }
+                }
+            }
+            if !transformed {
+                continue;
+            }
+            for (f, component) in answer.failures.iter().zip(failed_by) {
+                let i = members[f.event as usize];
+                handled[i] = true;
+                dead.push(DeadLetter {
+                    index: original[i],
+                    category: "transform",
+                    stage: "transform",
+                    component: component.to_owned(),
+                    reason: f.reason.clone(),
+                });
+            }
+            // Tables by name across chains: a table fed by two chains gets the union
+            // of their columns.
+            let mut table_at = Vec::with_capacity(answer.tables.len());
+            for shape in answer.tables {
+                match out.tables.iter().position(|t| t.name == shape.name) {
+                    Some(at) => {
+                        let known = &mut out.tables[at].columns;
+                        for c in shape.columns {
+                            if !known.iter().any(|k| k.name == c.name) {
+                                known.push(c);
+                            }
+                        }
+                        table_at.push(at as u32);
+                    }
+                    None => {
+                        table_at.push(out.tables.len() as u32);
+                        out.tables.push(shape);
+                    }
+                }
+            }
+            for mut row in answer.rows {
+                row.event = members[row.event as usize] as u32;
+                row.table = table_at[row.table as usize];
+                out.rows.push(row);
+            }
+            for mut t in answer.truncates {
+                t.event = members[t.event as usize] as u32;
+                out.truncates.push(t);
+            }
+        }
+        // Batch order across chains (each chain's answer is in its own order).
+        out.rows.sort_by_key(|r| r.event);
+        out.truncates.sort_by_key(|t| t.event);
+        (out, handled)
     }
 
     fn export_metrics(&self) -> Result<(), PipelineError> {

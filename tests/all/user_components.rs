@@ -280,7 +280,8 @@ async fn a_chain_applies_to_its_topics_only_first_rejection_wins() {
     let snap = replay_with(std::slice::from_ref(&file), &database, |c| {
         c.components.chains = vec![floe::config::ChainConfig {
             topics: r"^dbz\.public\.chain_orders$".into(),
-            validators: vec!["builtin".into(), rules.clone()],
+            validators: Some(vec!["builtin".into(), rules.clone()]),
+            ..Default::default()
         }];
         c.dlq.kind = DlqKind::File;
         c.dlq.path = dlq.clone();
@@ -509,4 +510,216 @@ async fn the_c_validator_runs_in_the_pipeline() {
     )
     .await;
     assert_eq!(loaded, vec![vec!["32".to_string()]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Snowflake emulator: make test"]
+async fn a_row_transform_chain_masks_its_topics_rows_and_fails_the_unmaskable() {
+    let run = unique("pii");
+    let database = run.to_uppercase();
+    let dir = std::env::temp_dir().join(&run);
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = |table: &str, id: i64, op: &str, lsn: i64, email: serde_json::Value| {
+        serde_json::json!({"topic": format!("dbz.public.{table}"), "key": {"id": id},
+            "value": {"op": op, "before": null,
+                      "after": {"id": id, "email": email, "ssn": "123-45-6789", "name": format!("n{id}")},
+                      "source": {"schema": "public", "table": table, "lsn": lsn}}})
+        .to_string()
+    };
+    let lines = [
+        line("pii_customers", 1, "c", 1, "ann@example.com".into()),
+        line("pii_customers", 2, "c", 2, serde_json::Value::Bool(true)),
+        line("pii_customers", 3, "c", 3, serde_json::Value::Null),
+        line("pii_customers", 1, "u", 4, "ann@new.org".into()),
+        line("pii_orders", 10, "c", 5, "bob@example.com".into()),
+    ];
+    let file = dir.join("events.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let dlq = dir.join("dlq.jsonl");
+    let pii = example("example_pii_transform").display().to_string();
+    let snap = replay_with(std::slice::from_ref(&file), &database, |c| {
+        c.components.chains = vec![floe::config::ChainConfig {
+            topics: r"^dbz\.public\.pii_customers$".into(),
+            transforms: Some(vec![pii.clone()]),
+            ..Default::default()
+        }];
+        // One change per batch: a batch's column type is what its values make it (an
+        // email column holding text and a boolean is VARIANT in that batch).
+        c.batch.max_rows = 1;
+        c.dlq.kind = DlqKind::File;
+        c.dlq.path = dlq.clone();
+    })
+    .await;
+    assert_eq!(snap.dead_letters, 1, "{snap:?}");
+    let letters = file_letters(&dlq);
+    let (id, category, component, reason) = &letters[0];
+    assert_eq!((*id, category.as_str()), (2, "transform"));
+    assert!(
+        component.ends_with("example_pii_transform.wasm"),
+        "{component}"
+    );
+    assert!(reason.contains("email is not text"), "{reason}");
+
+    let sf = snowflake().await;
+    let customers = query(
+        &sf,
+        &format!(
+            r#"SELECT "ID", "EMAIL", "EMAIL_DOMAIN", "NAME" FROM "{database}"."CDC"."PII_CUSTOMERS" ORDER BY "ID""#
+        ),
+    )
+    .await;
+    let row = |v: [&str; 4]| v.map(str::to_string).to_vec();
+    assert_eq!(
+        customers,
+        vec![
+            row(["1", "a***@new.org", "new.org", "n1"]),
+            row(["3", "<NULL>", "<NULL>", "n3"]),
+        ]
+    );
+    let customer_columns: BTreeSet<String> = query(
+        &sf,
+        &format!(
+            "SELECT COLUMN_NAME FROM \"{database}\".INFORMATION_SCHEMA.COLUMNS \
+             WHERE TABLE_SCHEMA = 'CDC' AND TABLE_NAME = 'PII_CUSTOMERS'"
+        ),
+    )
+    .await
+    .into_iter()
+    .map(|r| r[0].clone())
+    .collect();
+    assert!(
+        !customer_columns.contains("SSN") && customer_columns.contains("EMAIL_DOMAIN"),
+        "{customer_columns:?}"
+    );
+    // Topics outside the chain load untouched.
+    let orders = query(
+        &sf,
+        &format!(r#"SELECT "EMAIL", "SSN" FROM "{database}"."CDC"."PII_ORDERS""#),
+    )
+    .await;
+    assert_eq!(
+        orders,
+        vec![vec![
+            "bob@example.com".to_string(),
+            "123-45-6789".to_string()
+        ]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Snowflake emulator: make test"]
+async fn javascript_validators_run_in_the_pipeline_the_wasi_one_only_when_granted() {
+    let run = unique("js");
+    let database = run.to_uppercase();
+    let dir = std::env::temp_dir().join(&run);
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let line = |table: &str, id: i64, after: serde_json::Value, ts_ms: i64| {
+        serde_json::json!({"topic": format!("dbz.public.{table}"), "key": {"id": id},
+            "value": {"op": "c", "before": null, "after": after,
+                      "source": {"schema": "public", "table": table, "lsn": id, "ts_ms": ts_ms}}})
+        .to_string()
+    };
+    let order = |id: i64, amount: &str, currency: &str| {
+        line(
+            "js_orders",
+            id,
+            serde_json::json!({"id": id, "amount": amount, "currency": currency}),
+            now,
+        )
+    };
+    let lines = [
+        order(1, "5.00", "USD"),
+        order(2, "-1.00", "USD"),
+        order(3, "7.00", "XXX"),
+        line("js_events", 4, serde_json::json!({"id": 4}), now - 1_000),
+        line(
+            "js_events",
+            5,
+            serde_json::json!({"id": 5}),
+            now + 3_600_000,
+        ),
+    ];
+    let file = dir.join("events.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let dlq = dir.join("dlq.jsonl");
+    let rules = example("example_js_validator").display().to_string();
+    let fresh = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/components/examples/wasi/example_js_freshness_validator.wasm")
+        .display()
+        .to_string();
+    let configure = |c: &mut floe::config::Config, grant: bool| {
+        c.components.chains = vec![
+            floe::config::ChainConfig {
+                topics: r"^dbz\.public\.js_orders$".into(),
+                validators: Some(vec![rules.clone()]),
+                ..Default::default()
+            },
+            floe::config::ChainConfig {
+                topics: r"^dbz\.public\.js_events$".into(),
+                validators: Some(vec![fresh.clone()]),
+                ..Default::default()
+            },
+        ];
+        if grant {
+            c.components.grants.insert(
+                fresh.clone(),
+                floe::config::GrantConfig {
+                    wasi: ["clocks", "random", "stdio", "filesystem"]
+                        .map(String::from)
+                        .to_vec(),
+                },
+            );
+        }
+        c.dlq.kind = DlqKind::File;
+        c.dlq.path = dlq.clone();
+    };
+
+    // Without the grant, the run does not start, and says what to grant.
+    let mut c = sink_config(&database);
+    configure(&mut c, false);
+    c.source.kind = SourceKind::File;
+    c.source.file.paths = vec![file.clone()];
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let refused = floe::run(&c, &RunOptions::default(), rx, floe::Stats::new())
+        .await
+        .expect_err("a WASI component without grants must not load");
+    let refused = refused.to_string();
+    assert!(
+        refused.contains("capability clocks") && refused.contains("components.grants"),
+        "{refused}"
+    );
+
+    let snap = replay_with(std::slice::from_ref(&file), &database, |c| {
+        configure(c, true)
+    })
+    .await;
+    assert_eq!(snap.dead_letters, 3, "{snap:?}");
+    let letters: Vec<(i64, String)> = file_letters(&dlq)
+        .into_iter()
+        .map(|(id, _, _, reason)| (id, reason))
+        .collect();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert!(letters[0].0 == 2 && letters[0].1.starts_with("js-rules: public.js_orders:"));
+    assert!(
+        letters[1].0 == 3 && letters[1].1.contains("XXX"),
+        "{letters:?}"
+    );
+    assert!(
+        letters[2].0 == 5 && letters[2].1.starts_with("js-freshness: public.js_events:"),
+        "{letters:?}"
+    );
+
+    let sf = snowflake().await;
+    for (table, want) in [("JS_ORDERS", "1"), ("JS_EVENTS", "4")] {
+        let ids = query(
+            &sf,
+            &format!(r#"SELECT "ID" FROM "{database}"."CDC"."{table}" ORDER BY "ID""#),
+        )
+        .await;
+        assert_eq!(ids, vec![vec![want.to_string()]], "{table}");
+    }
 }

@@ -370,6 +370,12 @@ impl Conv {
     }
 }
 
+/// The Snowflake type floe gives a column whose values have no schema, from one value
+/// (e.g. `NUMBER(38,0)` for an integer, `VARCHAR` for a string); `None` for a null.
+pub fn inferred_type(v: &Value) -> Option<String> {
+    Conv::Infer.column_type(v).map(|t| t.to_string())
+}
+
 /// Whether a JSON number is an integer (`-?[0-9]+`, any size).
 pub(crate) fn is_integer(n: &Number) -> bool {
     let s = n.as_str();

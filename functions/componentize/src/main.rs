@@ -1,9 +1,14 @@
-//! `floe-componentize <out-dir> <core.wasm>...`: the build step that turns the guests'
-//! `wasm32-unknown-unknown` core modules into components (`wit-component`, the library
-//! behind `wasm-tools component new`), validates them, and checks that none imports
-//! anything a host has to provide: floe's host instantiates components with an empty
-//! linker (no WASI), so a guest that pulled in an import (e.g. through a dependency
-//! using `std::time` or `getrandom`) must fail the build, not the runner.
+//! `floe-componentize <out-dir> <core.wasm | component.wasm>...`: the build step that
+//! turns the guests' `wasm32-unknown-unknown` core modules into components
+//! (`wit-component`, the library behind `wasm-tools component new`), validates them, and
+//! checks that none imports anything a host has to provide: floe's host instantiates
+//! components with an empty linker (no WASI), so a guest that pulled in an import (e.g.
+//! through a dependency using `std::time` or `getrandom`) must fail the build, not the
+//! runner.
+//!
+//! An input that already is a component (one built by another language's tool chain,
+//! such as the JavaScript example's componentize-js) is not encoded again: it gets the
+//! same validation and import check and is copied as is.
 //!
 //! The only imports allowed are type-only ones: the worlds `use` types from the
 //! `floe:cdc/types` interface, which makes each component import that interface (an
@@ -11,8 +16,8 @@
 //! definitions for those.
 //!
 //! `floe_validator.wasm` is written as `<out-dir>/validator.wasm` (the `floe_` prefix
-//! is dropped). Outputs are only rewritten when their bytes change, so a no-op build
-//! keeps their timestamps. Run by `functions/build.sh`.
+//! is dropped), whichever kind of input it is. Outputs are only rewritten when their
+//! bytes change, so a no-op build keeps their timestamps. Run by `functions/build.sh`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,13 +27,15 @@ use wasmparser::component_types::{ComponentAnyTypeId, ComponentEntityType};
 use wasmparser::types::Types;
 use wasmparser::{Parser, Payload, Validator, WasmFeatures};
 
+const USAGE: &str = "usage: floe-componentize <out-dir> <core.wasm | component.wasm>...";
+
 fn main() -> Result<()> {
     let mut args = std::env::args_os().skip(1);
     let (Some(out_dir), modules) = (args.next(), args.collect::<Vec<_>>()) else {
-        bail!("usage: floe-componentize <out-dir> <core.wasm>...");
+        bail!("{USAGE}");
     };
     if modules.is_empty() {
-        bail!("usage: floe-componentize <out-dir> <core.wasm>...");
+        bail!("{USAGE}");
     }
     let out_dir = PathBuf::from(out_dir);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -41,17 +48,58 @@ fn main() -> Result<()> {
 fn componentize(module: &Path, out_dir: &Path) -> Result<()> {
     let start = Instant::now();
     let bytes = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
-    let component = wit_component::ComponentEncoder::default()
-        .module(&bytes)
-        .with_context(|| {
-            format!(
-                "{}: not a core module with component type metadata",
-                module.display()
-            )
-        })?
-        .validate(true)
-        .encode()
-        .with_context(|| format!("{}: encoding the component", module.display()))?;
+    let input_kib = bytes.len().div_ceil(1024);
+    let built = checked_component(module, bytes)?;
+    let out = out_dir.join(output_name(module)?);
+    let unchanged = std::fs::read(&out).is_ok_and(|old| old == built.component);
+    if !unchanged {
+        std::fs::write(&out, &built.component)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!(
+        "{}: {} KiB ({}), no host imports ({} type-only), {}{:.1} ms",
+        out.display(),
+        built.component.len().div_ceil(1024),
+        if built.encoded {
+            format!("core module {input_kib} KiB")
+        } else {
+            "built as a component".to_owned()
+        },
+        built.imports.types_only.len(),
+        if unchanged { "unchanged, " } else { "" },
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// A component that passed the checks.
+#[derive(Debug)]
+struct Checked {
+    component: Vec<u8>,
+    /// Encoded here from a core module (else the input was a component).
+    encoded: bool,
+    imports: Imports,
+}
+
+/// Encodes a core module into a component (a component is taken as is), validates it
+/// and refuses it when it imports anything a host has to provide.
+fn checked_component(module: &Path, bytes: Vec<u8>) -> Result<Checked> {
+    let encoded = !Parser::is_component(&bytes);
+    let component = if encoded {
+        wit_component::ComponentEncoder::default()
+            .module(&bytes)
+            .with_context(|| {
+                format!(
+                    "{}: not a core module with component type metadata",
+                    module.display()
+                )
+            })?
+            .validate(true)
+            .encode()
+            .with_context(|| format!("{}: encoding the component", module.display()))?
+    } else {
+        bytes
+    };
     let imports = component_imports(&component)
         .with_context(|| format!("{}: reading the component", module.display()))?;
     if !imports.host_provided.is_empty() {
@@ -63,21 +111,11 @@ fn componentize(module: &Path, out_dir: &Path) -> Result<()> {
             imports.host_provided.join(", ")
         );
     }
-    let out = out_dir.join(output_name(module)?);
-    let unchanged = std::fs::read(&out).is_ok_and(|old| old == component);
-    if !unchanged {
-        std::fs::write(&out, &component).with_context(|| format!("writing {}", out.display()))?;
-    }
-    println!(
-        "{}: {} KiB (core module {} KiB), no host imports ({} type-only), {}{:.1} ms",
-        out.display(),
-        component.len().div_ceil(1024),
-        bytes.len().div_ceil(1024),
-        imports.types_only.len(),
-        if unchanged { "unchanged, " } else { "" },
-        start.elapsed().as_secs_f64() * 1e3
-    );
-    Ok(())
+    Ok(Checked {
+        component,
+        encoded,
+        imports,
+    })
 }
 
 /// `…/floe_merge_builder.wasm` -> `merge_builder.wasm`.
@@ -186,6 +224,18 @@ mod tests {
         // An empty component.
         let empty = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
         assert_eq!(component_imports(&empty).unwrap(), Imports::default());
+    }
+
+    #[test]
+    fn a_component_is_checked_and_kept_as_is() {
+        let empty = vec![0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+        let checked = checked_component(Path::new("empty.wasm"), empty.clone()).unwrap();
+        assert_eq!(checked.component, empty);
+        assert!(!checked.encoded);
+        let err = checked_component(Path::new("f.wasm"), wat_component_with_import())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the component imports f "), "{err}");
     }
 
     /// `(component (type (func)) (import "f" (func (type 0))))`, encoded by hand.

@@ -10,6 +10,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, ResourceLimiter, Store};
 
 use crate::error::{HostError, classify_trap};
+use crate::wasi::{Grants, WasiState};
 
 /// Sandbox limits applied to every call of a component.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,9 @@ pub struct Limits {
     pub deadline: Duration,
     /// Optional instruction budget per call (fuel); `None` disables fuel metering.
     pub fuel: Option<u64>,
+    /// WASI capabilities granted (none by default: the component is linked with
+    /// nothing).
+    pub wasi: Grants,
 }
 
 impl Default for Limits {
@@ -28,6 +32,7 @@ impl Default for Limits {
             max_memory_bytes: 512 * 1024 * 1024,
             deadline: Duration::from_secs(30),
             fuel: None,
+            wasi: Grants::default(),
         }
     }
 }
@@ -179,10 +184,22 @@ impl Host {
         Ok(component)
     }
 
-    /// The linker every component is instantiated with: empty, so a component that
-    /// imports anything (WASI included) fails to load.
-    pub(crate) fn linker(&self) -> Linker<StoreState> {
-        Linker::new(&self.engine)
+    /// The linker a component is instantiated with: empty without grants, so a
+    /// component that imports anything fails to load; with grants, WASI (whose imports
+    /// [`Grants::check_imports`] has limited to the granted capabilities).
+    pub(crate) fn linker(
+        &self,
+        name: &str,
+        grants: &Grants,
+    ) -> Result<Linker<StoreState>, HostError> {
+        let mut linker = Linker::new(&self.engine);
+        if !grants.is_empty() {
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| HostError::Load {
+                component: name.to_string(),
+                message: format!("linking WASI: {e:#}"),
+            })?;
+        }
+        Ok(linker)
     }
 
     /// A fresh store for one call, with the limits applied.
@@ -197,6 +214,7 @@ impl Host {
                 max_memory_bytes: limits.max_memory_bytes,
                 memory_exceeded: false,
                 memory_peak: 0,
+                wasi: (!limits.wasi.is_empty()).then(|| WasiState::new(&limits.wasi)),
             },
         );
         store.limiter(|s| s as &mut dyn ResourceLimiter);
@@ -213,12 +231,28 @@ impl Host {
     }
 }
 
-/// Per-call store state: the memory limiter.
+/// Per-call store state: the memory limiter, and WASI for a granted component.
 pub(crate) struct StoreState {
     max_memory_bytes: usize,
     pub(crate) memory_exceeded: bool,
     /// The largest linear memory size the component reached (or asked for), in bytes.
     pub(crate) memory_peak: usize,
+    /// Present when the component was granted WASI capabilities.
+    pub(crate) wasi: Option<WasiState>,
+}
+
+impl wasmtime_wasi::WasiView for StoreState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        // Only a granted component is linked with WASI, and its stores are built with
+        // the state; an empty one serves should that ever not hold.
+        let state = self
+            .wasi
+            .get_or_insert_with(|| WasiState::new(&Grants::default()));
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut state.ctx,
+            table: &mut state.table,
+        }
+    }
 }
 
 impl ResourceLimiter for StoreState {

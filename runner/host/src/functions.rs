@@ -71,8 +71,9 @@ struct Loaded<P> {
 }
 
 impl<P> Loaded<P> {
-    /// Compiles and links the component once with an empty linker, then checks it
-    /// exports the world (`typed`).
+    /// Compiles the component, checks its imports against the granted capabilities,
+    /// links it once (with nothing, or with WASI when granted), then checks it exports
+    /// the world (`typed`).
     fn new(
         host: &Host,
         name: &str,
@@ -81,8 +82,9 @@ impl<P> Loaded<P> {
         typed: impl FnOnce(wasmtime::component::InstancePre<StoreState>) -> wasmtime::Result<P>,
     ) -> Result<Self, HostError> {
         let component = host.compile(name, wasm)?;
+        limits.wasi.check_imports(name, &host.engine, &component)?;
         let pre = host
-            .linker()
+            .linker(name, &limits.wasi)?
             .instantiate_pre(&component)
             .and_then(typed)
             .map_err(|e| load_err(name, e))?;
@@ -114,6 +116,9 @@ impl<P> Loaded<P> {
         };
         let fuel_before = store.get_fuel().ok();
         let outcome = call(&self.pre, &mut store);
+        if let Some(wasi) = &store.data().wasi {
+            wasi.log_output(&self.name);
+        }
         let usage = Usage {
             elapsed: started.elapsed(),
             memory_peak_bytes: store.data().memory_peak,
@@ -248,6 +253,130 @@ impl Transformer {
     }
 }
 
+/// A loaded row transform component (world `row-transform`).
+pub struct RowTransform(Loaded<gen_::row_transform::RowTransformPre<StoreState>>);
+
+impl RowTransform {
+    pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
+        Loaded::new(
+            host,
+            name,
+            wasm,
+            limits,
+            gen_::row_transform::RowTransformPre::new,
+        )
+        .map(RowTransform)
+    }
+
+    /// The component's name, as given when loading.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The transform's answer for `input`, checked against the contract of world
+    /// `row-transform`: its rows are a subsequence of the input's rows with the same
+    /// event, key, op and lsn; tables keep their key columns; failures name events of
+    /// input rows. The input's truncates and failures are kept; the answer's failures
+    /// are added (one per event, the input's first).
+    pub fn transform_rows(&self, input: &Transformed) -> Result<Transformed, HostError> {
+        let out = self.0.call(|pre, store| {
+            let instance = pre.instantiate(&mut *store)?;
+            instance.call_transform_rows(&mut *store, input)
+        })?;
+        checked_row_transform(&self.0.name, input, out)
+    }
+}
+
+/// The contract checks of a row transform's answer (see [`RowTransform::transform_rows`]).
+fn checked_row_transform(
+    name: &str,
+    input: &Transformed,
+    out: Transformed,
+) -> Result<Transformed, HostError> {
+    {
+        let keys = |columns: &[crate::types::Column]| -> Vec<String> {
+            columns
+                .iter()
+                .filter(|c| c.is_key)
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        for table in &out.tables {
+            if let Some(before) = input.tables.iter().find(|t| t.name == table.name)
+                && keys(&before.columns) != keys(&table.columns)
+            {
+                return Err(contract(
+                    name,
+                    format!(
+                        "table {} has key columns {:?}, the input had {:?}",
+                        table.name,
+                        keys(&table.columns),
+                        keys(&before.columns)
+                    ),
+                ));
+            }
+        }
+        let mut next = 0;
+        for row in &out.rows {
+            if row.table as usize >= out.tables.len() {
+                return Err(contract(
+                    name,
+                    format!(
+                        "row of event {} refers to table {} but the answer has {} tables",
+                        row.event,
+                        row.table,
+                        out.tables.len()
+                    ),
+                ));
+            }
+            let same = |r: &crate::types::Row| {
+                r.event == row.event && r.key == row.key && r.op == row.op && r.lsn == row.lsn
+            };
+            match input.rows[next..].iter().position(same) {
+                Some(at) => next += at + 1,
+                None => {
+                    return Err(contract(
+                        name,
+                        format!(
+                            "row of event {} (key {}) is not an input row, or out of order, or repeated, or its key, op or lsn changed",
+                            row.event, row.key
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut failures = input.failures.clone();
+        for f in out.failures {
+            if !input.rows.iter().any(|r| r.event == f.event) {
+                return Err(contract(
+                    name,
+                    format!("failure names event {}, which had no input row", f.event),
+                ));
+            }
+            if failures.iter().any(|g| g.event == f.event) {
+                continue;
+            }
+            failures.push(crate::types::Failure {
+                event: f.event,
+                reason: bounded(f.reason),
+            });
+        }
+        // A row that also failed is not loaded: the failure wins.
+        let failed: std::collections::HashSet<u32> = failures.iter().map(|f| f.event).collect();
+        let rows = out
+            .rows
+            .into_iter()
+            .filter(|r| !failed.contains(&r.event))
+            .collect();
+        Ok(Transformed {
+            tables: out.tables,
+            rows,
+            truncates: input.truncates.clone(),
+            failures,
+        })
+    }
+}
+
 /// A loaded MERGE builder component (world `merge-builder`).
 pub struct MergeBuilder(Loaded<gen_::merge_builder::MergeBuilderPre<StoreState>>);
 
@@ -281,5 +410,135 @@ impl MergeBuilder {
             ));
         }
         Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Column, Failure, Op, Row, TableShape, Truncate};
+
+    fn input() -> Transformed {
+        let row = |event: u32, key: &str, lsn: i64| Row {
+            event,
+            table: 0,
+            op: Op::Insert,
+            key: key.into(),
+            data: format!(r#"{{"id":{key}}}"#),
+            lsn,
+        };
+        Transformed {
+            tables: vec![TableShape {
+                name: "public.t".into(),
+                columns: vec![
+                    Column {
+                        name: "id".into(),
+                        data_type: "NUMBER(38,0)".into(),
+                        is_key: true,
+                    },
+                    Column {
+                        name: "email".into(),
+                        data_type: "VARCHAR".into(),
+                        is_key: false,
+                    },
+                ],
+            }],
+            rows: vec![row(0, "[1]", 10), row(1, "[2]", 11), row(3, "[3]", 12)],
+            truncates: vec![Truncate {
+                event: 4,
+                table: "public.u".into(),
+                lsn: 9,
+            }],
+            failures: vec![Failure {
+                event: 2,
+                reason: "not a change".into(),
+            }],
+        }
+    }
+
+    fn violation(out: Transformed) -> String {
+        match checked_row_transform("t.wasm", &input(), out) {
+            Err(HostError::Contract { message, .. }) => message,
+            other => panic!("expected a contract violation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_answer_keeps_the_inputs_truncates_and_failures() {
+        let mut out = input();
+        out.truncates.clear();
+        out.failures = vec![Failure {
+            event: 1,
+            reason: "masked badly".into(),
+        }];
+        out.rows.remove(0);
+        out.rows[0].data = r#"{"id":2,"email":"x"}"#.into();
+        out.tables[0].columns.push(Column {
+            name: "domain".into(),
+            data_type: "VARCHAR".into(),
+            is_key: false,
+        });
+        let checked = checked_row_transform("t.wasm", &input(), out).unwrap();
+        let truncated: Vec<(u32, &str)> = checked
+            .truncates
+            .iter()
+            .map(|t| (t.event, t.table.as_str()))
+            .collect();
+        assert_eq!(truncated, vec![(4, "public.u")], "the input's truncates");
+        let failed: Vec<u32> = checked.failures.iter().map(|f| f.event).collect();
+        assert_eq!(failed, vec![2, 1], "the input's failure, then the answer's");
+        let rows: Vec<u32> = checked.rows.iter().map(|r| r.event).collect();
+        assert_eq!(rows, vec![3], "row 0 skipped, row 1 failed");
+        assert_eq!(checked.tables[0].columns.len(), 3);
+    }
+
+    #[test]
+    fn every_broken_rule_is_a_contract_violation() {
+        let mut out = input();
+        out.rows[1].key = "[22]".into();
+        assert!(violation(out).contains("not an input row"));
+
+        let mut out = input();
+        out.rows[0].lsn = 99;
+        assert!(violation(out).contains("not an input row"));
+
+        let mut out = input();
+        out.rows[0].op = Op::Delete;
+        assert!(violation(out).contains("not an input row"));
+
+        let mut out = input();
+        out.rows.swap(0, 1);
+        assert!(violation(out).contains("out of order"));
+
+        let mut out = input();
+        let again = out.rows[0].clone();
+        out.rows.insert(1, again);
+        assert!(violation(out).contains("repeated"));
+
+        let mut out = input();
+        out.rows[0].table = 5;
+        assert!(violation(out).contains("refers to table 5"));
+
+        let mut out = input();
+        out.tables[0].columns[0].is_key = false;
+        assert!(violation(out).contains("key columns"));
+
+        let mut out = input();
+        out.failures = vec![Failure {
+            event: 4,
+            reason: "no row".into(),
+        }];
+        assert!(violation(out).contains("event 4"));
+    }
+
+    #[test]
+    fn a_huge_failure_reason_is_bounded() {
+        let mut out = input();
+        out.failures = vec![Failure {
+            event: 0,
+            reason: "x".repeat(1 << 20),
+        }];
+        let checked = checked_row_transform("t.wasm", &input(), out).unwrap();
+        assert!(checked.failures[1].reason.len() < MAX_REASON_BYTES + 100);
     }
 }

@@ -1,13 +1,15 @@
 //! `floe-host`: the one crate in floe that owns wasmtime.
 //!
-//! It loads the three kinds of floe component (worlds `validator`, `transformer` and
-//! `merge-builder` of `wit/floe.wit`) and calls them once per micro-batch inside a
+//! It loads the four kinds of floe component (worlds `validator`, `transformer`,
+//! `row-transform` and `merge-builder` of `wit/floe.wit`) and calls them once per micro-batch inside a
 //! sandbox. Nothing else in floe imports wasmtime: callers see plain data types
 //! ([`types`]) and [`HostError`].
 //!
 //! Sandbox, per the project's conventions (see docs/architecture.md):
 //! - an empty [`Linker`](wasmtime::component::Linker): a component gets no imports at all,
-//!   so no WASI, no clock, no filesystem, no network;
+//!   so no WASI, no clock, no filesystem, no network, unless its configuration grants
+//!   named WASI capabilities ([`Grants`], [`Capability`]), which link only those and
+//!   hold no ambient authority (no directories, no environment, no sockets);
 //! - the [`Engine`] and each component's `InstancePre` are built once; every call gets a
 //!   fresh `Store`, so state never leaks between batches and a trapped instance is simply
 //!   dropped;
@@ -18,10 +20,14 @@
 mod engine;
 mod error;
 mod functions;
+mod wasi;
 
 pub use engine::{Host, Limits};
 pub use error::{HostError, TrapKind};
-pub use functions::{MAX_REASON_BYTES, MergeBuilder, Transformer, Usage, Validator, bounded};
+pub use functions::{
+    MAX_REASON_BYTES, MergeBuilder, RowTransform, Transformer, Usage, Validator, bounded,
+};
+pub use wasi::{Capability, Grants, MAX_OUTPUT_BYTES};
 
 /// The data types of `floe:cdc/types`, generated once from the WIT package and shared
 /// by the three worlds.
@@ -41,6 +47,13 @@ mod gen_ {
         wasmtime::component::bindgen!({
             path: "../../wit",
             world: "transformer",
+            with: { "floe:cdc/types": super::validator::floe::cdc::types },
+        });
+    }
+    pub mod row_transform {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "row-transform",
             with: { "floe:cdc/types": super::validator::floe::cdc::types },
         });
     }

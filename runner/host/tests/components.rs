@@ -281,6 +281,7 @@ fn hostile_components_fail_only_their_call() {
         max_memory_bytes: 64 * 1024 * 1024,
         deadline: Duration::from_millis(300),
         fuel: None,
+        ..Limits::default()
     };
     let v = Validator::new(&h, "hostile", &example("example_hostile_validator"), limits).unwrap();
     let started = std::time::Instant::now();
@@ -487,4 +488,80 @@ fn the_c_example_validator_loads_and_runs() {
     let n = real.len();
     let verdicts = v.validate(&batch_of(real)).unwrap();
     assert_eq!(verdicts.len(), n);
+}
+
+#[test]
+fn the_js_example_validator_loads_and_runs() {
+    let h = Host::new(false).unwrap();
+    // A JavaScript engine of about 12 MB: compiled once, for every batch below.
+    let started = std::time::Instant::now();
+    let v = Validator::new(
+        &h,
+        "js-rules",
+        &example("example_js_validator"),
+        Limits::default(),
+    )
+    .unwrap();
+    eprintln!("JS example validator compiled in {:?}", started.elapsed());
+    let line = |id: i64, op: &str, row: &str| {
+        let (before, after) = if op == "d" {
+            (row, "null")
+        } else {
+            ("null", row)
+        };
+        (
+            "dbz.public.orders".to_string(),
+            Some(format!(r#"{{"id":{id}}}"#).into_bytes()),
+            Some(
+                format!(
+                    r#"{{"op":"{op}","before":{before},"after":{after},"source":{{"schema":"public","table":"orders","lsn":{id}}}}}"#
+                )
+                .into_bytes(),
+            ),
+        )
+    };
+    let verdicts = v
+        .validate(&batch_of(vec![
+            line(1, "c", r#"{"id":1,"amount":"5.00","currency":"USD"}"#),
+            line(2, "c", r#"{"id":2,"amount":"-1.00","currency":"USD"}"#),
+            line(3, "u", r#"{"id":3,"amount":5,"currency":"DOGE"}"#),
+            line(4, "c", r#"{"id":4,"email":"not an@email"}"#),
+            line(5, "d", r#"{"id":5,"amount":"-9.99"}"#),
+            (
+                "dbz.public.orders".into(),
+                Some(b"{\"id\":6}".to_vec()),
+                None,
+            ),
+            (
+                "dbz.public.orders".into(),
+                Some(b"{\"id\":7}".to_vec()),
+                Some(b"{\"op\":\"c\",".to_vec()),
+            ),
+        ]))
+        .unwrap();
+    let got: Vec<Option<&str>> = verdicts.iter().map(reason).collect();
+    assert_eq!(got.len(), 7, "{got:?}");
+    assert_eq!(got[0], None, "a good order");
+    assert_eq!(
+        got[1],
+        Some("js-rules: public.orders: amount must be non-negative, got -1")
+    );
+    assert!(
+        got[2].is_some_and(|r| r.starts_with("js-rules: public.orders: currency \"DOGE\"")),
+        "{got:?}"
+    );
+    assert!(
+        got[3].is_some_and(|r| r.starts_with("js-rules: public.orders: malformed email")),
+        "{got:?}"
+    );
+    assert_eq!(got[4], None, "a delete, whatever its amount");
+    assert_eq!(got[5], None, "a tombstone");
+    assert!(got[6].is_some_and(|r| r.starts_with("parse:")), "{got:?}");
+    // Real Debezium records (decimals as base64 or strings, good emails): all pass.
+    let real = fixture_lines("schemas_precise", "_all_in_order.jsonl");
+    let n = real.len();
+    let verdicts = v.validate(&batch_of(real)).unwrap();
+    let rejected: Vec<_> = verdicts.iter().filter_map(reason).collect();
+    assert_eq!(verdicts.len(), n);
+    assert!(rejected.is_empty(), "{rejected:?}");
 }
