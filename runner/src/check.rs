@@ -1,14 +1,15 @@
-//! `floe check COMPONENT.wasm --events FILE.jsonl`: loads a validator component with the
-//! configured sandbox limits, runs it over sample events (fixture-format JSON lines) in
-//! batches, and reports every verdict, the time taken and how much of its limits each
-//! call used. Contract violations, traps and guest errors are reported per batch and
-//! make the check fail.
+//! `floe check COMPONENT.wasm --events FILE.jsonl`: loads a validator or row transform
+//! component with the configured sandbox limits, runs it over sample events
+//! (fixture-format JSON lines) in batches, and reports every verdict (for a row
+//! transform: the row as it would load, or why it would not), the time taken and how
+//! much of its limits each call used. Contract violations, traps and guest errors are
+//! reported per batch and make the check fail.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use floe_host::types::Verdict;
-use floe_host::{HostError, Usage, Validator};
+use floe_host::types::{Transformed, Verdict};
+use floe_host::{HostError, RowTransform, Transformer, Usage, Validator};
 use serde::Serialize;
 
 use crate::config::ComponentsConfig;
@@ -32,9 +33,14 @@ pub struct Outcome {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
-    /// `ok`, `rejected` or `failed` (its batch's call failed).
+    /// Validator: `ok`, `rejected` or `failed` (its batch's call failed). Row
+    /// transform: `loaded`, `skipped` (by the transform, or no row change at all),
+    /// `rejected` (a failed row) or `failed`.
     pub verdict: &'static str,
     pub reason: Option<String>,
+    /// Row transform: the row's data as it would load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<String>,
 }
 
 /// One call of the component (one batch).
@@ -52,10 +58,15 @@ pub struct Call {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CheckReport {
     pub component: String,
+    /// `validator` or `row-transform`.
+    pub kind: &'static str,
     pub compile_ms: f64,
     pub events: usize,
+    /// Accepted (validator) or loaded (row transform).
     pub accepted: usize,
     pub rejected: usize,
+    /// Row transform: events it skipped or that carry no row change.
+    pub skipped: usize,
     /// Events of batches whose call failed.
     pub failed: usize,
     pub calls: Vec<Call>,
@@ -105,15 +116,46 @@ pub fn check(
     );
     let name = component.display().to_string();
     let started = Instant::now();
-    let validator =
-        Validator::new(&host, &name, &bytes, limits.clone()).map_err(CheckError::Load)?;
+    let kind = match Validator::new(&host, &name, &bytes, limits.clone()) {
+        Ok(v) => Kind::Validator(v),
+        Err(as_validator) => match RowTransform::new(&host, &name, &bytes, limits.clone()) {
+            Ok(t) => {
+                // The rows a transform gets come from the configured transformer.
+                let (tn, tb) =
+                    crate::components::bytes_of("transformer", &config.transformer_ref())
+                        .map_err(CheckError::Load)?;
+                let plain = floe_host::Limits {
+                    wasi: Default::default(),
+                    ..limits.clone()
+                };
+                let transformer =
+                    Transformer::new(&host, &tn, &tb, plain).map_err(CheckError::Load)?;
+                Kind::Transform(transformer, t)
+            }
+            Err(as_transform) => {
+                return Err(CheckError::Load(HostError::Load {
+                    component: name,
+                    message: format!(
+                        "not a validator ({}) nor a row transform ({})",
+                        load_message(as_validator),
+                        load_message(as_transform)
+                    ),
+                }));
+            }
+        },
+    };
     let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
     let mut report = CheckReport {
         component: name,
+        kind: match kind {
+            Kind::Validator(_) => "validator",
+            Kind::Transform(..) => "row-transform",
+        },
         compile_ms,
         events: messages.len(),
         accepted: 0,
         rejected: 0,
+        skipped: 0,
         failed: 0,
         calls: Vec::new(),
         outcomes: Vec::new(),
@@ -129,8 +171,32 @@ pub fn check(
         },
     };
     for chunk in messages.chunks(batch_rows.max(1)) {
-        let (result, usage): (_, Usage) = validator.validate_measured(&batch_of(chunk));
-        let error = result.as_ref().err().map(ToString::to_string);
+        let batch = batch_of(chunk);
+        let (verdicts, usage) = match &kind {
+            Kind::Validator(v) => {
+                let (result, usage) = v.validate_measured(&batch);
+                let verdicts = result.map(|vs| {
+                    vs.into_iter()
+                        .map(|v| match v {
+                            Verdict::Ok => ("ok", None, None),
+                            Verdict::Rejected(r) => ("rejected", Some(r), None),
+                        })
+                        .collect()
+                });
+                (verdicts, usage)
+            }
+            Kind::Transform(transformer, t) => match transformer.transform(&batch) {
+                Err(e) => (Err(e), Usage::default()),
+                Ok(rows) => {
+                    let (result, usage) = t.transform_rows_measured(&rows);
+                    (
+                        result.map(|out| row_outcomes(chunk.len(), &rows, out)),
+                        usage,
+                    )
+                }
+            },
+        };
+        let error = verdicts.as_ref().err().map(ToString::to_string);
         report.calls.push(Call {
             events: chunk.len(),
             elapsed_ms: usage.elapsed.as_secs_f64() * 1000.0,
@@ -139,16 +205,14 @@ pub fn check(
             error: error.clone(),
         });
         for (i, m) in chunk.iter().enumerate() {
-            let (verdict, reason) = match &result {
-                Ok(verdicts) => match &verdicts[i] {
-                    Verdict::Ok => ("ok", None),
-                    Verdict::Rejected(r) => ("rejected", Some(r.clone())),
-                },
-                Err(_) => ("failed", error.clone()),
+            let (verdict, reason, row) = match &verdicts {
+                Ok(v) => v[i].clone(),
+                Err(_) => ("failed", error.clone(), None),
             };
             match verdict {
-                "ok" => report.accepted += 1,
+                "ok" | "loaded" => report.accepted += 1,
                 "rejected" => report.rejected += 1,
+                "skipped" => report.skipped += 1,
                 _ => report.failed += 1,
             }
             report.outcomes.push(Outcome {
@@ -157,10 +221,43 @@ pub fn check(
                 offset: m.offset,
                 verdict,
                 reason,
+                row,
             });
         }
     }
     Ok(report)
+}
+
+/// What `floe check` runs.
+enum Kind {
+    Validator(Validator),
+    /// The configured transformer, then the component.
+    Transform(Transformer, RowTransform),
+}
+
+fn load_message(e: HostError) -> String {
+    match e {
+        HostError::Load { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+type Verdicts = Vec<(&'static str, Option<String>, Option<String>)>;
+
+/// Per event of a batch of `n`: what the row transform's answer `out` does with it,
+/// given the transformer's rows `before`.
+fn row_outcomes(n: usize, before: &Transformed, out: Transformed) -> Verdicts {
+    let mut v: Verdicts = vec![("skipped", None, None); n];
+    for r in &before.rows {
+        v[r.event as usize] = ("skipped", Some("skipped by the transform".into()), None);
+    }
+    for r in out.rows {
+        v[r.event as usize] = ("loaded", None, Some(r.data));
+    }
+    for f in out.failures {
+        v[f.event as usize] = ("rejected", Some(f.reason), None);
+    }
+    v
 }
 
 /// The report as text: one line per event, then one per call and a summary.
@@ -173,7 +270,7 @@ pub fn render(report: &CheckReport) -> String {
             "{}[{}]@{}\t{}",
             o.topic, o.partition, o.offset, o.verdict
         );
-        if let Some(r) = &o.reason {
+        if let Some(r) = o.reason.as_ref().or(o.row.as_ref()) {
             let _ = write!(out, "\t{r}");
         }
         out.push('\n');
@@ -200,11 +297,18 @@ pub fn render(report: &CheckReport) -> String {
     }
     let _ = writeln!(
         out,
-        "{}: {} events: {} accepted, {} rejected, {} in failed calls; compiled in {:.0} ms; deadline {} ms per call; WASI: {}; {}",
+        "{} ({}): {} events: {} {}, {} rejected, {} skipped, {} in failed calls; compiled in {:.0} ms; deadline {} ms per call; WASI: {}; {}",
         report.component,
+        report.kind,
         report.events,
         report.accepted,
+        if report.kind == "validator" {
+            "accepted"
+        } else {
+            "loaded"
+        },
         report.rejected,
+        report.skipped,
         report.failed,
         report.compile_ms,
         report.limits.deadline_ms,
@@ -315,5 +419,47 @@ mod tests {
             check(&config, &bogus, &[], 10, Default::default()),
             Err(CheckError::Load(_))
         ));
+    }
+
+    #[test]
+    fn a_row_transform_is_checked_row_by_row() {
+        let dir = std::env::temp_dir().join(format!("floe-check-t-{}", std::process::id()));
+        let customer = |id: i64, email: serde_json::Value| {
+            serde_json::json!({"topic": "dbz.public.customers", "key": {"id": id},
+                "value": {"op": "c", "before": null,
+                          "after": {"id": id, "email": email, "ssn": "1"},
+                          "source": {"schema": "public", "table": "customers", "lsn": id}}})
+        };
+        let file = events(
+            &dir,
+            &[
+                customer(1, "ann@example.com".into()),
+                customer(2, serde_json::json!(true)),
+                serde_json::json!({"topic": "__debezium-heartbeat.dbz",
+                    "key": {"serverName": "dbz"}, "value": {"ts_ms": 1}}),
+            ],
+        );
+        let report = check(
+            &ComponentsConfig::default(),
+            &example("example_pii_transform"),
+            std::slice::from_ref(&file),
+            10,
+            Default::default(),
+        )
+        .unwrap();
+        assert!(report.passed(), "{report:?}");
+        assert_eq!(report.kind, "row-transform");
+        assert_eq!(
+            (report.accepted, report.rejected, report.skipped),
+            (1, 1, 1)
+        );
+        let loaded = report.outcomes[0].row.as_deref().unwrap();
+        assert!(
+            loaded.contains("a***@example.com") && !loaded.contains("ssn"),
+            "{loaded}"
+        );
+        assert_eq!(report.outcomes[1].verdict, "rejected");
+        assert!(render(&report).contains("(row-transform): 3 events: 1 loaded"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

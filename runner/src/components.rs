@@ -54,7 +54,7 @@ impl Components {
     }
 }
 
-fn bytes_of(kind: &str, r: &ComponentRef) -> Result<(String, Vec<u8>), HostError> {
+pub(crate) fn bytes_of(kind: &str, r: &ComponentRef) -> Result<(String, Vec<u8>), HostError> {
     match r {
         ComponentRef::Builtin => {
             let b = builtin_bytes(kind);

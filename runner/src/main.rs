@@ -66,11 +66,12 @@ enum Command {
         #[arg(long)]
         binds: bool,
     },
-    /// Load a validator component with the configured sandbox limits and run it over
-    /// sample events: prints every verdict, timings and limit usage; exits 1 when a
-    /// call trapped, failed or broke the contract (e.g. the wrong number of verdicts).
+    /// Load a validator or row transform component with the configured sandbox limits
+    /// and run it over sample events: prints every verdict (for a row transform, each
+    /// row as it would load), timings and limit usage; exits 1 when a call trapped,
+    /// failed or broke the contract (e.g. the wrong number of verdicts).
     Check {
-        /// The component (.wasm, world floe:cdc/validator).
+        /// The component (.wasm, world floe:cdc/validator or floe:cdc/row-transform).
         component: PathBuf,
         /// Fixture-format JSON-lines files of sample events.
         #[arg(long = "events", value_name = "FILE", required = true)]

@@ -279,11 +279,22 @@ impl RowTransform {
     /// input rows. The input's truncates and failures are kept; the answer's failures
     /// are added (one per event, the input's first).
     pub fn transform_rows(&self, input: &Transformed) -> Result<Transformed, HostError> {
-        let out = self.0.call(|pre, store| {
+        self.transform_rows_measured(input).0
+    }
+
+    /// [`RowTransform::transform_rows`], also reporting what the call used of its limits.
+    pub fn transform_rows_measured(
+        &self,
+        input: &Transformed,
+    ) -> (Result<Transformed, HostError>, Usage) {
+        let (result, usage) = self.0.call_measured(|pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_transform_rows(&mut *store, input)
-        })?;
-        checked_row_transform(&self.0.name, input, out)
+        });
+        (
+            result.and_then(|out| checked_row_transform(&self.0.name, input, out)),
+            usage,
+        )
     }
 }
 
