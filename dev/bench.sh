@@ -186,7 +186,7 @@ fi
 
 if ((stages)); then
   step "per-stage cost, WASM vs native (criterion)"
-  rm -rf "$TARGET_DIR/criterion/validate" "$TARGET_DIR/criterion/transform" "$TARGET_DIR/criterion/build_merge"
+  rm -rf "$TARGET_DIR/criterion/validate" "$TARGET_DIR/criterion/transform" "$TARGET_DIR/criterion/build_merge" "$TARGET_DIR/criterion/row_transform"
   cut -d' ' -f1 /proc/loadavg >"$OUT/stages.load"
   "$CARGO" bench -p floe-host --bench stages 2>&1 | tee "$OUT/stages.log" >&2
 fi

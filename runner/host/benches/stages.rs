@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use floe_cdc_core as core;
-use floe_host::{Host, Limits, MergeBuilder, Transformer, Validator, types as wit};
+use floe_host::{Host, Limits, MergeBuilder, RowTransform, Transformer, Validator, types as wit};
 use serde_json::Value;
 
 /// Batch sizes: a small batch and floe's default `batch.max_rows`.
@@ -316,6 +316,22 @@ fn stages(c: &mut Criterion) {
         limits.clone(),
     )
     .expect("C validator");
+    // The JavaScript example: the same three rules, JSON.parse per record, in a JS engine.
+    let user_js = Validator::new(
+        &host,
+        "js-rules",
+        &example("example_js_validator"),
+        limits.clone(),
+    )
+    .expect("JS validator");
+    // A row transform written with floe-sdk: parses each row, masks, re-serialises.
+    let pii = RowTransform::new(
+        &host,
+        "pii",
+        &example("example_pii_transform"),
+        limits.clone(),
+    )
+    .expect("pii transform");
     let transformer = Transformer::new(
         &host,
         "transformer",
@@ -390,6 +406,23 @@ fn stages(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("user-c", n), &wit_batch, |b, batch| {
             b.iter(|| user_c.validate(batch).expect("C validate"))
         });
+        let js_verdicts = user_js.validate(&wit_batch).expect("JS validate");
+        assert_eq!(js_verdicts.len(), n);
+        g.bench_with_input(BenchmarkId::new("user-js", n), &wit_batch, |b, batch| {
+            b.iter(|| user_js.validate(batch).expect("JS validate"))
+        });
+        g.finish();
+
+        // Per row of the transformer's answer.
+        let masked = pii.transform_rows(&wasm_transformed).expect("pii");
+        assert_eq!(masked.rows.len(), wasm_transformed.rows.len());
+        let mut g = c.benchmark_group("row_transform");
+        g.throughput(Throughput::Elements(wasm_transformed.rows.len() as u64));
+        g.bench_with_input(
+            BenchmarkId::new("user-sdk", n),
+            &wasm_transformed,
+            |b, rows| b.iter(|| pii.transform_rows(rows).expect("pii")),
+        );
         g.finish();
 
         let mut g = c.benchmark_group("transform");
