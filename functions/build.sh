@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds floe's default WASM components and the example user components:
 #   target/components/{validator,transformer,merge_builder}.wasm
-#   target/components/examples/{example_rules_validator,example_hostile_validator,example_template_validator,example_pii_transform,example_c_validator,example_js_validator}.wasm
+#   target/components/examples/{example_rules_validator,example_hostile_validator,example_template_validator,example_pii_transform,example_hostile_transform,example_c_validator,example_js_validator}.wasm
 #   target/components/examples/wasi/example_js_freshness_validator.wasm (imports WASI)
 #
 # 1. The guest crates are compiled to wasm32-unknown-unknown core modules with the
@@ -24,7 +24,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export CARGO_TARGET_DIR="$TARGET_DIR"
 WASM_TARGET=wasm32-unknown-unknown
 GUESTS=(floe-validator floe-transformer floe-merge-builder)
-EXAMPLES=(floe-example-rules-validator floe-example-hostile-validator floe-example-template-validator floe-example-pii-transform)
+EXAMPLES=(floe-example-rules-validator floe-example-hostile-validator floe-example-template-validator floe-example-pii-transform floe-example-hostile-transform)
 PACKAGES=()
 for g in "${GUESTS[@]}" "${EXAMPLES[@]}"; do PACKAGES+=(-p "$g"); done
 

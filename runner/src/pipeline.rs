@@ -1221,6 +1221,8 @@ mod tests {
 
     /// Fails with a transient error `failures` times, sleeps `stall` per load.
     struct FlakySink {
+        /// Source tables of every successful load.
+        tables: Vec<String>,
         failures: usize,
         stall: Duration,
         loaded: usize,
@@ -1242,6 +1244,8 @@ mod tests {
                 return Err(SinkError::Snowflake(floe_snowflake::Error::SessionExpired));
             }
             self.loaded += 1;
+            self.tables
+                .extend(loads.iter().map(|l| l.source_table.clone()));
             Ok(LoadReport::default())
         }
     }
@@ -1346,6 +1350,7 @@ mod tests {
 
     fn healthy() -> FlakySink {
         FlakySink {
+            tables: Vec::new(),
             failures: 0,
             stall: Duration::ZERO,
             loaded: 0,
@@ -1396,6 +1401,57 @@ mod tests {
         }
         assert_eq!(p.stats().snapshot().commits, 0, "nothing committed");
         assert_eq!(p.sink().loaded, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_row_transform_dead_letters_only_its_chains_events() {
+        let hostile = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/components/examples/example_hostile_transform.wasm");
+        let cfg = ComponentsConfig {
+            chains: vec![crate::config::ChainConfig {
+                topics: r"^dbz\.public\.t$".into(),
+                transforms: Some(vec![hostile.display().to_string()]),
+                ..Default::default()
+            }],
+            ..ComponentsConfig::default()
+        };
+        let change = |table: &str, id: i64, hostile: &str, offset: i64| {
+            let mut m = message();
+            m.topic = Arc::from(format!("dbz.public.{table}"));
+            m.offset = offset;
+            m.key = Some(format!(r#"{{"id":{id}}}"#).into_bytes());
+            m.value = Some(
+                format!(
+                    r#"{{"op":"c","after":{{"id":{id},"hostile":"{hostile}"}},"source":{{"schema":"public","table":"{table}","lsn":{id}}}}}"#
+                )
+                .into_bytes(),
+            );
+            m
+        };
+        let messages = vec![
+            change("t", 1, "no", 0),
+            change("u", 2, "panic", 1),
+            change("t", 3, "panic", 2),
+            change("u", 4, "no", 3),
+        ];
+        let mut p = Pipeline::new(
+            FileSource::from_messages(messages),
+            healthy(),
+            Arc::new(Components::load(&cfg).unwrap()),
+            settings(breaker(20, 1000)),
+            Stats::new(),
+        );
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.unwrap();
+        // Both of t's events die with the chain's failed call; u has no transform, so
+        // its "panic" row is just data.
+        assert_eq!(
+            (snap.dead_letters, snap.rows_transformed, snap.commits),
+            (2, 2, 1),
+            "{snap:?}"
+        );
+        assert_eq!(snap.batch_errors, 1, "one failed component call: {snap:?}");
+        assert_eq!(p.sink().tables, vec!["public.u".to_string()]);
     }
 
     /// A shutdown signal sent after `ms` milliseconds (and kept open afterwards).
@@ -1491,6 +1547,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn breaker_opens_probes_and_closes_without_ending_the_run() {
         let sink = FlakySink {
+            tables: Vec::new(),
             failures: 5,
             stall: Duration::ZERO,
             loaded: 0,
@@ -1514,6 +1571,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_while_open_abandons_the_batch_uncommitted() {
         let sink = FlakySink {
+            tables: Vec::new(),
             failures: usize::MAX,
             stall: Duration::ZERO,
             loaded: 0,
@@ -1535,6 +1593,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stalled_load_is_abandoned_at_the_shutdown_deadline() {
         let sink = FlakySink {
+            tables: Vec::new(),
             failures: 0,
             stall: Duration::from_secs(60),
             loaded: 0,

@@ -565,3 +565,56 @@ fn the_js_example_validator_loads_and_runs() {
     assert_eq!(verdicts.len(), n);
     assert!(rejected.is_empty(), "{rejected:?}");
 }
+
+#[test]
+fn a_hostile_row_transform_fails_only_its_call() {
+    let h = host();
+    let limits = Limits {
+        deadline: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let t = floe_host::RowTransform::new(
+        &h,
+        "hostile-transform",
+        &example("example_hostile_transform"),
+        limits,
+    )
+    .unwrap();
+    let transformer = Transformer::new(
+        &h,
+        "transformer",
+        &component("transformer"),
+        Limits::default(),
+    )
+    .unwrap();
+    let rows = |mode: &str| {
+        let value = format!(
+            r#"{{"op":"c","after":{{"id":1,"hostile":"{mode}"}},"source":{{"schema":"public","table":"t","lsn":1}}}}"#
+        );
+        transformer
+            .transform(&batch_of(vec![(
+                "dbz.public.t".into(),
+                Some(br#"{"id":1}"#.to_vec()),
+                Some(value.into_bytes()),
+            )]))
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    match t.transform_rows(&rows("loop")) {
+        Err(HostError::Trap {
+            kind: TrapKind::Deadline,
+            ..
+        }) => {}
+        other => panic!("expected a deadline trap, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    match t.transform_rows(&rows("panic")) {
+        Err(HostError::Trap {
+            kind: TrapKind::Panic,
+            ..
+        }) => {}
+        other => panic!("expected a panic trap, got {other:?}"),
+    }
+    let fine = t.transform_rows(&rows("no")).unwrap();
+    assert_eq!(fine.rows.len(), 1, "a fresh instance serves the next call");
+}
