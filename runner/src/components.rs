@@ -58,6 +58,12 @@ pub(crate) fn bytes_of(kind: &str, r: &ComponentRef) -> Result<(String, Vec<u8>)
     match r {
         ComponentRef::Builtin => {
             let b = builtin_bytes(kind);
+            if !["validator", "transformer", "merge_builder"].contains(&kind) {
+                return Err(HostError::Load {
+                    component: format!("builtin {kind}"),
+                    message: format!("there is no built-in {kind}; name a component file"),
+                });
+            }
             if b.is_empty() {
                 return Err(HostError::Load {
                     component: format!("builtin {kind}"),
@@ -92,14 +98,11 @@ pub fn sandbox(cfg: &ComponentsConfig, fuel: bool) -> Result<(Host, Limits), Hos
     Ok((host, limits))
 }
 
-/// Compiles each component once, however many chains use it.
+/// Compiles components with the configured limits and grants.
 struct Loader<'a> {
     host: &'a Host,
     limits: &'a Limits,
     cfg: &'a ComponentsConfig,
-    validators: HashMap<ComponentRef, Arc<Validator>>,
-    transformers: HashMap<ComponentRef, Arc<Transformer>>,
-    transforms: HashMap<ComponentRef, Arc<RowTransform>>,
 }
 
 impl Loader<'_> {
@@ -111,55 +114,22 @@ impl Loader<'_> {
         }
     }
 
-    fn validator(&mut self, r: ComponentRef) -> Result<Arc<Validator>, HostError> {
-        if let Some(v) = self.validators.get(&r) {
-            return Ok(v.clone());
+    /// Component `r` of `kind`: from `cache` when an earlier chain named it (each file
+    /// is compiled once), else compiled with `new`.
+    fn load<T>(
+        &self,
+        cache: &mut HashMap<ComponentRef, Arc<T>>,
+        kind: &str,
+        r: ComponentRef,
+        new: fn(&Host, &str, &[u8], Limits) -> Result<T, HostError>,
+    ) -> Result<Arc<T>, HostError> {
+        if let Some(c) = cache.get(&r) {
+            return Ok(c.clone());
         }
-        let (name, bytes) = bytes_of("validator", &r)?;
-        let v = Arc::new(Validator::new(
-            self.host,
-            &name,
-            &bytes,
-            self.limits_of(&r),
-        )?);
-        self.validators.insert(r, v.clone());
-        Ok(v)
-    }
-
-    fn transformer(&mut self, r: ComponentRef) -> Result<Arc<Transformer>, HostError> {
-        if let Some(t) = self.transformers.get(&r) {
-            return Ok(t.clone());
-        }
-        let (name, bytes) = bytes_of("transformer", &r)?;
-        let t = Arc::new(Transformer::new(
-            self.host,
-            &name,
-            &bytes,
-            self.limits_of(&r),
-        )?);
-        self.transformers.insert(r, t.clone());
-        Ok(t)
-    }
-
-    fn transform(&mut self, r: ComponentRef) -> Result<Arc<RowTransform>, HostError> {
-        if let Some(t) = self.transforms.get(&r) {
-            return Ok(t.clone());
-        }
-        if r == ComponentRef::Builtin {
-            return Err(HostError::Load {
-                component: "builtin row transform".into(),
-                message: "there is no built-in row transform; list component paths".into(),
-            });
-        }
-        let (name, bytes) = bytes_of("row transform", &r)?;
-        let t = Arc::new(RowTransform::new(
-            self.host,
-            &name,
-            &bytes,
-            self.limits_of(&r),
-        )?);
-        self.transforms.insert(r, t.clone());
-        Ok(t)
+        let (name, bytes) = bytes_of(kind, &r)?;
+        let c = Arc::new(new(self.host, &name, &bytes, self.limits_of(&r))?);
+        cache.insert(r, c.clone());
+        Ok(c)
     }
 }
 
@@ -167,14 +137,13 @@ impl Components {
     /// Compiles every configured component with the configured sandbox limits.
     pub fn load(cfg: &ComponentsConfig) -> Result<Components, HostError> {
         let (host, limits) = sandbox(cfg, cfg.fuel.is_some())?;
-        let mut loader = Loader {
+        let loader = Loader {
             host: &host,
             limits: &limits,
             cfg,
-            validators: HashMap::new(),
-            transformers: HashMap::new(),
-            transforms: HashMap::new(),
         };
+        let (mut compiled_validators, mut compiled_transformers, mut compiled_transforms) =
+            (HashMap::new(), HashMap::new(), HashMap::new());
         let mut chains = Vec::new();
         let configured = cfg.chains.len();
         for (i, c) in cfg.all_chains().iter().enumerate() {
@@ -189,13 +158,25 @@ impl Components {
             let validators = c
                 .validator_refs(cfg)
                 .into_iter()
-                .map(|r| loader.validator(r))
+                .map(|r| loader.load(&mut compiled_validators, "validator", r, Validator::new))
                 .collect::<Result<_, _>>()?;
-            let transformer = loader.transformer(c.transformer_ref(cfg))?;
+            let transformer = loader.load(
+                &mut compiled_transformers,
+                "transformer",
+                c.transformer_ref(cfg),
+                Transformer::new,
+            )?;
             let transforms = c
                 .transform_refs(cfg)
                 .into_iter()
-                .map(|r| loader.transform(r))
+                .map(|r| {
+                    loader.load(
+                        &mut compiled_transforms,
+                        "row transform",
+                        r,
+                        RowTransform::new,
+                    )
+                })
                 .collect::<Result<_, _>>()?;
             chains.push(Chain {
                 topics,

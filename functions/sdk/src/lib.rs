@@ -38,6 +38,28 @@ use serde_json::{Map, Value};
 pub use floe_cdc_core::Op;
 pub use transform::{Action, RowChange, Transform, transform_rows};
 
+/// `get`, `str` and `number` over the `row` field of [`Change`] and [`RowChange`].
+macro_rules! column_getters {
+    () => {
+        /// A column's value; `None` when the row has no such column (SQL NULL is
+        /// `Some(Value::Null)`).
+        pub fn get(&self, column: &str) -> Option<&Value> {
+            self.row.get(column)
+        }
+
+        /// A text column's value.
+        pub fn str(&self, column: &str) -> Option<&str> {
+            self.row.get(column).and_then(Value::as_str)
+        }
+
+        /// A numeric column's value, also when floe carries it as a string (integers
+        /// and decimals are carried as text to keep their precision).
+        pub fn number(&self, column: &str) -> Option<f64> {
+            self.row.get(column).and_then(crate::number_of)
+        }
+    };
+}
+
 mod transform;
 
 /// The WIT package and version this SDK implements.
@@ -62,21 +84,7 @@ pub struct Change<'a> {
 }
 
 impl Change<'_> {
-    /// A column's value; `None` when the row has no such column (SQL NULL is
-    /// `Some(Value::Null)`).
-    pub fn get(&self, column: &str) -> Option<&Value> {
-        self.row.get(column)
-    }
-
-    /// A text column's value.
-    pub fn str(&self, column: &str) -> Option<&str> {
-        self.row.get(column).and_then(Value::as_str)
-    }
-
-    /// A numeric column's value, also when floe carries it as a decimal string.
-    pub fn number(&self, column: &str) -> Option<f64> {
-        self.row.get(column).and_then(number_of)
-    }
+    column_getters!();
 
     pub fn is_delete(&self) -> bool {
         self.op == Op::Delete

@@ -21,22 +21,7 @@ pub struct RowChange<'a> {
 }
 
 impl RowChange<'_> {
-    /// A column's value; `None` when the row has no such column (SQL NULL is
-    /// `Some(Value::Null)`).
-    pub fn get(&self, column: &str) -> Option<&Value> {
-        self.row.get(column)
-    }
-
-    /// A text column's value.
-    pub fn str(&self, column: &str) -> Option<&str> {
-        self.row.get(column).and_then(Value::as_str)
-    }
-
-    /// A numeric column's value, also when floe carries it as a string (integers and
-    /// decimals are carried as text to keep their precision).
-    pub fn number(&self, column: &str) -> Option<f64> {
-        self.row.get(column).and_then(crate::number_of)
-    }
+    column_getters!();
 
     /// Sets (or adds) a column.
     pub fn set(&mut self, column: &str, value: impl Into<Value>) {
