@@ -250,3 +250,58 @@ pub fn files_of(cfg: &ComponentsConfig) -> Vec<std::path::PathBuf> {
     files.dedup();
     files
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ChainConfig;
+
+    fn example(name: &str) -> String {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/components/examples")
+            .join(format!("{name}.wasm"))
+            .display()
+            .to_string()
+    }
+
+    fn with_transform(transform: String) -> ComponentsConfig {
+        ComponentsConfig {
+            chains: vec![ChainConfig {
+                topics: "customers".into(),
+                validators: Some(vec![example("example_rules_validator")]),
+                transforms: Some(vec![transform]),
+                ..ChainConfig::default()
+            }],
+            cache: false,
+            ..ComponentsConfig::default()
+        }
+    }
+
+    #[test]
+    fn chains_load_self_check_and_watch_every_file_they_name() {
+        let cfg = with_transform(example("example_pii_transform"));
+        let c = Components::load_checked(&cfg).unwrap();
+        assert_eq!(c.chains.len(), 2, "the chain and the default one");
+        assert_eq!(c.chain_for("dbz.public.customers"), 0);
+        assert_eq!(c.chain_for("dbz.public.orders"), 1);
+        assert_eq!(c.chains[0].transforms.len(), 1);
+        assert!(c.chains[1].transforms.is_empty());
+        assert!(
+            Arc::ptr_eq(&c.chains[0].transformer, &c.chains[1].transformer),
+            "the built-in transformer is compiled once for both chains"
+        );
+        let watched = files_of(&cfg);
+        assert_eq!(watched.len(), 2, "{watched:?}");
+
+        // A validator named as a transform does not load: a reload would keep the
+        // running components.
+        let wrong = with_transform(example("example_rules_validator"));
+        match Components::load_checked(&wrong) {
+            Err(HostError::Load { component, .. }) => {
+                assert!(component.ends_with("example_rules_validator.wasm"))
+            }
+            Err(other) => panic!("expected a load error, got {other}"),
+            Ok(_) => panic!("a validator loaded as a row transform"),
+        }
+    }
+}
