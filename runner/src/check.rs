@@ -109,11 +109,7 @@ pub fn check(
     // Fuel metering is always on here, so the report can say how much a call used.
     let (host, mut limits) = crate::components::sandbox(config, true).map_err(CheckError::Load)?;
     let configured = config.grants_of(&crate::config::ComponentRef::Path(component.to_path_buf()));
-    limits.wasi = floe_host::Grants::new(
-        floe_host::Capability::ALL
-            .into_iter()
-            .filter(|&c| configured.contains(c) || wasi.contains(c)),
-    );
+    limits.wasi = floe_host::Grants::new(configured.iter().chain(wasi.iter()));
     let name = component.display().to_string();
     let started = Instant::now();
     let kind = match Validator::new(&host, &name, &bytes, limits.clone()) {
@@ -121,15 +117,16 @@ pub fn check(
         Err(as_validator) => match RowTransform::new(&host, &name, &bytes, limits.clone()) {
             Ok(t) => {
                 // The rows a transform gets come from the configured transformer.
+                // (with the grants the configuration gives it, as in the pipeline).
+                let r = config.transformer_ref();
                 let (tn, tb) =
-                    crate::components::bytes_of("transformer", &config.transformer_ref())
-                        .map_err(CheckError::Load)?;
-                let plain = floe_host::Limits {
-                    wasi: Default::default(),
+                    crate::components::bytes_of("transformer", &r).map_err(CheckError::Load)?;
+                let granted = floe_host::Limits {
+                    wasi: config.grants_of(&r),
                     ..limits.clone()
                 };
                 let transformer =
-                    Transformer::new(&host, &tn, &tb, plain).map_err(CheckError::Load)?;
+                    Transformer::new(&host, &tn, &tb, granted).map_err(CheckError::Load)?;
                 Kind::Transform(transformer, t)
             }
             Err(as_transform) => {
@@ -163,11 +160,7 @@ pub fn check(
             max_memory_bytes: limits.max_memory_bytes,
             deadline_ms: config.deadline_ms,
             fuel: config.fuel,
-            wasi: floe_host::Capability::ALL
-                .into_iter()
-                .filter(|&c| limits.wasi.contains(c))
-                .map(|c| c.name().to_owned())
-                .collect(),
+            wasi: limits.wasi.iter().map(|c| c.name().to_owned()).collect(),
         },
     };
     for chunk in messages.chunks(batch_rows.max(1)) {

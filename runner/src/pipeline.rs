@@ -5,6 +5,7 @@
 //! A batch's offsets are committed only after the sink returned, so a crash anywhere
 //! replays at most the uncommitted batch, which the MERGE applies idempotently.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -334,6 +335,31 @@ fn precedes(a: (u32, i64), b: (u32, i64)) -> bool {
     } else {
         a.0 < b.0
     }
+}
+
+/// Each chain's share of a batch, for the chains that have events in it: the chain's
+/// index, the positions of its events in `batch`, and those events as a batch of their
+/// own (`batch` itself when one chain has them all, the common case, copying nothing).
+fn chain_batches<'a>(
+    batch: &'a Batch,
+    chain_of: &'a [usize],
+    chains: usize,
+) -> impl Iterator<Item = (usize, Vec<usize>, Cow<'a, Batch>)> + 'a {
+    (0..chains).filter_map(move |ci| {
+        let members: Vec<usize> = (0..chain_of.len()).filter(|&i| chain_of[i] == ci).collect();
+        if members.is_empty() {
+            return None;
+        }
+        let input = if members.len() == batch.events.len() {
+            Cow::Borrowed(batch)
+        } else {
+            Cow::Owned(Batch {
+                topics: batch.topics.clone(),
+                events: members.iter().map(|&i| batch.events[i].clone()).collect(),
+            })
+        };
+        Some((ci, members, input))
+    })
 }
 
 /// Every event of `indexes` is dead for the same reason (a component failed).
@@ -806,23 +832,9 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             .collect();
         // Per event: None = accepted so far.
         let mut refused: Vec<Option<DeadLetter>> = (0..n).map(|_| None).collect();
-        for (ci, chain) in c.chains.iter().enumerate() {
-            let members: Vec<usize> = (0..n).filter(|&i| chain_of[i] == ci).collect();
-            if members.is_empty() {
-                continue;
-            }
-            let sub;
-            let input = if members.len() == n {
-                &batch
-            } else {
-                sub = Batch {
-                    topics: batch.topics.clone(),
-                    events: members.iter().map(|&i| batch.events[i].clone()).collect(),
-                };
-                &sub
-            };
-            for v in &chain.validators {
-                match retry_once(|| v.validate(input)) {
+        for (ci, members, input) in chain_batches(&batch, &chain_of, c.chains.len()) {
+            for v in &c.chains[ci].validators {
+                match retry_once(|| v.validate(&input)) {
                     Ok(verdicts) => {
                         for (&i, verdict) in members.iter().zip(verdicts) {
                             if let (Verdict::Rejected(reason), None) = (verdict, &refused[i]) {
@@ -1069,21 +1081,9 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             truncates: Vec::new(),
             failures: Vec::new(),
         };
-        for (ci, chain) in self.components.chains.iter().enumerate() {
-            let members: Vec<usize> = (0..n).filter(|&i| chain_of[i] == ci).collect();
-            if members.is_empty() {
-                continue;
-            }
-            let sub;
-            let input = if members.len() == n {
-                batch
-            } else {
-                sub = Batch {
-                    topics: batch.topics.clone(),
-                    events: members.iter().map(|&i| batch.events[i].clone()).collect(),
-                };
-                &sub
-            };
+        let chains = &self.components.chains;
+        for (ci, members, input) in chain_batches(batch, chain_of, chains.len()) {
+            let chain = &chains[ci];
             // A failed call dead-letters every event of the chain in this batch.
             let failed_call =
                 |e: floe_host::HostError, component: &str, dead: &mut Vec<DeadLetter>| {
@@ -1103,7 +1103,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                         &msg,
                     );
                 };
-            let mut answer = match retry_once(|| chain.transformer.transform(input)) {
+            let mut answer = match retry_once(|| chain.transformer.transform(&input)) {
                 Ok(a) => a,
                 Err(e) => {
                     failed_call(e, chain.transformer.name(), dead);

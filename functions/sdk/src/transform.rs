@@ -53,11 +53,6 @@ fn is_metadata(column: &str) -> bool {
     METADATA_COLUMNS.iter().any(|(name, _)| *name == column)
 }
 
-/// Kind of a JSON value, to type a new column.
-fn kind(v: &Value) -> Option<String> {
-    inferred_type(v)
-}
-
 /// Whether a value can be loaded into a column of `data_type` as floe loads values
 /// (numbers may be carried as text).
 fn fits(data_type: &str, v: &Value) -> bool {
@@ -170,15 +165,15 @@ pub fn transform_rows<T: Transform>(input: Transformed) -> Transformed {
                 None => match added[t].iter_mut().find(|(n, _)| n == name) {
                     Some((_, ty)) => {
                         if ty.is_none() {
-                            *ty = kind(value);
+                            *ty = inferred_type(value);
                         }
                     }
-                    None => added[t].push((name.clone(), kind(value))),
+                    None => added[t].push((name.clone(), inferred_type(value))),
                 },
                 Some(column) => {
                     if before.get(name) != Some(value)
                         && !fits(&column.data_type, value)
-                        && let Some(new_kind) = kind(value)
+                        && let Some(new_kind) = inferred_type(value)
                     {
                         retyped[t].entry(column.name.clone()).or_insert(new_kind);
                     }

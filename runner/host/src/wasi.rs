@@ -111,6 +111,11 @@ impl Grants {
         self.0.contains(&c)
     }
 
+    /// The granted capabilities, in [`Capability::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = Capability> + '_ {
+        self.0.iter().copied()
+    }
+
     /// Checks every import of `component` against the grants: the floe contract's
     /// type-only interface is always fine, a WASI interface needs its capability, and
     /// nothing else can be satisfied. The error names each missing capability.
