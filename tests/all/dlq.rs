@@ -14,9 +14,9 @@ use floe::dlq::replay::{ReplayOptions, replay};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message as _};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
-use crate::support::{env, psql, query, sink_config, snowflake, spawn_run, unique};
+use crate::support::{env, producer, psql, query, sink_config, snowflake, spawn_run, unique};
 
 /// One hostile record: key, value, the category floe must give it.
 struct Hostile {
@@ -108,10 +108,7 @@ async fn hostile_records_land_in_the_dlq_and_replay_after_a_fix() {
     ));
     // Hostile records into the same topic, and valid changes of a table whose name and
     // columns are hostile SQL (safely quoted, so they load).
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", env("FLOE_KAFKA_BROKERS"))
-        .create()
-        .unwrap();
+    let producer = producer();
     let records = hostile(&table);
     let weird_table = r#"we"ird; DROP TABLE x;--ü"#;
     let mut weird = Vec::new();

@@ -5,10 +5,9 @@ use std::time::{Duration, Instant};
 
 use floe::RunOptions;
 use floe::config::SourceKind;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
-use crate::support::{Rng, env, psql, query, sink_config, snowflake, spawn_run, unique};
+use crate::support::{Rng, env, producer, psql, query, sink_config, snowflake, spawn_run, unique};
 
 /// SQL for `changes` mixed inserts/updates/deletes over two tables, in transactions,
 /// and the number of Kafka messages Debezium will emit for them (a delete is two: the
@@ -139,10 +138,7 @@ async fn postgres_debezium_kafka_floe_snowflake() {
     psql(&w.sql);
 
     // A payload that is not JSON and an event the default validator rejects (unknown op).
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", env("FLOE_KAFKA_BROKERS"))
-        .create()
-        .unwrap();
+    let producer = producer();
     for (key, value) in [
         (r#"{"id":999999}"#, "this is not json {".to_string()),
         (

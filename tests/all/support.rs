@@ -69,6 +69,14 @@ pub async fn query(client: &Client, sql: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// A producer to the dev stack's broker, with librdkafka's defaults.
+pub fn producer() -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", env("FLOE_KAFKA_BROKERS"))
+        .create()
+        .unwrap()
+}
+
 /// A config writing into `database` of the emulator.
 pub fn sink_config(database: &str) -> Config {
     let mut c = Config::default();

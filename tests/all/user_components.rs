@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use floe::RunOptions;
 use floe::config::{DlqKind, SourceKind};
-use rdkafka::ClientConfig;
 use rdkafka::message::{Headers, Message as _};
-use rdkafka::producer::FutureProducer;
 
 use crate::broker::produce;
-use crate::support::{env, query, read_topic, replay_with, sink_config, snowflake, unique};
+use crate::support::{
+    env, producer, query, read_topic, replay_with, sink_config, snowflake, unique,
+};
 
 fn example(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -63,6 +63,35 @@ fn file_letters(path: &std::path::Path) -> Vec<(i64, String, String, String)> {
         .collect()
 }
 
+/// A Debezium change of row `after` in `public.<table>` (envelope without schema).
+fn change(table: &str, op: &str, after: serde_json::Value, lsn: i64) -> serde_json::Value {
+    serde_json::json!({"op": op, "before": null, "after": after,
+        "source": {"schema": "public", "table": table, "lsn": lsn}})
+}
+
+/// A Kafka record (key, value) of `change` keyed by `id`.
+fn record(id: i64, change: &serde_json::Value) -> (String, String) {
+    (
+        serde_json::json!({ "id": id }).to_string(),
+        change.to_string(),
+    )
+}
+
+/// `change` of `public.<table>` keyed by `id`, as a line of the file source's format.
+fn line(table: &str, id: i64, change: serde_json::Value) -> String {
+    serde_json::json!({"topic": format!("dbz.public.{table}"), "key": {"id": id}, "value": change})
+        .to_string()
+}
+
+/// A fresh directory for run `run` holding `lines` as `events.jsonl`: (dir, file).
+fn events_file(run: &str, lines: &[String]) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(run);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    (dir, file)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the dev stack: make test"]
 async fn the_rules_validator_rejects_into_the_dlq_and_the_rest_loads() {
@@ -84,18 +113,11 @@ async fn the_rules_validator_rejects_into_the_dlq_and_the_rest_loads() {
                 ("1.50", "EUR", "a@b.io")
             }
         };
-        let value = serde_json::json!({"op": "c", "before": null,
-            "after": {"id": id, "amount": amount, "currency": currency, "email": email},
-            "source": {"schema": "public", "table": table, "lsn": 100 + id}});
-        records.push((
-            serde_json::json!({ "id": id }).to_string(),
-            value.to_string(),
-        ));
+        let after =
+            serde_json::json!({"id": id, "amount": amount, "currency": currency, "email": email});
+        records.push(record(id, &change(&table, "c", after, 100 + id)));
     }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", env("FLOE_KAFKA_BROKERS"))
-        .create()
-        .unwrap();
+    let producer = producer();
     produce(&producer, &topic, &records).await;
 
     let mut config = sink_config(&database);
@@ -172,8 +194,6 @@ async fn the_rules_validator_rejects_into_the_dlq_and_the_rest_loads() {
 async fn a_hostile_validator_fails_only_its_batches() {
     let run = unique("hostile");
     let database = run.to_uppercase();
-    let dir = std::env::temp_dir().join(&run);
-    std::fs::create_dir_all(&dir).unwrap();
     // 7 batches of 5 records (batch.max_rows = 5); the first record of a batch may ask
     // the validator to misbehave.
     let modes = ["", "loop", "alloc", "panic", "count", "huge", ""];
@@ -185,16 +205,11 @@ async fn a_hostile_validator_fails_only_its_batches() {
             if i == 0 && !mode.is_empty() {
                 after["hostile"] = (*mode).into();
             }
-            lines.push(
-                serde_json::json!({"topic": "dbz.public.hostile_items", "key": {"id": id},
-                    "value": {"op": "c", "before": null, "after": after,
-                              "source": {"schema": "public", "table": "hostile_items", "lsn": 10 + id}}})
-                .to_string(),
-            );
+            let c = change("hostile_items", "c", after, 10 + id);
+            lines.push(line("hostile_items", id, c));
         }
     }
-    let file = dir.join("events.jsonl");
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let (dir, file) = events_file(&run, &lines);
     let dlq = dir.join("dlq.jsonl");
 
     let started = std::time::Instant::now();
@@ -259,22 +274,17 @@ async fn a_hostile_validator_fails_only_its_batches() {
 async fn a_chain_applies_to_its_topics_only_first_rejection_wins() {
     let run = unique("chain");
     let database = run.to_uppercase();
-    let dir = std::env::temp_dir().join(&run);
-    std::fs::create_dir_all(&dir).unwrap();
-    let line = |table: &str, id: i64, op: &str, amount: &str| {
-        serde_json::json!({"topic": format!("dbz.public.{table}"), "key": {"id": id},
-            "value": {"op": op, "before": null, "after": {"id": id, "amount": amount},
-                      "source": {"schema": "public", "table": table, "lsn": id}}})
-        .to_string()
+    let order = |table: &str, id: i64, op: &str, amount: &str| {
+        let after = serde_json::json!({"id": id, "amount": amount});
+        line(table, id, change(table, op, after, id))
     };
     let lines = [
-        line("chain_orders", 1, "c", "5.00"),
-        line("chain_orders", 2, "c", "-1.00"),
-        line("chain_orders", 3, "x", "-1.00"),
-        line("chain_customers", 4, "c", "-1.00"),
+        order("chain_orders", 1, "c", "5.00"),
+        order("chain_orders", 2, "c", "-1.00"),
+        order("chain_orders", 3, "x", "-1.00"),
+        order("chain_customers", 4, "c", "-1.00"),
     ];
-    let file = dir.join("events.jsonl");
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let (dir, file) = events_file(&run, &lines);
     let dlq = dir.join("dlq.jsonl");
     let rules = example("example_rules_validator").display().to_string();
     let snap = replay_with(std::slice::from_ref(&file), &database, |c| {
@@ -350,21 +360,13 @@ async fn hot_reload_swaps_the_validator_between_batches_and_refuses_a_broken_one
 
     // id % 4 == 1: an empty name (the template's rule); id % 4 == 2: a negative amount
     // (the rules example's).
-    let record = |id: i64| {
+    let order = |id: i64| {
         let name = if id % 4 == 1 { "" } else { "n" };
         let amount = if id % 4 == 2 { "-1.00" } else { "1.00" };
-        let value = serde_json::json!({"op": "c", "before": null,
-            "after": {"id": id, "name": name, "amount": amount},
-            "source": {"schema": "public", "table": table, "lsn": 10 + id}});
-        (
-            serde_json::json!({ "id": id }).to_string(),
-            value.to_string(),
-        )
+        let after = serde_json::json!({"id": id, "name": name, "amount": amount});
+        record(id, &change(&table, "c", after, 10 + id))
     };
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", env("FLOE_KAFKA_BROKERS"))
-        .create()
-        .unwrap();
+    let producer = producer();
     let mut config = sink_config(&database);
     config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
     config.source.kafka.topics = vec![topic.clone()];
@@ -389,7 +391,7 @@ async fn hot_reload_swaps_the_validator_between_batches_and_refuses_a_broken_one
             }
         }
     };
-    let phase = |from: i64| (from..from + 100).map(record).collect::<Vec<_>>();
+    let phase = |from: i64| (from..from + 100).map(order).collect::<Vec<_>>();
 
     produce(&producer, &topic, &phase(0)).await;
     wait(
@@ -470,19 +472,14 @@ async fn hot_reload_swaps_the_validator_between_batches_and_refuses_a_broken_one
 async fn the_c_validator_runs_in_the_pipeline() {
     let run = unique("cval");
     let database = run.to_uppercase();
-    let dir = std::env::temp_dir().join(&run);
-    std::fs::create_dir_all(&dir).unwrap();
     let lines: Vec<String> = (0..40i64)
         .map(|id| {
             let amount = if id % 5 == 0 { "-2.50" } else { "2.50" };
-            serde_json::json!({"topic": "dbz.public.c_orders", "key": {"id": id},
-                "value": {"op": "c", "before": null, "after": {"id": id, "amount": amount},
-                          "source": {"schema": "public", "table": "c_orders", "lsn": 10 + id}}})
-            .to_string()
+            let after = serde_json::json!({"id": id, "amount": amount});
+            line("c_orders", id, change("c_orders", "c", after, 10 + id))
         })
         .collect();
-    let file = dir.join("events.jsonl");
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let (dir, file) = events_file(&run, &lines);
     let dlq = dir.join("dlq.jsonl");
     let snap = replay_with(std::slice::from_ref(&file), &database, |c| {
         c.components.validator = example("example_c_validator").display().to_string();
@@ -517,24 +514,18 @@ async fn the_c_validator_runs_in_the_pipeline() {
 async fn a_row_transform_chain_masks_its_topics_rows_and_fails_the_unmaskable() {
     let run = unique("pii");
     let database = run.to_uppercase();
-    let dir = std::env::temp_dir().join(&run);
-    std::fs::create_dir_all(&dir).unwrap();
-    let line = |table: &str, id: i64, op: &str, lsn: i64, email: serde_json::Value| {
-        serde_json::json!({"topic": format!("dbz.public.{table}"), "key": {"id": id},
-            "value": {"op": op, "before": null,
-                      "after": {"id": id, "email": email, "ssn": "123-45-6789", "name": format!("n{id}")},
-                      "source": {"schema": "public", "table": table, "lsn": lsn}}})
-        .to_string()
+    let person = |table: &str, id: i64, op: &str, lsn: i64, email: serde_json::Value| {
+        let after = serde_json::json!({"id": id, "email": email, "ssn": "123-45-6789", "name": format!("n{id}")});
+        line(table, id, change(table, op, after, lsn))
     };
     let lines = [
-        line("pii_customers", 1, "c", 1, "ann@example.com".into()),
-        line("pii_customers", 2, "c", 2, serde_json::Value::Bool(true)),
-        line("pii_customers", 3, "c", 3, serde_json::Value::Null),
-        line("pii_customers", 1, "u", 4, "ann@new.org".into()),
-        line("pii_orders", 10, "c", 5, "bob@example.com".into()),
+        person("pii_customers", 1, "c", 1, "ann@example.com".into()),
+        person("pii_customers", 2, "c", 2, serde_json::Value::Bool(true)),
+        person("pii_customers", 3, "c", 3, serde_json::Value::Null),
+        person("pii_customers", 1, "u", 4, "ann@new.org".into()),
+        person("pii_orders", 10, "c", 5, "bob@example.com".into()),
     ];
-    let file = dir.join("events.jsonl");
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let (dir, file) = events_file(&run, &lines);
     let dlq = dir.join("dlq.jsonl");
     let pii = example("example_pii_transform").display().to_string();
     let snap = replay_with(std::slice::from_ref(&file), &database, |c| {
@@ -611,40 +602,32 @@ async fn a_row_transform_chain_masks_its_topics_rows_and_fails_the_unmaskable() 
 async fn javascript_validators_run_in_the_pipeline_the_wasi_one_only_when_granted() {
     let run = unique("js");
     let database = run.to_uppercase();
-    let dir = std::env::temp_dir().join(&run);
-    std::fs::create_dir_all(&dir).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let line = |table: &str, id: i64, after: serde_json::Value, ts_ms: i64| {
-        serde_json::json!({"topic": format!("dbz.public.{table}"), "key": {"id": id},
-            "value": {"op": "c", "before": null, "after": after,
-                      "source": {"schema": "public", "table": table, "lsn": id, "ts_ms": ts_ms}}})
-        .to_string()
+    let at = |table: &str, id: i64, after: serde_json::Value, ts_ms: i64| {
+        let mut c = change(table, "c", after, id);
+        c["source"]["ts_ms"] = ts_ms.into();
+        line(table, id, c)
     };
     let order = |id: i64, amount: &str, currency: &str| {
-        line(
-            "js_orders",
-            id,
-            serde_json::json!({"id": id, "amount": amount, "currency": currency}),
-            now,
-        )
+        let after = serde_json::json!({"id": id, "amount": amount, "currency": currency});
+        at("js_orders", id, after, now)
     };
     let lines = [
         order(1, "5.00", "USD"),
         order(2, "-1.00", "USD"),
         order(3, "7.00", "XXX"),
-        line("js_events", 4, serde_json::json!({"id": 4}), now - 1_000),
-        line(
+        at("js_events", 4, serde_json::json!({"id": 4}), now - 1_000),
+        at(
             "js_events",
             5,
             serde_json::json!({"id": 5}),
             now + 3_600_000,
         ),
     ];
-    let file = dir.join("events.jsonl");
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let (dir, file) = events_file(&run, &lines);
     let dlq = dir.join("dlq.jsonl");
     let rules = example("example_js_validator").display().to_string();
     let fresh = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
