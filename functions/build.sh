@@ -8,7 +8,8 @@
 #    `wasm` profile (panic=abort, size-optimised), by whichever toolchain this machine has:
 #    - rustup with the wasm32-unknown-unknown target installed: plain `cargo build`;
 #    - else Debian's rustc-web + rust-web-src (rustc with std sources, no prebuilt wasm
-#      std): `-Zbuild-std` with Debian's cargo and rustc.
+#      std): `-Zbuild-std` with Debian's cargo (cargo-web) and rustc, linked by Debian's
+#      rust-lld (rust-web-llvm).
 # 2. floe-componentize (native) wraps each module into a component and checks it has
 #    zero imports.
 # The C example is built by clang-22 (dev/install.sh wasm), the JavaScript example by
@@ -34,7 +35,7 @@ if command -v rustup >/dev/null 2>&1 &&
     rustup target list --installed 2>/dev/null | grep -qx "$WASM_TARGET"; then
     echo "build.sh: guests with rustup's $WASM_TARGET target" >&2
     cargo build --profile wasm --target "$WASM_TARGET" "${PACKAGES[@]}"
-elif [[ -x /usr/bin/rustc && -x /usr/bin/cargo && -d /usr/lib/rustlib/src/rust/library ]]; then
+elif [[ -x /usr/bin/rustc && -x /usr/bin/cargo && -x /usr/bin/rust-lld && -d /usr/lib/rustlib/src/rust/library ]]; then
     echo "build.sh: guests with Debian's rustc and -Zbuild-std ($(/usr/bin/rustc --version))" >&2
     # RUSTC must be explicit: without it Debian's cargo would pick up rustup's rustc
     # from PATH, which has no wasm std. RUSTC_BOOTSTRAP enables -Zbuild-std on stable.
@@ -45,8 +46,9 @@ else
     cat >&2 <<EOF
 build.sh: no Rust toolchain that can build $WASM_TARGET was found. Either
   rustup target add $WASM_TARGET
-or, on Debian/Ubuntu,
-  apt-get install rustc-web rust-web-src lld-22
+or, on Debian 12,
+  dev/install.sh wasm
+  (apt-get install --no-install-recommends rustc-web cargo-web rust-web-llvm rust-web-src lld-22)
 EOF
     exit 1
 fi
