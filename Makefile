@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help install components build demo test test-unit test-integration lint fmt bench stack-up stack-down stack-status clean
+.PHONY: help install components build demo test test-unit test-integration coverage lint fmt bench stack-up stack-down stack-status clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -34,6 +34,10 @@ test-integration: install build ## Integration tests against the real stack (tan
 test: install build ## All tests: unit, then integration against the real stack
 	$(CARGO) test --workspace
 	dev/with-stack.sh $(CARGO) test --workspace -- --ignored --test-threads=1
+
+coverage: install components ## Line coverage of the unit and integration tests (cargo-llvm-cov; summary and HTML in target/coverage/)
+	dev/install.sh coverage
+	dev/coverage.sh
 
 lint: components ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check

@@ -66,3 +66,6 @@ FLOE_MOTO_BIN="$FLOE_MOTO_VENV/bin/moto_server"
 FLOE_DBZ_LIBS="$FLOE_DEV_HOME/debezium/libs"
 FLOE_DBZ_CLASSES="$FLOE_DEV_HOME/debezium/classes"
 FLOE_PG_BIN="${FLOE_PG_BIN:-/usr/lib/postgresql/15/bin}"
+# make coverage: cargo-llvm-cov, built from crates.io by dev/install.sh coverage.
+FLOE_LLVM_COV_VERSION="0.9.1"
+FLOE_LLVM_COV_BIN="$FLOE_DEV_HOME/cargo/bin/cargo-llvm-cov"

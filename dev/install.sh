@@ -29,6 +29,8 @@
 #   js:       nodejs npm (when node or npm is missing)
 #   postgres: postgresql-15 postgresql-client-15
 #   debezium: openjdk-17-jdk-headless
+#   coverage: llvm-22 (only when named: `dev/install.sh coverage`, for `make coverage`), and
+#             cargo-llvm-cov from crates.io into $FLOE_DEV_HOME/cargo/bin
 #
 # Env: FLOE_INSTALL_QUIET=1 hides the "already present" lines.
 set -euo pipefail
@@ -38,12 +40,14 @@ DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$DEV_DIR/env.sh"
 
 ALL_COMPONENTS=(base wasm js tansu fakesnow moto postgres debezium)
+# Installed only when named (make coverage): not needed by the build, the demo or the tests.
+EXTRA_COMPONENTS=(coverage)
 PYTHON="${FLOE_PYTHON:-python3}"
 QUIET="${FLOE_INSTALL_QUIET:-0}"
 
 usage() {
   local IFS='|'
-  echo "usage: $0 [${ALL_COMPONENTS[*]} ...]   (default: all)" >&2
+  echo "usage: $0 [check] [${ALL_COMPONENTS[*]} ${EXTRA_COMPONENTS[*]} ...]   (default: all but ${EXTRA_COMPONENTS[*]})" >&2
   exit 2
 }
 
@@ -447,6 +451,30 @@ install_debezium() {
   fi
 }
 
+# `make coverage`: cargo-llvm-cov from crates.io (built once into $FLOE_DEV_HOME/cargo),
+# and llvm-cov/llvm-profdata of the LLVM major version rustc uses (Debian's llvm-22 for
+# rustup's 1.95, whose LLVM is 22), since rustup's llvm-tools component comes from a
+# server this machine may not reach.
+COVERAGE_LLVM_PACKAGES=(llvm-22)
+install_coverage() {
+  step_begin
+  apt_install "${COVERAGE_LLVM_PACKAGES[@]}"
+  if [[ -x "$FLOE_LLVM_COV_BIN" ]] \
+      && [[ "$("$FLOE_LLVM_COV_BIN" llvm-cov --version 2>/dev/null)" == "cargo-llvm-cov $FLOE_LLVM_COV_VERSION" ]]; then
+    step_end coverage present "cargo-llvm-cov $FLOE_LLVM_COV_VERSION, $(llvm_cov_version)"
+    return 0
+  fi
+  timeout 1800 cargo install --quiet --locked --root "$FLOE_DEV_HOME/cargo" \
+    "cargo-llvm-cov@$FLOE_LLVM_COV_VERSION" || die "cargo install cargo-llvm-cov@$FLOE_LLVM_COV_VERSION failed"
+  step_end coverage installed "cargo-llvm-cov $FLOE_LLVM_COV_VERSION, $(llvm_cov_version)"
+}
+llvm_cov_version() { /usr/bin/llvm-cov-22 --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9.]*\).*/llvm-cov \1/p'; }
+check_coverage() {
+  need_file "$FLOE_LLVM_COV_BIN" "crates.io cargo-llvm-cov@$FLOE_LLVM_COV_VERSION (dev/install.sh coverage)"
+  need_file /usr/bin/llvm-cov-22 "Debian package llvm-22"
+  need_file /usr/bin/llvm-profdata-22 "Debian package llvm-22"
+}
+
 # ---------------------------------------------------------------- checks
 # check_COMPONENT: every tool the scripts call from that component is really there.
 
@@ -490,7 +518,7 @@ fi
 ((${#components[@]})) || components=("${ALL_COMPONENTS[@]}")
 for c in "${components[@]}"; do
   case "$c" in
-    base|wasm|js|tansu|fakesnow|moto|postgres|debezium) ;;
+    base|wasm|js|tansu|fakesnow|moto|postgres|debezium|coverage) ;;
     -h|--help) usage ;;
     *) echo "install: unknown component '$c'" >&2; usage ;;
   esac
