@@ -177,7 +177,7 @@ if ((sink)); then
   # The load must be right, not just fast: target rows = source rows, per table.
   for t in customers orders; do
     want=$(sed -n "s/.*public\.$t .*rows=\([0-9]*\).*/\1/p" "$OUT/workload.log")
-    got=$("$FLOE_BIN" --config "$cfg" query "SELECT COUNT(*) FROM BENCH.CDC.${t^^}" \
+    got=$("$FLOE_BIN" --config "$cfg" query "SELECT COUNT(*) FROM BENCH.CDC.DBZ_PUBLIC_${t^^}" \
       2>>"$OUT/floe-fakesnow.check.err" | tail -n 1) || got="query failed"
     echo "$t|$want|$got" >>"$OUT/floe-fakesnow.check"
     say "floe-fakesnow: $t source rows $want, target rows $got"

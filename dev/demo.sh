@@ -25,7 +25,7 @@ eval "$("$here/stack.sh" env)"
 step "sample workload: $changes changes on public.customers and public.orders"
 "$here/workload.sh" "$changes"
 
-step "floe run (embedded defaults: topics ^dbz\\.[^.]+\\.[^.]+$ -> FLOE.CDC.<TABLE>), until 10 s idle"
+step "floe run (embedded defaults: topics ^dbz\\.[^.]+\\.[^.]+$ -> FLOE.CDC.DBZ_PUBLIC_<TABLE>), until 10 s idle"
 stats="$root/target/demo-stats.json"
 # tansu holds a consumer-group join for half the session timeout: 10 s keeps it at 5 s.
 FLOE__SOURCE__KAFKA__BROKERS="$FLOE_KAFKA_BROKERS" \
@@ -37,14 +37,14 @@ psql_q() { psql -X -qAt -h 127.0.0.1 -p "$FLOE_PG_PORT" -U postgres -d floe -c "
 floe_q() { FLOE__SINK__SNOWFLAKE__ACCOUNT_URL="$FLOE_SNOWFLAKE_URL" "$floe" query "$1" 2>/dev/null; }
 
 step "target tables in Snowflake (emulator), first rows"
-floe_q 'SELECT "ID", "NAME", "EMAIL", "BALANCE", "ACTIVE", "__OP", "__LSN" FROM FLOE.CDC.CUSTOMERS ORDER BY "ID" LIMIT 5' | column -t -s $'\t'
+floe_q 'SELECT "ID", "NAME", "EMAIL", "BALANCE", "ACTIVE", "__OP", "__LSN" FROM FLOE.CDC.DBZ_PUBLIC_CUSTOMERS ORDER BY "ID" LIMIT 5' | column -t -s $'\t'
 echo
-floe_q 'SELECT "ID", "CUSTOMER_ID", "AMOUNT", "STATUS", "PLACED_AT", "__OP" FROM FLOE.CDC.ORDERS ORDER BY "ID" LIMIT 5' | column -t -s $'\t'
+floe_q 'SELECT "ID", "CUSTOMER_ID", "AMOUNT", "STATUS", "PLACED_AT", "__OP" FROM FLOE.CDC.DBZ_PUBLIC_ORDERS ORDER BY "ID" LIMIT 5' | column -t -s $'\t'
 
 step "source vs target row counts"
 for t in customers orders; do
   src=$(psql_q "SELECT count(*) FROM public.$t")
-  dst=$(floe_q "SELECT COUNT(*) FROM FLOE.CDC.${t^^}" | tail -n 1)
+  dst=$(floe_q "SELECT COUNT(*) FROM FLOE.CDC.DBZ_PUBLIC_${t^^}" | tail -n 1)
   printf '  %-10s postgres=%-6s snowflake=%-6s %s\n' "$t" "$src" "$dst" "$([[ "$src" == "$dst" ]] && echo OK || echo MISMATCH)"
 done
 

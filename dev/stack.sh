@@ -15,6 +15,9 @@
 # env      prints `export ...` lines: eval "$(dev/stack.sh env)".
 # logs     prints the tail of each component's log.
 # clean    stop, then delete $FLOE_RUN_DIR (the PostgreSQL data dir included).
+# debezium-exec NAME [key=value ...]
+#          one more Debezium forwarder in the foreground, with its own slot and topic
+#          prefix and the given connector settings (tests that need other settings).
 #
 # Settings: see dev/env.sh (ports, FLOE_DEBEZIUM_* converter options) and dev/README.md.
 set -euo pipefail
@@ -491,8 +494,25 @@ print_env() {
 
 usage() {
   echo "usage: $0 start|stop|restart|status|env|logs|clean [tansu|fakesnow|postgres|debezium ...]" >&2
+  echo "       $0 debezium-exec NAME [key=value ...]" >&2
   exit 2
 }
+
+# debezium-exec NAME [key=value ...]: runs one more Debezium forwarder in the foreground
+# (tests start their own, with other connector settings): slot floe_NAME, topics
+# NAME.<schema>.<table>, the stack's settings overridden by the key=value pairs. SIGTERM
+# stops it and drops its slot. The broker and PostgreSQL must be running.
+if [[ "${1:-}" == debezium-exec ]]; then
+  [[ -n "${2:-}" ]] || usage
+  name="$2"; shift 2
+  export FLOE_DEBEZIUM_SLOT="floe_$name" FLOE_DEBEZIUM_TOPIC_PREFIX="$name" FLOE_DEBEZIUM_OPTS="$*"
+  dir="$FLOE_RUN_DIR/debezium-$name"
+  mkdir -p "$dir"
+  write_debezium_settings "$dir/debezium.properties"
+  # shellcheck disable=SC2086 # DEBEZIUM_JAVA_OPTS is a list of JVM options
+  exec "$(java_bin)" $DEBEZIUM_JAVA_OPTS "-Dlog4j2.configurationFile=$DEV_DIR/debezium/log4j2.properties" \
+    -cp "$FLOE_DBZ_CLASSES:$FLOE_DBZ_LIBS/*" FloeDebezium "$dir/debezium.properties"
+fi
 
 cmd="${1:-}"; [[ -n "$cmd" ]] || usage
 shift

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds floe's default WASM components and the example user components:
 #   target/components/{validator,transformer,merge_builder}.wasm
-#   target/components/examples/{example_rules_validator,example_hostile_validator,example_template_validator,example_pii_transform,example_hostile_transform,example_c_validator,example_js_validator}.wasm
-#   target/components/examples/wasi/example_js_freshness_validator.wasm (imports WASI)
+#   target/components/examples/{example_rules_validator,example_hostile_validator,example_template_validator,example_pii_transform,example_hostile_transform,example_hostile_merge_builder,example_c_validator,example_js_validator}.wasm
+#   target/components/examples/wasi/example_js_{freshness,chatty}_validator.wasm (import WASI)
 #
 # 1. The guest crates are compiled to wasm32-unknown-unknown core modules with the
 #    `wasm` profile (panic=abort, size-optimised), by whichever toolchain this machine has:
@@ -25,7 +25,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export CARGO_TARGET_DIR="$TARGET_DIR"
 WASM_TARGET=wasm32-unknown-unknown
 GUESTS=(floe-validator floe-transformer floe-merge-builder)
-EXAMPLES=(floe-example-rules-validator floe-example-hostile-validator floe-example-template-validator floe-example-pii-transform floe-example-hostile-transform)
+EXAMPLES=(floe-example-rules-validator floe-example-hostile-validator floe-example-template-validator floe-example-pii-transform floe-example-hostile-transform floe-example-hostile-merge-builder)
 PACKAGES=()
 for g in "${GUESTS[@]}" "${EXAMPLES[@]}"; do PACKAGES+=(-p "$g"); done
 
@@ -100,6 +100,7 @@ js_component() {
 JS_COMPONENT="$TARGET_DIR/js-example/floe_example_js_validator.wasm"
 js_component "$JS_COMPONENT" validator.js
 js_component "$TARGET_DIR/components/examples/wasi/example_js_freshness_validator.wasm" freshness.js --wasi
+js_component "$TARGET_DIR/components/examples/wasi/example_js_chatty_validator.wasm" chatty.js --wasi chatty.js
 EXAMPLE_MODULES+=("$JS_COMPONENT")
 
 # The build step itself is native: the default toolchain on PATH builds it.

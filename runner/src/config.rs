@@ -13,6 +13,79 @@ use serde::{Deserialize, Serialize};
 
 pub use floe_snowflake::Secret;
 
+/// librdkafka settings passed through as-is (`source.kafka.options`, `dlq.options`).
+/// Printed (`floe config`, `Debug`, logs) with the value of every secret-looking key
+/// masked as `***`: passwords, secrets, tokens, JAAS and OAuth configs, private keys.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaOptions(pub BTreeMap<String, String>);
+
+impl KafkaOptions {
+    /// Whether an option's value must never be printed.
+    pub fn is_secret(key: &str) -> bool {
+        const SECRET: [&str; 8] = [
+            "password",
+            "secret",
+            "token",
+            "jaas",
+            "oauthbearer.config",
+            "key.pem",
+            "credentials",
+            "sasl.kerberos.keytab",
+        ];
+        let key = key.to_ascii_lowercase();
+        SECRET.iter().any(|s| key.contains(s))
+    }
+
+    /// The options as they may be printed.
+    fn masked(&self) -> BTreeMap<&str, &str> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let v = if Self::is_secret(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect()
+    }
+}
+
+impl std::ops::Deref for KafkaOptions {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KafkaOptions {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a KafkaOptions {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.masked().fmt(f)
+    }
+}
+
+impl Serialize for KafkaOptions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.masked().serialize(serializer)
+    }
+}
+
 /// Errors while reading or checking the configuration. Never retryable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -112,8 +185,8 @@ pub struct SourceConfig {
     /// `kafka` (default) or `file`.
     #[serde(default)]
     pub kind: SourceKind,
-    /// Messages whose key + value exceed this many bytes are not processed: they go to
-    /// the dead letter queue (category `kafka`). Default 8 MiB.
+    /// Messages whose key + value + headers exceed this many bytes are not processed:
+    /// they go to the dead letter queue (category `kafka`). Default 8 MiB.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
     /// Settings of the Kafka source.
@@ -122,6 +195,74 @@ pub struct SourceConfig {
     /// Settings of the file source.
     #[serde(default)]
     pub file: FileConfig,
+    /// What each topic's values are (first matching entry wins; unmatched topics are
+    /// `auto`). See docs/operating.md#message-formats.
+    #[serde(default)]
+    pub formats: Vec<FormatConfig>,
+}
+
+/// One `[[source.formats]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FormatConfig {
+    /// Regular expression over topic names (anchored at the start, like
+    /// `source.kafka.topic_pattern`).
+    pub topics: String,
+    /// `auto` (default: told per message), `envelope` (Debezium's envelope only) or
+    /// `unwrap` (records flattened by ExtractNewRecordState, read with the settings
+    /// below).
+    #[serde(default)]
+    pub format: TopicFormat,
+    /// `unwrap`: the SMT's `add.fields` (e.g. `["op", "table", "lsn", "source.ts_ms"]`);
+    /// only these fields are metadata, every other field is a column. Default none.
+    #[serde(default)]
+    pub add_fields: Vec<String>,
+    /// `unwrap`: the SMT's `add.fields.prefix`. Default `__`.
+    #[serde(default = "default_add_fields_prefix")]
+    pub add_fields_prefix: String,
+    /// `unwrap`: the SMT's `delete.tombstone.handling.mode`: `tombstone` (default: a
+    /// delete is a keyed tombstone), `rewrite` and `rewrite-with-tombstone` (a record
+    /// with `<prefix>deleted` = true), `drop`, `delete-to-tombstone`.
+    #[serde(default)]
+    pub delete_handling: DeleteHandling,
+}
+
+fn default_add_fields_prefix() -> String {
+    "__".into()
+}
+
+impl Default for FormatConfig {
+    fn default() -> Self {
+        FormatConfig {
+            topics: ".*".into(),
+            format: TopicFormat::default(),
+            add_fields: Vec::new(),
+            add_fields_prefix: default_add_fields_prefix(),
+            delete_handling: DeleteHandling::default(),
+        }
+    }
+}
+
+/// How a topic's values are framed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopicFormat {
+    #[default]
+    Auto,
+    Envelope,
+    Unwrap,
+}
+
+/// ExtractNewRecordState's `delete.tombstone.handling.mode`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeleteHandling {
+    #[default]
+    Tombstone,
+    Rewrite,
+    RewriteWithTombstone,
+    Drop,
+    DeleteToTombstone,
 }
 
 fn default_max_message_bytes() -> usize {
@@ -133,6 +274,7 @@ impl Default for SourceConfig {
         SourceConfig {
             kind: SourceKind::default(),
             max_message_bytes: default_max_message_bytes(),
+            formats: Vec::new(),
             kafka: KafkaConfig::default(),
             file: FileConfig::default(),
         }
@@ -171,9 +313,10 @@ pub struct KafkaConfig {
     pub max_prefetch_bytes: usize,
     /// Extra librdkafka settings, passed through as-is (e.g. `security.protocol`,
     /// `sasl.mechanisms`). floe's own delivery settings (`enable.auto.commit`,
-    /// `enable.auto.offset.store`) cannot be overridden here.
+    /// `enable.auto.offset.store`) cannot be overridden here. Secret-looking values
+    /// (passwords, secrets, tokens, JAAS configs) print as `***`.
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub options: KafkaOptions,
 }
 
 fn default_brokers() -> String {
@@ -205,7 +348,7 @@ impl Default for KafkaConfig {
             metadata_refresh_ms: default_metadata_refresh_ms(),
             session_timeout_ms: default_session_timeout_ms(),
             max_prefetch_bytes: default_max_prefetch_bytes(),
-            options: BTreeMap::new(),
+            options: KafkaOptions::default(),
         }
     }
 }
@@ -592,10 +735,22 @@ pub struct SnowflakeConfig {
     /// with `skipped.operations` not containing `t`.)
     #[serde(default)]
     pub truncate: TruncateMode,
-    /// Source table (`schema.table`) -> target table name. Unmapped tables keep the
-    /// source table name.
+    /// Target table name of every source table not mapped in `tables`: `{topic}`
+    /// (default: the topic with `.` as `_`, e.g. `dbz.public.orders` -> `DBZ_PUBLIC_ORDERS`,
+    /// as the Snowflake Kafka connector and Debezium's JDBC sink name tables), `{prefix}`
+    /// (the topic without its last two segments), `{schema}`, `{table}`; in
+    /// `identifier_case`. Two sources that map to one target are refused (see
+    /// `shared_targets`).
+    #[serde(default = "default_table_name")]
+    pub table_name: String,
+    /// Source table (`schema.table`) or topic -> target table name, used as written.
     #[serde(default)]
     pub tables: BTreeMap<String, String>,
+    /// Target tables that several sources may feed on purpose (e.g. shards of one
+    /// table). Any other target takes the rows of one source only: another source's
+    /// rows and truncates that map to it go to the dead letter queue (`schema`).
+    #[serde(default)]
+    pub shared_targets: Vec<String>,
     /// Source DELETEs: `hard` (default: remove the row) or `soft` (flag it in a
     /// `__DELETED` column), for every table not listed in `table_deletes`.
     #[serde(default)]
@@ -622,6 +777,9 @@ fn default_database() -> String {
 }
 fn default_schema() -> String {
     "CDC".into()
+}
+fn default_table_name() -> String {
+    "{topic}".into()
 }
 fn default_true() -> bool {
     true
@@ -655,7 +813,9 @@ impl Default for SnowflakeConfig {
             create_tables: default_true(),
             identifier_case: IdentifierCase::default(),
             truncate: TruncateMode::default(),
+            table_name: default_table_name(),
             tables: BTreeMap::new(),
+            shared_targets: Vec::new(),
             deletes: DeleteMode::default(),
             table_deletes: BTreeMap::new(),
             request_timeout_secs: default_request_timeout_secs(),
@@ -695,9 +855,18 @@ pub struct DlqConfig {
     /// How long one DLQ write may take before the batch is retried, in ms.
     #[serde(default = "default_dlq_timeout_ms")]
     pub timeout_ms: u64,
-    /// Extra librdkafka producer settings for the `kafka` kind.
+    /// `kafka` kind: a dead letter larger than this (key + value + headers) is written
+    /// in a bounded form: floe's headers, the start of its key and value, and the
+    /// original sizes and SHA-256 digests in `floe.original.*` headers (`floe.cut`
+    /// says what was cut). A letter the DLQ topic still refuses as too large is cut
+    /// further. Default 1,000,000, under Kafka's default `max.message.bytes`; raise it
+    /// with the DLQ topics' limit.
+    #[serde(default = "default_dlq_max_letter_bytes")]
+    pub max_letter_bytes: usize,
+    /// Extra librdkafka producer settings for the `kafka` kind (secret-looking values
+    /// print as `***`).
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub options: KafkaOptions,
 }
 
 fn default_dlq_topic() -> String {
@@ -709,6 +878,9 @@ fn default_dlq_path() -> PathBuf {
 fn default_dlq_timeout_ms() -> u64 {
     30_000
 }
+fn default_dlq_max_letter_bytes() -> usize {
+    1_000_000
+}
 
 impl Default for DlqConfig {
     fn default() -> Self {
@@ -717,7 +889,8 @@ impl Default for DlqConfig {
             topic: default_dlq_topic(),
             path: default_dlq_path(),
             timeout_ms: default_dlq_timeout_ms(),
-            options: BTreeMap::new(),
+            max_letter_bytes: default_dlq_max_letter_bytes(),
+            options: KafkaOptions::default(),
         }
     }
 }
@@ -844,6 +1017,7 @@ impl Config {
                 }
             }
         }
+        crate::sources::format::Formats::new(&self.source.formats).map_err(ConfigError::Invalid)?;
         if self.delivery.load_attempts == 0 || self.delivery.breaker_open_ms == 0 {
             return bad("delivery.load_attempts and delivery.breaker_open_ms must be > 0".into());
         }
@@ -852,6 +1026,16 @@ impl Config {
         }
         if self.dlq.topic.trim().is_empty() {
             return bad("dlq.topic is empty".into());
+        }
+        if self.source.kind == SourceKind::Kafka
+            && let Some(t) = (self.source.kafka.topics.iter())
+                .find(|t| crate::dlq::is_dlq_topic(&self.dlq.topic, t))
+        {
+            return bad(format!(
+                "source.kafka.topics: {t:?} is a dead letter topic (dlq.topic = {:?}); floe \
+                 never consumes its own dead letters as changes (use `floe dlq replay`)",
+                self.dlq.topic
+            ));
         }
         if self.dlq_kind() == DlqKind::Kafka && !self.dlq.topic.contains("{topic}") {
             // One DLQ topic for every source topic is fine; say so in the log instead.
@@ -862,6 +1046,7 @@ impl Config {
             if s.database.is_empty() || s.schema.is_empty() {
                 return bad("sink.snowflake.database and schema must be set".into());
             }
+            crate::targets::check_mappings(s).map_err(ConfigError::Invalid)?;
             if !(s.account_url.starts_with("http://") || s.account_url.starts_with("https://")) {
                 return bad(format!(
                     "sink.snowflake.account_url must start with http:// or https://, got {:?}",
@@ -908,6 +1093,50 @@ mod tests {
             let pw = c.sink.snowflake.password.clone().unwrap();
             assert_eq!(pw.expose(), "hunter2");
             assert!(!format!("{c:?}").contains("hunter2"), "secret printed");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secret_kafka_options_never_print() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "floe.toml",
+                r#"
+                [source.kafka.options]
+                "security.protocol" = "SASL_SSL"
+                "sasl.username" = "floe"
+                "sasl.password" = "kafka-pw-1"
+                "ssl.key.password" = "key-pw-2"
+                "sasl.oauthbearer.client.secret" = "oauth-3"
+                "sasl.jaas.config" = "jaas-4"
+                "ssl.key.pem" = "pem-5"
+                [dlq.options]
+                "sasl.password" = "dlq-pw-6"
+                "#,
+            )?;
+            let c = Config::load(Some(Path::new("floe.toml"))).unwrap();
+            assert_eq!(c.source.kafka.options["sasl.password"], "kafka-pw-1");
+            let printed = [
+                format!("{c:?}"),
+                serde_json::to_string(&c).unwrap(),
+                format!("{:?}", c.dlq),
+            ];
+            for p in &printed {
+                for secret in [
+                    "kafka-pw-1",
+                    "key-pw-2",
+                    "oauth-3",
+                    "jaas-4",
+                    "pem-5",
+                    "dlq-pw-6",
+                ] {
+                    assert!(!p.contains(secret), "{secret} printed in {p}");
+                }
+                assert!(p.contains("sasl.password"), "the key stays visible: {p}");
+            }
+            // Values that are not secrets print as they are.
+            assert!(printed[0].contains("SASL_SSL") && printed[1].contains("\"floe\""));
             Ok(())
         });
     }

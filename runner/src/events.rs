@@ -26,6 +26,10 @@ pub struct Stats {
     pub broker_breaker_state: AtomicU64,
     pub broker_breaker_opened: AtomicU64,
     pub broker_errors: AtomicU64,
+    pub dlq_breaker_state: AtomicU64,
+    pub dlq_breaker_opened: AtomicU64,
+    pub dlq_errors: AtomicU64,
+    pub dead_letters_cut: AtomicU64,
     pub commits_refused: AtomicU64,
     pub components_reloaded: AtomicU64,
     pub component_reloads_failed: AtomicU64,
@@ -79,6 +83,18 @@ pub struct StatsSnapshot {
     pub broker_breaker_opened: u64,
     /// Transient broker errors seen while consuming or committing.
     pub broker_errors: u64,
+    /// The dead letter queue's circuit breaker now: `closed`, `open` or `half-open`.
+    /// While it is not closed the batch waits, uncommitted, until its letters are
+    /// written.
+    pub dlq_breaker_state: &'static str,
+    /// Times the DLQ breaker opened.
+    pub dlq_breaker_opened: u64,
+    /// Failed attempts to write a batch's dead letters (each retried).
+    pub dlq_errors: u64,
+    /// Dead letters larger than `dlq.max_letter_bytes` (or than the DLQ topic took),
+    /// written in their bounded form: payload cut, original sizes and SHA-256 in
+    /// headers.
+    pub dead_letters_cut: u64,
     /// Offset commits the consumer group refused because the partitions had been
     /// reassigned (the new owner replays those batches, harmlessly).
     pub commits_refused: u64,
@@ -161,6 +177,10 @@ impl Stats {
             broker_breaker_state: BreakerState::name(g(&self.broker_breaker_state)),
             broker_breaker_opened: g(&self.broker_breaker_opened),
             broker_errors: g(&self.broker_errors),
+            dlq_breaker_state: BreakerState::name(g(&self.dlq_breaker_state)),
+            dlq_breaker_opened: g(&self.dlq_breaker_opened),
+            dlq_errors: g(&self.dlq_errors),
+            dead_letters_cut: g(&self.dead_letters_cut),
             commits_refused: g(&self.commits_refused),
             components_reloaded: g(&self.components_reloaded),
             component_reloads_failed: g(&self.component_reloads_failed),
@@ -225,10 +245,12 @@ impl BatchReceived {
     }
 }
 
-/// An event was rejected by the validator, or could not be processed.
+/// An event was rejected by a validator, or could not be processed.
 pub struct EventDropped<'a> {
     pub position: Position<'a>,
-    /// Bounded category: `parse`, `validation`, `transform`, `wasm-trap`, `schema`.
+    /// Bounded category ([`crate::dlq::CATEGORIES`]): `parse` and `validation` are
+    /// rejections (a validator judged the event), every other category a failure (a
+    /// component trapped, the warehouse refused it, ...), whatever the stage.
     pub error_type: &'static str,
     /// Pipeline stage: `validate`, `transform` or `load`.
     pub stage: &'static str,
@@ -237,10 +259,11 @@ pub struct EventDropped<'a> {
 
 impl EventDropped<'_> {
     pub fn emit(&self, stats: &Stats) {
-        match self.stage {
-            "validate" => stats.events_rejected.fetch_add(1, Relaxed),
-            _ => stats.events_failed.fetch_add(1, Relaxed),
-        };
+        if is_rejection(self.error_type) {
+            stats.events_rejected.fetch_add(1, Relaxed);
+        } else {
+            stats.events_failed.fetch_add(1, Relaxed);
+        }
         tracing::warn!(
             topic = self.position.topic,
             partition = self.position.partition,
@@ -251,6 +274,12 @@ impl EventDropped<'_> {
             "event not loaded"
         );
     }
+}
+
+/// Whether a dead letter's category is a validator's judgement (a rejection) rather
+/// than a failure to process the event.
+pub fn is_rejection(error_type: &str) -> bool {
+    matches!(error_type, "parse" | "validation")
 }
 
 /// States of a circuit breaker.
@@ -271,12 +300,13 @@ impl BreakerState {
     }
 }
 
-/// The two circuit breakers: around the warehouse (loads) and around the broker
-/// (consumption and offset commits).
+/// The circuit breakers: around the warehouse (loads), the broker (consumption and
+/// offset commits) and the dead letter queue (writing a batch's letters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Breaker {
     Warehouse,
     Broker,
+    Dlq,
 }
 
 impl Breaker {
@@ -284,6 +314,7 @@ impl Breaker {
         match self {
             Breaker::Warehouse => "warehouse",
             Breaker::Broker => "broker",
+            Breaker::Dlq => "dlq",
         }
     }
 }
@@ -303,6 +334,7 @@ impl BreakerChanged<'_> {
         let (state, opened) = match self.breaker {
             Breaker::Warehouse => (&stats.breaker_state, &stats.breaker_opened),
             Breaker::Broker => (&stats.broker_breaker_state, &stats.broker_breaker_opened),
+            Breaker::Dlq => (&stats.dlq_breaker_state, &stats.dlq_breaker_opened),
         };
         state.store(self.state as u64, Relaxed);
         let breaker = self.breaker.name();
@@ -335,18 +367,24 @@ impl BreakerChanged<'_> {
     }
 }
 
-/// A transient broker error while consuming or committing offsets.
+/// A transient broker error while consuming, committing offsets or writing dead letters.
 pub struct BrokerError<'a> {
-    /// `consume` or `commit`.
+    /// Which breaker counts it: the broker's (`consume`, `commit`) or the dead letter
+    /// queue's (`dead letters`).
+    pub breaker: Breaker,
     pub operation: &'static str,
     pub error: &'a str,
 }
 
 impl BrokerError<'_> {
     pub fn emit(&self, stats: &Stats) {
-        stats.broker_errors.fetch_add(1, Relaxed);
+        match self.breaker {
+            Breaker::Dlq => stats.dlq_errors.fetch_add(1, Relaxed),
+            _ => stats.broker_errors.fetch_add(1, Relaxed),
+        };
         tracing::warn!(
             error_type = "kafka",
+            breaker = self.breaker.name(),
             stage = self.operation,
             error = self.error,
             "broker error; retrying"
@@ -404,13 +442,20 @@ impl ComponentsReloaded<'_> {
 /// Dead letters were written durably (before the batch's offsets are committed).
 pub struct DeadLettersWritten<'a> {
     pub count: usize,
+    /// Of them, written in their bounded form (too large for the DLQ).
+    pub cut: usize,
     pub queue: &'a crate::dlq::DeadLetterQueue,
 }
 
 impl DeadLettersWritten<'_> {
     pub fn emit(&self, stats: &Stats) {
         stats.dead_letters.fetch_add(self.count as u64, Relaxed);
-        tracing::info!(count = self.count, queue = %self.queue.describe(), "dead letters written");
+        stats.dead_letters_cut.fetch_add(self.cut as u64, Relaxed);
+        if self.cut > 0 {
+            tracing::warn!(count = self.count, cut = self.cut, queue = %self.queue.describe(), "dead letters written; some were too large for the dead letter queue and were cut (original size and SHA-256 in their floe.original.* headers)");
+        } else {
+            tracing::info!(count = self.count, queue = %self.queue.describe(), "dead letters written");
+        }
     }
 }
 
@@ -536,5 +581,38 @@ impl BatchCommitted {
             total_ms = self.total.as_millis() as u64,
             "batch committed"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dropped(error_type: &'static str, stage: &'static str, stats: &Stats) {
+        EventDropped {
+            position: Position {
+                topic: "t",
+                partition: 0,
+                offset: 0,
+            },
+            error_type,
+            stage,
+            reason: "r",
+        }
+        .emit(stats);
+    }
+
+    #[test]
+    fn only_a_validators_judgement_counts_as_a_rejection() {
+        let stats = Stats::new();
+        dropped("validation", "validate", &stats);
+        dropped("parse", "validate", &stats);
+        // A validator that trapped judged nothing: a failure, like any other trap.
+        dropped("wasm-trap", "validate", &stats);
+        dropped("wasm-trap", "transform", &stats);
+        dropped("kafka", "source", &stats);
+        dropped("warehouse", "load", &stats);
+        let s = stats.snapshot();
+        assert_eq!((s.events_rejected, s.events_failed), (2, 4));
     }
 }

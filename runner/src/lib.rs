@@ -9,6 +9,7 @@
 //! `floe-host` (the only crate that touches wasmtime); the Snowflake protocol lives in
 //! `floe-snowflake`.
 
+mod breaker;
 pub mod check;
 pub mod components;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod events;
 pub mod pipeline;
 pub mod sinks;
 pub mod sources;
+pub mod targets;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,7 +74,8 @@ pub async fn run(
     let settings = settings_of(config, options);
     match config.source.kind {
         SourceKind::Kafka => {
-            let source = KafkaSource::new(&config.source.kafka).map_err(PipelineError::from)?;
+            let source = KafkaSource::new(&config.source.kafka, &config.dlq.topic)
+                .map_err(PipelineError::from)?;
             with_sink(config, source, components, settings, shutdown, stats).await
         }
         SourceKind::File => {
@@ -99,6 +102,10 @@ fn settings_of(config: &Config, options: &RunOptions) -> PipelineSettings {
             .unwrap_or(config.delivery.load_attempts),
         metrics_json: config.metrics.json_path.clone(),
         max_message_bytes: config.source.max_message_bytes,
+        // Checked by `Config::validate`.
+        formats: Arc::new(
+            sources::format::Formats::new(&config.source.formats).unwrap_or_default(),
+        ),
         breaker: BreakerSettings {
             open_for: Duration::from_millis(config.delivery.breaker_open_ms),
             max_open_for: Duration::from_millis(
@@ -215,11 +222,14 @@ mod tests {
         assert_eq!(text.matches("MERGE INTO").count(), 2, "{text}");
         assert!(
             text.contains(
-                "public.customers -> DB.S.CUSTOMERS · 1 row(s) after dedup from 2 event(s)"
+                "public.customers -> DB.S.DBZ_PUBLIC_CUSTOMERS · 1 row(s) after dedup from 2 event(s)"
             ),
             "{text}"
         );
-        assert!(text.contains("public.orders -> DB.S.ORDERS"), "{text}");
+        assert!(
+            text.contains("public.orders -> DB.S.DBZ_PUBLIC_ORDERS"),
+            "{text}"
+        );
         assert!(text.contains("\"n11\""), "binds shown: {text}");
         assert!(!text.contains("\"n10\""), "deduplicated: {text}");
         assert_eq!(stats.events_rejected, 1, "{stats:?}");

@@ -123,6 +123,11 @@ enum DlqCommand {
         /// continues from there (default: a fresh group, reading from the beginning).
         #[arg(long)]
         group: Option<String>,
+        /// Also re-submit tombstones and changes without a source LSN: the MERGE
+        /// applies those whatever the target row's LSN, so a late one can undo a
+        /// newer change of its key.
+        #[arg(long)]
+        allow_without_lsn: bool,
     },
 }
 
@@ -262,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
                     idle_secs,
                     dry_run,
                     group,
+                    allow_without_lsn,
                 },
         } => {
             let config = load_config(cli.config)?;
@@ -278,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
                 idle: Duration::from_secs_f64(idle_secs),
                 dry_run,
                 group,
+                allow_without_lsn,
             };
             let report = floe::dlq::replay::replay(&config, &options).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -14,17 +14,17 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use floe_host::types::{Batch, MergeInput, MergePlan, Op, Row, TableShape, Transformed, Verdict};
 
+use crate::breaker::{CircuitBreaker, shutdown_requested};
 use crate::components::Components;
 use crate::config::{DeleteMode, IdentifierCase, SnowflakeConfig, TruncateMode};
 use crate::dlq::{DeadLetter, DeadLetterQueue, DlqError};
 use crate::events::{
-    BatchCommitted, BatchReceived, Breaker, BreakerChanged, BreakerState, BrokerError,
-    CommitRefused, ComponentFailed, ComponentsReloaded, DeadLettersWritten, EventDropped,
-    LoadRetry, Position, Stats, StatsSnapshot, TruncateIgnored,
+    BatchCommitted, BatchReceived, Breaker, BreakerChanged, BreakerState, CommitRefused,
+    ComponentFailed, ComponentsReloaded, DeadLettersWritten, EventDropped, LoadRetry, Position,
+    Stats, StatsSnapshot, TruncateIgnored,
 };
-use crate::sinks::snowflake::target_for;
 use crate::sinks::{Sink, SinkError, TableLoad, Truncation};
-use crate::sources::{BatchLimits, Message, Source, SourceBatch, SourceError, batch_of};
+use crate::sources::{BatchLimits, Message, Source, SourceBatch, SourceError, batch_with_values};
 use floe_cdc_core::DELETED_COLUMN;
 
 /// Errors that stop a pipeline run. Per-event problems never do: they are logged and
@@ -75,6 +75,8 @@ pub struct PipelineSettings {
     pub breaker: BreakerSettings,
     /// Hot reload of the components (None: never).
     pub reload: Option<ReloadSettings>,
+    /// What each topic's values are (`source.formats`).
+    pub formats: Arc<crate::sources::format::Formats>,
 }
 
 /// Hot reload: between batches, when `requested` was set (SIGHUP) or a component file
@@ -166,14 +168,18 @@ pub struct Pipeline<S, K> {
     components: Arc<Components>,
     settings: PipelineSettings,
     stats: Arc<Stats>,
-    /// Per source table, the highest truncate LSN seen this run: a row change below it
-    /// that arrives later (from another partition: Debezium sends truncates without a
-    /// key) was wiped by that truncate and is not loaded.
-    truncated_below: HashMap<String, i64>,
+    /// Per target table, the highest truncate LSN applied this run: a row change below
+    /// it that arrives later (from another partition: Debezium sends truncates without
+    /// a key) was wiped by that truncate and is not loaded.
+    truncated_below: HashMap<Vec<String>, i64>,
+    /// Which target each source's rows go to, and which source owns each target.
+    targets: crate::targets::Targets,
     /// Where events that cannot be loaded go.
     dlq: DeadLetterQueue,
     /// The broker circuit breaker (consumption and offset commits).
-    broker: BrokerBreaker,
+    broker: CircuitBreaker,
+    /// The dead letter queue's circuit breaker.
+    dlq_breaker: CircuitBreaker,
     /// Hot reload of the components, when configured.
     watched: Option<Watched>,
 }
@@ -221,107 +227,6 @@ impl Retry {
         .emit(stats);
         tokio::time::sleep(delay).await;
         self.attempt += 1;
-        true
-    }
-}
-
-/// Resolves once shutdown is asked (never, when nobody can ask any more).
-async fn shutdown_requested(mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    if shutdown.wait_for(|&stop| stop).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// The broker circuit breaker: transient broker errors (consuming or committing) are
-/// retried with exponential backoff and jitter; after `attempts` in a row it opens
-/// (nothing is polled or committed) for `open_for`, then half-opens (one more try):
-/// success closes it, failure opens it again for twice as long, up to `max_open_for`.
-struct BrokerBreaker {
-    settings: BreakerSettings,
-    attempts: usize,
-    failures: usize,
-    backoff: backon::ExponentialBackoff,
-    open_for: Duration,
-    state: BreakerState,
-}
-
-impl BrokerBreaker {
-    fn new(settings: BreakerSettings, attempts: usize) -> BrokerBreaker {
-        BrokerBreaker {
-            settings,
-            attempts: attempts.max(1),
-            failures: 0,
-            backoff: Self::backoff(),
-            open_for: settings.open_for,
-            state: BreakerState::Closed,
-        }
-    }
-
-    fn backoff() -> backon::ExponentialBackoff {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-
-    fn success(&mut self, stats: &Stats) {
-        if self.state != BreakerState::Closed {
-            BreakerChanged {
-                breaker: Breaker::Broker,
-                state: BreakerState::Closed,
-                error: None,
-                open_for: None,
-            }
-            .emit(stats);
-        }
-        self.failures = 0;
-        self.backoff = Self::backoff();
-        self.open_for = self.settings.open_for;
-        self.state = BreakerState::Closed;
-    }
-
-    /// Records a transient failure and waits before the next try. False: shutdown was
-    /// asked while waiting.
-    async fn failure(
-        &mut self,
-        operation: &'static str,
-        error: &str,
-        stats: &Stats,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> bool {
-        BrokerError { operation, error }.emit(stats);
-        self.failures += 1;
-        let wait = if self.state == BreakerState::Closed && self.failures < self.attempts {
-            self.backoff.next().unwrap_or(self.settings.open_for)
-        } else {
-            let open_for = self.open_for;
-            BreakerChanged {
-                breaker: Breaker::Broker,
-                state: BreakerState::Open,
-                error: Some(error),
-                open_for: Some(open_for),
-            }
-            .emit(stats);
-            self.state = BreakerState::Open;
-            self.open_for = (self.open_for * 2).min(self.settings.max_open_for);
-            open_for
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown_requested(shutdown) => return false,
-        }
-        if self.state == BreakerState::Open {
-            self.state = BreakerState::HalfOpen;
-            BreakerChanged {
-                breaker: Breaker::Broker,
-                state: BreakerState::HalfOpen,
-                error: None,
-                open_for: None,
-            }
-            .emit(stats);
-        }
         true
     }
 }
@@ -386,6 +291,29 @@ fn case_of(c: IdentifierCase) -> floe_host::types::IdentifierCase {
     }
 }
 
+/// Why the target cannot hold `shape`'s columns apart under `case`, if it cannot: two
+/// columns with one identifier, or one named like a column the MERGE itself uses.
+fn shape_problem(shape: &TableShape, case: IdentifierCase) -> Option<String> {
+    let core = crate::sinks::core_shape(shape);
+    let core_case = crate::sinks::snowflake::core_case(case);
+    if let Err(e) = floe_cdc_core::sql::validate_shape(&core, core_case) {
+        return Some(format!("schema: {e}"));
+    }
+    let reserved = floe_cdc_core::sql::identifier(floe_cdc_core::UNAVAILABLE_COLUMN, core_case);
+    shape
+        .columns
+        .iter()
+        .find(|c| floe_cdc_core::sql::identifier(&c.name, core_case) == reserved)
+        .map(|c| {
+            format!(
+                "schema: table shape '{}': column {:?} is named like floe's '{}' MERGE column",
+                shape.name,
+                c.name,
+                floe_cdc_core::UNAVAILABLE_COLUMN
+            )
+        })
+}
+
 /// The bounded category of a validator's rejection: `parse` when the reason says the
 /// payload could not be read, else `validation`.
 fn rejection_type(reason: &str) -> &'static str {
@@ -406,6 +334,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
     ) -> Self {
         let (settings_breaker, load_attempts) = (settings.breaker, settings.load_attempts);
         let watched = settings.reload.clone().map(Watched::new);
+        let targets = crate::targets::Targets::new(&settings.target);
         Pipeline {
             source,
             sink,
@@ -413,8 +342,10 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             settings,
             stats,
             truncated_below: HashMap::new(),
+            targets,
             dlq: DeadLetterQueue::Log,
-            broker: BrokerBreaker::new(settings_breaker, load_attempts),
+            broker: CircuitBreaker::new(Breaker::Broker, settings_breaker, load_attempts),
+            dlq_breaker: CircuitBreaker::new(Breaker::Dlq, settings_breaker, load_attempts),
             watched,
         }
     }
@@ -616,7 +547,12 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             }
             .emit(&self.stats);
         }
-        self.send_dead_letters(&messages, &prepared.dead).await?;
+        if !self
+            .send_dead_letters(&messages, &prepared.dead, shutdown.clone())
+            .await?
+        {
+            return Ok(false);
+        }
         if !self.commit(&checkpoint, shutdown).await? {
             return Ok(false);
         }
@@ -738,27 +674,44 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         }
     }
 
+    /// Writes the batch's dead letters, riding out DLQ outages through the DLQ breaker
+    /// (the batch waits, uncommitted, as it does for the warehouse). `Ok(false)`:
+    /// shutdown was asked while the DLQ was failing (the batch is loaded but not
+    /// committed; the next run replays it, and its MERGEs apply idempotently).
     async fn send_dead_letters(
         &mut self,
         messages: &[Message],
         dead: &[DeadLetter],
-    ) -> Result<(), PipelineError> {
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, PipelineError> {
         if dead.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
-        let mut retry = Retry::new(self.settings.load_attempts);
         loop {
             match self.dlq.send(messages, dead).await {
-                Ok(()) => {
+                Ok(sent) => {
+                    self.dlq_breaker.success(&self.stats);
                     DeadLettersWritten {
                         count: dead.len(),
+                        cut: sent.cut,
                         queue: &self.dlq,
                     }
                     .emit(&self.stats);
-                    return Ok(());
+                    return Ok(true);
                 }
-                Err(e) if retry.wait(&e.to_string(), &self.stats).await => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    let error = e.to_string();
+                    if !self
+                        .dlq_breaker
+                        .failure("dead letters", &error, &self.stats, shutdown.clone())
+                        .await
+                    {
+                        tracing::warn!(
+                            "shutdown while the dead letter queue is failing: batch loaded but not committed (the next run replays it)"
+                        );
+                        return Ok(false);
+                    }
+                }
             }
         }
     }
@@ -793,7 +746,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         let mut entered: Vec<usize> = Vec::with_capacity(messages.len());
         let max_bytes = self.settings.max_message_bytes;
         for (i, m) in messages.iter().enumerate() {
-            let len = m.payload_len();
+            let len = m.size();
             if len > max_bytes {
                 dead.push(DeadLetter {
                     index: i,
@@ -808,7 +761,24 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             }
             entered.push(i);
         }
-        let mut batch = batch_of(entered.iter().map(|&i| &messages[i]));
+        // Topics with a configured format: their values as the components get them.
+        let formats = &self.settings.formats;
+        let mut values: Vec<(usize, Option<Vec<u8>>)> = Vec::with_capacity(entered.len());
+        for &i in &entered {
+            let m = &messages[i];
+            match formats.of(&m.topic).normalize(m.value.as_deref()) {
+                Ok(value) => values.push((i, value)),
+                Err(reason) => dead.push(DeadLetter {
+                    index: i,
+                    category: rejection_type(&reason),
+                    stage: "source",
+                    component: "floe".into(),
+                    reason,
+                }),
+            }
+        }
+        let entered: Vec<usize> = values.iter().map(|(i, _)| *i).collect();
+        let mut batch = batch_with_values(values.into_iter().map(|(i, v)| (&messages[i], v)));
         let empty = |wasm: Duration, dead: Vec<DeadLetter>| Prepared {
             loads: Vec::new(),
             rows: 0,
@@ -891,54 +861,88 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         // 2. transform: per chain, its transformer then its row transforms.
         let (out, mut produced) =
             self.transform_chains(&batch, &chain_of_accepted, &original, &mut dead);
-        // The last TRUNCATE per table wipes the rows before it; only the rows after it
+        // Every row and truncate goes to its source's target table ([`Targets`]); one
+        // that maps to a target another source owns is dead-lettered instead.
+        let mut target_of =
+            |topic: &Arc<str>, table: &str, index: usize, dead: &mut Vec<DeadLetter>| match self
+                .targets
+                .resolve(topic, table)
+            {
+                Ok(target) => Some(target),
+                Err(reason) => {
+                    dead.push(DeadLetter {
+                        index,
+                        category: "schema",
+                        stage: "merge",
+                        component: "floe".into(),
+                        reason,
+                    });
+                    None
+                }
+            };
+        // The last TRUNCATE per target wipes the rows before it; only the rows after it
         // are loaded, and the sink empties the table of rows below its LSN first.
         // "Before" is by LSN where both sides have one: Debezium sends truncates without
         // a key, so on a topic with several partitions a truncate and the table's row
         // changes are not in offset order. Without LSNs, batch order decides.
-        let mut truncated_at: HashMap<&str, (u32, i64)> = HashMap::new();
+        let mut truncated_at: HashMap<Vec<String>, (u32, i64, String)> = HashMap::new();
+        // The batch messages of each target's truncates: dead-lettered with its rows
+        // when its load cannot be built.
+        let mut truncate_origins: HashMap<Vec<String>, Vec<usize>> = HashMap::new();
         for t in &out.truncates {
             produced[t.event as usize] = true;
+            let index = original[t.event as usize];
             match self.settings.target.truncate {
                 TruncateMode::Apply => {
-                    let at = truncated_at
-                        .entry(t.table.as_str())
-                        .or_insert((t.event, t.lsn));
-                    if precedes(*at, (t.event, t.lsn)) {
-                        *at = (t.event, t.lsn);
+                    let Some(target) =
+                        target_of(&messages[index].topic, &t.table, index, &mut dead)
+                    else {
+                        continue;
+                    };
+                    let at = truncated_at.entry(target.clone()).or_insert((
+                        t.event,
+                        t.lsn,
+                        t.table.clone(),
+                    ));
+                    if precedes((at.0, at.1), (t.event, t.lsn)) {
+                        *at = (t.event, t.lsn, t.table.clone());
                     }
+                    truncate_origins.entry(target).or_default().push(index);
                 }
                 TruncateMode::Ignore => TruncateIgnored {
-                    position: pos(original[t.event as usize]),
+                    position: pos(index),
                     table: &t.table,
                 }
                 .emit(&self.stats),
             }
         }
-        for (table, &(_, lsn)) in &truncated_at {
-            if lsn >= 0 {
-                let below = self
-                    .truncated_below
-                    .entry((*table).to_owned())
-                    .or_insert(lsn);
-                *below = (*below).max(lsn);
-            }
+        // One group of rows per target, in order of first appearance.
+        struct Group {
+            target: Vec<String>,
+            shape: TableShape,
+            rows: Vec<Row>,
         }
-        let mut per_table: Vec<Vec<Row>> = (0..out.tables.len()).map(|_| Vec::new()).collect();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut group_of: HashMap<Vec<String>, usize> = HashMap::new();
         for row in out.rows {
             produced[row.event as usize] = true;
-            let table = out.tables[row.table as usize].name.as_str();
+            let index = original[row.event as usize];
+            let shape = &out.tables[row.table as usize];
+            let Some(target) = target_of(&messages[index].topic, &shape.name, index, &mut dead)
+            else {
+                continue;
+            };
             let wiped_in_batch = truncated_at
-                .get(table)
-                .is_some_and(|&at| precedes((row.event, row.lsn), at));
+                .get(&target)
+                .is_some_and(|at| precedes((row.event, row.lsn), (at.0, at.1)));
             let wiped_earlier = row.lsn >= 0
                 && self
                     .truncated_below
-                    .get(table)
+                    .get(&target)
                     .is_some_and(|&below| row.lsn < below);
             if wiped_in_batch || wiped_earlier {
                 tracing::debug!(
-                    table,
+                    table = %shape.name,
                     lsn = row.lsn,
                     "row change wiped by a later truncate: not loaded"
                 );
@@ -954,28 +958,68 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             self.stats
                 .rows_transformed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            per_table[row.table as usize].push(row);
+            let g = match group_of.get(&target) {
+                Some(&g) => {
+                    // A shared target fed by another source table: the union of columns.
+                    let known = &mut groups[g].shape;
+                    if known.name != shape.name {
+                        for c in &shape.columns {
+                            if !known.columns.iter().any(|k| k.name == c.name) {
+                                known.columns.push(c.clone());
+                            }
+                        }
+                    }
+                    g
+                }
+                None => {
+                    group_of.insert(target.clone(), groups.len());
+                    groups.push(Group {
+                        target,
+                        shape: shape.clone(),
+                        rows: Vec::new(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            groups[g].rows.push(row);
         }
         let skipped = produced.iter().filter(|p| !**p).count() as u64;
 
-        // 3. one MERGE plan per table
-        let mut truncate: std::collections::BTreeMap<String, Truncation> = truncated_at
-            .iter()
-            .map(|(t, &(_, lsn))| {
-                let below_lsn = (lsn >= 0).then_some(lsn);
-                (t.to_string(), Truncation { below_lsn })
-            })
-            .collect();
+        // 3. one MERGE plan per target table
+        let mut truncate: std::collections::BTreeMap<Vec<String>, (Truncation, String)> =
+            truncated_at
+                .into_iter()
+                .map(|(target, (_, lsn, table))| {
+                    let below_lsn = (lsn >= 0).then_some(lsn);
+                    (target, (Truncation::new(below_lsn), table))
+                })
+                .collect();
         let mut loads = Vec::new();
         let mut rows = 0;
-        for (shape, rows_of_table) in out.tables.into_iter().zip(per_table) {
-            if rows_of_table.is_empty() {
-                // Every row was wiped by a truncate: a truncate-only load, below.
-                continue;
-            }
-            let truncate_first = truncate.remove(&shape.name);
-            let target = target_for(&self.settings.target, &shape.name);
-            let mut shape = shape;
+        for Group {
+            target,
+            mut shape,
+            rows: rows_of_table,
+        } in groups
+        {
+            let truncate_first = truncate.remove(&target).map(|(t, _)| t);
+            let soft = self.settings.target.deletes_of(&shape.name) == DeleteMode::Soft;
+            // Under soft deletes `__deleted` is floe's flag: a source column of that
+            // name would be overwritten by it.
+            let flag_taken = soft.then(|| {
+                let case = crate::sinks::snowflake::core_case(self.settings.target.identifier_case);
+                let flag = floe_cdc_core::sql::identifier(DELETED_COLUMN, case);
+                shape
+                    .columns
+                    .iter()
+                    .find(|c| floe_cdc_core::sql::identifier(&c.name, case) == flag)
+                    .map(|c| {
+                        format!(
+                            "schema: table shape '{}': source column {:?} is floe's soft-delete flag column (sink.snowflake.deletes = \"soft\"); use hard deletes for this table or rename the column",
+                            shape.name, c.name
+                        )
+                    })
+            });
             let deletes = match self.settings.target.deletes_of(&shape.name) {
                 DeleteMode::Hard => floe_host::types::DeleteMode::Hard,
                 DeleteMode::Soft => {
@@ -989,6 +1033,32 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     floe_host::types::DeleteMode::Soft
                 }
             };
+            // Columns the target cannot hold apart (`a` and `A` under upper case, or a
+            // source column named like a metadata column) are a problem of the data,
+            // not of the merge builder: the table's events go to the DLQ as `schema`.
+            if let Some(reason) = flag_taken
+                .flatten()
+                .or_else(|| shape_problem(&shape, self.settings.target.identifier_case))
+            {
+                let truncates = match truncate_first {
+                    Some(_) => truncate_origins.remove(&target).unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                dead.extend(
+                    rows_of_table
+                        .iter()
+                        .map(|r| original[r.event as usize])
+                        .chain(truncates)
+                        .map(|index| DeadLetter {
+                            index,
+                            category: "schema",
+                            stage: "merge",
+                            component: "floe".into(),
+                            reason: reason.clone(),
+                        }),
+                );
+                continue;
+            }
             let input = MergeInput {
                 target: target.clone(),
                 identifier_case: case_of(self.settings.target.identifier_case),
@@ -1024,9 +1094,18 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                         events: input.rows.len(),
                     }
                     .emit(&self.stats);
+                    // The table's truncate is not applied either: it goes with its rows.
+                    let truncates = match truncate_first {
+                        Some(_) => truncate_origins.remove(&target).unwrap_or_default(),
+                        None => Vec::new(),
+                    };
                     all_dead(
                         &mut dead,
-                        input.rows.iter().map(|r| original[r.event as usize]),
+                        input
+                            .rows
+                            .iter()
+                            .map(|r| original[r.event as usize])
+                            .chain(truncates),
                         "merge",
                         c.merge_builder.name(),
                         &msg,
@@ -1034,10 +1113,10 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 }
             }
         }
-        // Tables truncated in this batch with no row of theirs left to load.
-        for (table, truncation) in truncate {
+        // Targets truncated in this batch with no row left to load.
+        for (target, (truncation, table)) in truncate {
             loads.push(TableLoad {
-                target: target_for(&self.settings.target, &table),
+                target,
                 shape: TableShape {
                     name: table.clone(),
                     columns: Vec::new(),
@@ -1051,6 +1130,17 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 origins: Vec::new(),
                 requests: Vec::new(),
             });
+        }
+        // A truncate applied in this batch also wipes rows below its LSN that arrive in
+        // later batches of this run (from other partitions).
+        for load in &loads {
+            if let Some(lsn) = load.truncate.as_ref().and_then(|t| t.below_lsn) {
+                let below = self
+                    .truncated_below
+                    .entry(load.target.clone())
+                    .or_insert(lsn);
+                *below = (*below).max(lsn);
+            }
         }
         Prepared {
             loads,
@@ -1235,7 +1325,13 @@ mod tests {
             self.request_ids.push(
                 loads
                     .iter()
-                    .flat_map(|l| l.requests.iter().map(|r| r.id().to_string()))
+                    .flat_map(|l| {
+                        let truncate = l.truncate.as_ref().map(|t| &t.request);
+                        truncate
+                            .into_iter()
+                            .chain(&l.requests)
+                            .map(|r| r.id().to_string())
+                    })
                     .collect(),
             );
             tokio::time::sleep(self.stall).await;
@@ -1334,6 +1430,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             breaker,
             reload: None,
+            formats: Default::default(),
         }
     }
 
@@ -1452,6 +1549,242 @@ mod tests {
         );
         assert_eq!(snap.batch_errors, 1, "one failed component call: {snap:?}");
         assert_eq!(p.sink().tables, vec!["public.u".to_string()]);
+    }
+
+    fn truncate(table: &str, lsn: i64, offset: i64) -> Message {
+        let mut m = message();
+        m.topic = Arc::from(format!("dbz.public.{table}"));
+        m.offset = offset;
+        m.key = None;
+        m.value = Some(
+            format!(r#"{{"op":"t","source":{{"schema":"public","table":"{table}","lsn":{lsn}}}}}"#)
+                .into_bytes(),
+        );
+        m
+    }
+
+    fn insert(table: &str, id: i64, lsn: i64, offset: i64) -> Message {
+        let mut m = message();
+        m.topic = Arc::from(format!("dbz.public.{table}"));
+        m.offset = offset;
+        m.key = Some(format!(r#"{{"id":{id}}}"#).into_bytes());
+        m.value = Some(
+            format!(r#"{{"op":"c","after":{{"id":{id}}},"source":{{"schema":"public","table":"{table}","lsn":{lsn}}}}}"#)
+                .into_bytes(),
+        );
+        m
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncate_whose_table_cannot_be_merged_goes_to_the_dlq_with_its_rows() {
+        let hostile = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/components/examples/example_hostile_merge_builder.wasm");
+        let cfg = ComponentsConfig {
+            merge_builder: hostile.display().to_string(),
+            ..ComponentsConfig::default()
+        };
+        let dir = std::env::temp_dir().join(format!("floe-trunc-dlq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dlq = dir.join("dlq.jsonl");
+        let _ = std::fs::remove_file(&dlq);
+        let messages = vec![
+            insert("t", 1, 5, 0),
+            truncate("t", 10, 1),
+            insert("t", 2, 15, 2),
+            // A table truncated with no row to merge: its truncate needs no MERGE.
+            truncate("u", 12, 0),
+        ];
+        let mut p = Pipeline::new(
+            FileSource::from_messages(messages),
+            healthy(),
+            Arc::new(Components::load(&cfg).unwrap()),
+            settings(breaker(20, 1000)),
+            Stats::new(),
+        )
+        .with_dead_letters(DeadLetterQueue::File { path: dlq.clone() });
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.unwrap();
+        assert_eq!((snap.dead_letters, snap.commits), (2, 1), "{snap:?}");
+        let letters = crate::sources::file::read_file(&dlq).unwrap();
+        let mut offsets: Vec<(String, String)> = letters
+            .iter()
+            .map(|m| {
+                let h = |k: &str| {
+                    let v = m.headers.iter().find(|(hk, _)| hk == k).unwrap().1.clone();
+                    String::from_utf8(v.unwrap()).unwrap()
+                };
+                (h(crate::dlq::OFFSET_HEADER), h(crate::dlq::REASON_HEADER))
+            })
+            .collect();
+        offsets.sort();
+        assert_eq!(offsets[0].0, "1", "the truncate: {offsets:?}");
+        assert_eq!(offsets[1].0, "2", "the row after it: {offsets:?}");
+        assert!(offsets[0].1.contains("refusing table"), "{offsets:?}");
+        // Only u's truncate reached the warehouse.
+        assert_eq!(p.sink().tables, vec!["public.u".to_string()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retried_load_resubmits_its_truncate_under_the_same_request_id() {
+        let sink = FlakySink {
+            failures: 2,
+            ..healthy()
+        };
+        let mut p = Pipeline::new(
+            FileSource::from_messages(vec![truncate("t", 10, 0), insert("t", 1, 15, 1)]),
+            sink,
+            Arc::new(Components::load(&ComponentsConfig::default()).unwrap()),
+            settings(breaker(20, 1000)),
+            Stats::new(),
+        );
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.unwrap();
+        assert_eq!(snap.commits, 1, "{snap:?}");
+        let ids = &p.sink().request_ids;
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert_eq!(
+            ids[0].len(),
+            2,
+            "the truncate's id and the MERGE's: {ids:?}"
+        );
+        assert!(ids.iter().all(|a| *a == ids[0]), "{ids:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn columns_a_table_cannot_hold_apart_cost_only_that_tables_events() {
+        let dir = std::env::temp_dir().join(format!("floe-collide-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dlq = dir.join("dlq.jsonl");
+        let _ = std::fs::remove_file(&dlq);
+        let with = |table: &str, id: i64, after: &str, offset: i64| {
+            let mut m = insert(table, id, 10 + id, offset);
+            m.value = Some(
+                format!(r#"{{"op":"c","after":{after},"source":{{"schema":"public","table":"{table}","lsn":{}}}}}"#, 10 + id)
+                    .into_bytes(),
+            );
+            m
+        };
+        let messages = vec![
+            // `a` and `A` are one column under identifier_case = "upper".
+            with("t", 1, r#"{"id":1,"a":1,"A":2}"#, 0),
+            with("t", 2, r#"{"id":2,"a":3,"A":4}"#, 1),
+            // A column named like the MERGE's own `__unavailable`, in another case.
+            with("v", 3, r#"{"id":3,"__Unavailable":1}"#, 0),
+            insert("u", 4, 14, 0),
+        ];
+        let cfg = ComponentsConfig {
+            on_failure: crate::config::OnFailure::Stop,
+            ..ComponentsConfig::default()
+        };
+        let mut p = Pipeline::new(
+            FileSource::from_messages(messages),
+            healthy(),
+            Arc::new(Components::load(&cfg).unwrap()),
+            settings(breaker(20, 1000)),
+            Stats::new(),
+        )
+        .with_dead_letters(DeadLetterQueue::File { path: dlq.clone() });
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        // Not a component failure: even `on_failure = "stop"` goes on.
+        let snap = p.run(rx).await.expect("the run goes on");
+        assert_eq!((snap.dead_letters, snap.commits), (3, 1), "{snap:?}");
+        assert_eq!(p.sink().tables, vec!["public.u".to_string()]);
+        let letters = crate::sources::file::read_file(&dlq).unwrap();
+        for l in &letters {
+            let h = |k: &str| {
+                let v = l.headers.iter().find(|(hk, _)| hk == k).unwrap().1.clone();
+                String::from_utf8(v.unwrap()).unwrap()
+            };
+            assert_eq!(h(crate::dlq::CATEGORY_HEADER), "schema");
+            let reason = h(crate::dlq::REASON_HEADER);
+            assert!(
+                reason.contains("collides") || reason.contains("__unavailable"),
+                "{reason}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_source_column_named_like_the_soft_delete_flag_is_refused() {
+        let mut m = insert("t", 1, 5, 0);
+        m.value = Some(
+            br#"{"op":"c","after":{"id":1,"__deleted":true},"source":{"schema":"public","table":"t","lsn":5}}"#
+                .to_vec(),
+        );
+        let mut s = settings(breaker(20, 1000));
+        s.target.deletes = DeleteMode::Soft;
+        let mut p = Pipeline::new(
+            FileSource::from_messages(vec![m, insert("u", 2, 6, 0)]),
+            healthy(),
+            Arc::new(Components::load(&ComponentsConfig::default()).unwrap()),
+            s,
+            Stats::new(),
+        );
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.unwrap();
+        assert_eq!((snap.dead_letters, snap.events_failed), (1, 1), "{snap:?}");
+        assert_eq!(p.sink().tables, vec!["public.u".to_string()]);
+    }
+
+    fn broken_message() -> Message {
+        let mut m = message();
+        m.value = Some(b"{not json".to_vec());
+        m
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dlq_outage_holds_the_batch_until_the_letters_are_written() {
+        let dir = std::env::temp_dir().join(format!("floe-dlq-outage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The DLQ file's directory appears only after a while: until then every write
+        // fails, as a DLQ topic does while its cluster is down.
+        let path = dir.join("later").join("dlq.jsonl");
+        let later = dir.join("later");
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            std::fs::create_dir_all(later).unwrap();
+        });
+        let mut p = Pipeline::new(
+            FileSource::from_messages(vec![broken_message(), insert("t", 2, 7, 1)]),
+            healthy(),
+            Arc::new(Components::load(&ComponentsConfig::default()).unwrap()),
+            settings(breaker(50, 1000)),
+            Stats::new(),
+        )
+        .with_dead_letters(DeadLetterQueue::File { path: path.clone() });
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.expect("a DLQ outage never ends the run");
+        assert_eq!((snap.dead_letters, snap.commits), (1, 1), "{snap:?}");
+        assert!(
+            snap.dlq_errors >= 2 && snap.dlq_breaker_opened >= 1,
+            "{snap:?}"
+        );
+        assert_eq!(snap.dlq_breaker_state, "closed", "{snap:?}");
+        assert_eq!(crate::sources::file::read_file(&path).unwrap().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_during_a_dlq_outage_leaves_the_batch_uncommitted() {
+        let path = std::env::temp_dir()
+            .join(format!("floe-dlq-never-{}", std::process::id()))
+            .join("missing")
+            .join("dlq.jsonl");
+        let mut p = Pipeline::new(
+            FileSource::from_messages(vec![broken_message()]),
+            healthy(),
+            Arc::new(Components::load(&ComponentsConfig::default()).unwrap()),
+            settings(breaker(50, 5000)),
+            Stats::new(),
+        )
+        .with_dead_letters(DeadLetterQueue::File { path });
+        let started = Instant::now();
+        let snap = p.run(shutdown_after(400)).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!((snap.dead_letters, snap.commits), (0, 0), "{snap:?}");
+        assert_eq!(snap.dlq_breaker_state, "open", "{snap:?}");
     }
 
     /// A shutdown signal sent after `ms` milliseconds (and kept open afterwards).

@@ -84,6 +84,7 @@ max_wait_ms = 200
 account_url = "{url}"
 database = "{database}"
 schema = "CDC"
+table_name = "{{table}}"
 request_timeout_secs = 300
 
 [delivery]

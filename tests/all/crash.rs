@@ -88,6 +88,7 @@ max_wait_ms = 300
 account_url = "{url}"
 database = "{database}"
 schema = "CDC"
+table_name = "{{table}}"
 "#,
             brokers = env("FLOE_KAFKA_BROKERS"),
             url = env("FLOE_SNOWFLAKE_URL"),

@@ -244,6 +244,7 @@ async fn hostile_records_land_in_the_dlq_and_replay_after_a_fix() {
             idle: Duration::from_secs(5),
             dry_run: false,
             group: None,
+            allow_without_lsn: false,
         },
     )
     .await
@@ -279,5 +280,176 @@ async fn hostile_records_land_in_the_dlq_and_replay_after_a_fix() {
         (snap.events_consumed, snap.dead_letters),
         (104, 0),
         "the second run reads only the replayed records: {snap:?}"
+    );
+}
+
+fn envelope_with_lsn(table: &str, id: u32, v: &str) -> (String, String) {
+    (
+        format!(r#"{{"id":{id}}}"#),
+        format!(
+            r#"{{"before":null,"after":{{"id":{id},"v":"{v}"}},"source":{{"schema":"public","table":"{table}","lsn":{}}},"op":"c"}}"#,
+            100 + id
+        ),
+    )
+}
+
+async fn produce(topic: &str, records: &[(String, String)]) {
+    let producer = producer();
+    for (k, v) in records {
+        producer
+            .send(
+                FutureRecord::to(topic).key(k).payload(v),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn letters_too_large_for_the_dlq_are_cut_and_never_replayed() {
+    use sha2::Digest;
+    let run = unique("bigletter");
+    let table = format!("{run}_t");
+    let topic = format!("dbz.public.{table}");
+    let database = run.to_uppercase();
+    // Three 60 KB changes over the 4 KiB message limit, two small ones.
+    let big: Vec<(String, String)> = (1..=3)
+        .map(|i| envelope_with_lsn(&table, i, &"x".repeat(60_000)))
+        .collect();
+    let small: Vec<(String, String)> = (4..=5)
+        .map(|i| envelope_with_lsn(&table, i, "ok"))
+        .collect();
+    produce(&topic, &big).await;
+    produce(&topic, &small).await;
+
+    let mut config = sink_config(&database);
+    config.source.kind = SourceKind::Kafka;
+    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
+    config.source.kafka.group_id = format!("{run}-group");
+    config.source.kafka.topics = vec![topic.clone()];
+    config.source.max_message_bytes = 4096;
+    config.dlq.max_letter_bytes = 20_000;
+    config.batch.max_wait_ms = 300;
+    let (stop, stats, handle) = spawn_run(config.clone(), RunOptions::default());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stats.snapshot().dead_letters < 3 || stats.snapshot().commits == 0 {
+        assert!(Instant::now() < deadline, "{:?}", stats.snapshot());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.send(true).unwrap();
+    let snap = handle.await.unwrap().expect("floe run");
+    assert_eq!(
+        (snap.dead_letters, snap.dead_letters_cut),
+        (3, 3),
+        "{snap:?}"
+    );
+
+    let letters = crate::support::read_topic(&env("FLOE_KAFKA_BROKERS"), &format!("{topic}.dlq"));
+    assert_eq!(letters.len(), 3);
+    for l in &letters {
+        let header = |name: &str| {
+            l.headers()
+                .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let size = l.key().map_or(0, <[u8]>::len)
+            + l.payload().map_or(0, <[u8]>::len)
+            + l.headers().map_or(0, |h| {
+                h.iter()
+                    .map(|x| x.key.len() + x.value.map_or(0, <[u8]>::len))
+                    .sum()
+            });
+        assert!(size <= 20_000, "letter of {size} bytes");
+        assert_eq!(header("floe.cut"), "value");
+        assert_eq!(header("floe.error.category"), "kafka");
+        let original = big
+            .iter()
+            .find(|(k, _)| Some(k.as_bytes()) == l.key())
+            .map(|(_, v)| v)
+            .expect("a letter of a big record");
+        assert_eq!(
+            header("floe.original.value.bytes"),
+            original.len().to_string()
+        );
+        let digest: String = sha2::Sha256::digest(original.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(header("floe.original.value.sha256"), digest);
+        assert!(original.as_bytes().starts_with(l.payload().unwrap()));
+    }
+    // A cut letter is not the original: replay leaves it alone.
+    let report = replay(
+        &config,
+        &ReplayOptions {
+            categories: vec!["kafka".into()],
+            topics: Vec::new(),
+            idle: Duration::from_secs(5),
+            dry_run: false,
+            group: None,
+            allow_without_lsn: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.read, report.cut, report.replayed),
+        (3, 3, 0),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn a_topic_pattern_that_matches_dlq_topics_never_consumes_them() {
+    let run = unique("pattern");
+    let table = format!("{run}_t");
+    let prefix = run.replace('_', "x");
+    let topic = format!("{prefix}.public.{table}");
+    let database = run.to_uppercase();
+    let valid: Vec<(String, String)> = (1..=10)
+        .map(|i| envelope_with_lsn(&table, i, "v"))
+        .collect();
+    produce(&topic, &valid).await;
+    // Whatever sits in the DLQ topic must never be read as changes.
+    let garbage: Vec<(String, String)> = (1..=5)
+        .map(|i| (format!(r#"{{"id":{i}}}"#), "not a change".to_owned()))
+        .collect();
+    produce(&format!("{topic}.dlq"), &garbage).await;
+
+    let mut config = sink_config(&database);
+    config.source.kind = SourceKind::Kafka;
+    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
+    config.source.kafka.group_id = format!("{run}-group");
+    config.source.kafka.topic_pattern = format!(r"^{}\..*", prefix);
+    config.batch.max_wait_ms = 300;
+    let (stop, stats, handle) = spawn_run(config, RunOptions::default());
+    let sf = snowflake().await;
+    let sql = format!(
+        r#"SELECT COUNT(*) FROM "{database}"."CDC"."{}""#,
+        table.to_uppercase()
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = sf.execute(&sql, &[]).await
+            && r.rows.first().and_then(|r| r[0].as_deref()) == Some("10")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", stats.snapshot());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Give a consumer of the DLQ topic time to show itself.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.send(true).unwrap();
+    let snap = handle.await.unwrap().expect("floe run");
+    assert_eq!(
+        (snap.events_consumed, snap.dead_letters),
+        (10, 0),
+        "{snap:?}"
     );
 }

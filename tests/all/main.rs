@@ -12,6 +12,7 @@ mod property;
 mod rebalance;
 mod schema_change;
 mod shutdown;
+mod sources;
 mod support;
 mod user_components;
 mod variants;

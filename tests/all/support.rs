@@ -84,6 +84,9 @@ pub fn sink_config(database: &str) -> Config {
     c.sink.snowflake.account_url = env("FLOE_SNOWFLAKE_URL");
     c.sink.snowflake.database = database.to_string();
     c.sink.snowflake.schema = "CDC".into();
+    // Each test writes into a database of its own, so its target tables are named by
+    // the source table alone (the default `{topic}` naming has tests of its own).
+    c.sink.snowflake.table_name = "{table}".into();
     // tansu holds a group join for half the session timeout (dev/README.md): keep it short.
     c.source.kafka.session_timeout_ms = 10_000;
     c
@@ -212,6 +215,7 @@ pub fn pipeline_settings(
         max_message_bytes: 8 << 20,
         breaker: Default::default(),
         reload: None,
+        formats: Default::default(),
     }
 }
 
@@ -254,4 +258,92 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<rdkafka::message::OwnedMess
         }
     }
     records
+}
+
+/// One more real Debezium forwarder (`dev/stack.sh debezium-exec`) with its own slot and
+/// topic prefix (`name`) and the given connector settings; stopped (its slot dropped) on
+/// drop. Its log is `target/dev-run/debezium-<name>.log`.
+pub struct Debezium {
+    child: std::process::Child,
+}
+
+impl Debezium {
+    /// Starts it and waits until its slot streams (snapshot done).
+    pub fn start(name: &str, settings: &[&str]) -> Debezium {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let log = root.join(format!("target/dev-run/debezium-{name}.log"));
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(root.join("dev/stack.sh"))
+            .arg("debezium-exec")
+            .arg(name)
+            .args(settings)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("dev/stack.sh debezium-exec");
+        let d = Debezium { child };
+        let slot = format!("floe_{name}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let active = psql(&format!(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ));
+            if active.first().is_some_and(|r| r[0] == "t") {
+                return d;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "debezium {name} did not start streaming: see {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Debezium {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `sql` returns `want` (rows as text), for at most `secs`; returns the last
+/// answer either way.
+pub async fn wait_for_rows(
+    sf: &Client,
+    sql: &str,
+    want: &[Vec<String>],
+    secs: u64,
+) -> Vec<Vec<String>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = match sf.execute(sql, &[]).await {
+            Ok(res) => res
+                .rows
+                .into_iter()
+                .map(|r| {
+                    r.into_iter()
+                        .map(|v| v.unwrap_or_else(|| "<NULL>".into()))
+                        .collect()
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if got == want || std::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -272,12 +272,12 @@ impl Conv {
                     .param_i64("scale")
                     .ok_or("Decimal without a 'scale' parameter")?;
                 let scale = i32::try_from(scale).map_err(|_| format!("Decimal scale {scale}"))?;
-                let precision = s
-                    .param_i64("connect.decimal.precision")
-                    .filter(|p| (1..=38).contains(p))
-                    .unwrap_or(38);
-                // Snowflake: scale 0..=37 and scale <= precision.
+                let declared = s.param_i64("connect.decimal.precision");
+                let precision = declared.filter(|p| (1..=38).contains(p)).unwrap_or(38);
+                // Snowflake: scale 0..=37 and scale <= precision. A declared precision
+                // above 38 (numeric(50,2)) has values no NUMBER holds: exact text.
                 let ty = match u8::try_from(scale) {
+                    _ if declared.is_some_and(|p| p > 38) => SfType::Varchar,
                     Ok(scale) if scale <= 37 => {
                         let precision = if i64::from(scale) > precision {
                             38
@@ -376,6 +376,19 @@ pub fn inferred_type(v: &Value) -> Option<String> {
     Conv::Infer.column_type(v).map(|t| t.to_string())
 }
 
+/// Long text cut for an error message: the first and last digits with the length.
+fn abbreviate(text: &str) -> String {
+    if text.len() <= 24 {
+        return text.to_owned();
+    }
+    format!(
+        "{}…{} ({} characters)",
+        &text[..10],
+        &text[text.len() - 10..],
+        text.len()
+    )
+}
+
 /// Whether a JSON number is an integer (`-?[0-9]+`, any size).
 pub(crate) fn is_integer(n: &Number) -> bool {
     let s = n.as_str();
@@ -450,18 +463,29 @@ pub(crate) fn write_value(
         },
         Conv::Float => match v {
             Value::Number(_) => write_json(out, v),
-            // Debezium writes special values of float columns as strings.
-            Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
-                write_json(out, v)
-            }
+            // Debezium writes special values of float columns as strings; Snowflake's
+            // FLOAT spells them 'NaN', 'inf' and '-inf'.
+            Value::String(s) => match s.as_str() {
+                "NaN" => write_json_str(out, "NaN"),
+                "Infinity" => write_json_str(out, "inf"),
+                "-Infinity" => write_json_str(out, "-inf"),
+                _ => return Err(mismatch("a number", v)),
+            },
             _ => return Err(mismatch("a number", v)),
         },
         Conv::Boolean => match v {
             Value::Bool(_) => write_json(out, v),
             _ => return Err(mismatch("a boolean", v)),
         },
-        Conv::Text | Conv::ZonedTimestamp => match v {
+        Conv::Text => match v {
             Value::String(_) => write_json(out, v),
+            _ => return Err(mismatch("a string", v)),
+        },
+        Conv::ZonedTimestamp => match v {
+            Value::String(s) => {
+                temporal::check_zoned_timestamp(s)?;
+                write_json(out, v)
+            }
             _ => return Err(mismatch("a string", v)),
         },
         Conv::Bytes => match v {
@@ -471,8 +495,20 @@ pub(crate) fn write_value(
             }
             _ => return Err(mismatch("base64 text", v)),
         },
-        Conv::Decimal { scale, .. } => match v {
-            Value::String(s) => write_json_str(out, &decimal_text(&decode_base64(s)?, *scale)),
+        Conv::Decimal { scale, ty } => match v {
+            Value::String(s) => {
+                let text = decimal_text(&decode_base64(s)?, *scale)?;
+                if let SfType::Number { precision, scale } = ty {
+                    let digits = crate::decimal::integer_digits(&text);
+                    if digits > usize::from(precision - scale) {
+                        return Err(format!(
+                            "decimal {} has {digits} digits before the point: more than {ty} holds",
+                            abbreviate(&text)
+                        ));
+                    }
+                }
+                write_json_str(out, &text)
+            }
             _ => return Err(mismatch("a base64 Decimal", v)),
         },
         Conv::VariableScaleDecimal => {
@@ -489,7 +525,7 @@ pub(crate) fn write_value(
             let Some(Value::String(bytes)) = o.get("value") else {
                 return Err("VariableScaleDecimal without a base64 'value'".to_owned());
             };
-            write_json_str(out, &decimal_text(&decode_base64(bytes)?, scale));
+            write_json_str(out, &decimal_text(&decode_base64(bytes)?, scale)?);
         }
         Conv::Date => write_json_str(out, &temporal::format_date(as_i64(v, "days (int32)")?)?),
         Conv::Time(unit) => write_json_str(
@@ -502,9 +538,13 @@ pub(crate) fn write_value(
         ),
         Conv::Json => match v {
             // The document itself, as PostgreSQL wrote it. Text that is not JSON (the
-            // unchanged-TOAST placeholder) stays a JSON string.
+            // unchanged-TOAST placeholder) stays a JSON string. A `json` (not `jsonb`)
+            // document may repeat a key, which no VARIANT holds: an error of its row.
             Value::String(s) => match serde_json::from_str::<&serde_json::value::RawValue>(s) {
-                Ok(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                Ok(raw) => {
+                    crate::json::check_unique_keys(raw.get())?;
+                    out.extend_from_slice(raw.get().as_bytes())
+                }
                 Err(_) => write_json(out, v),
             },
             _ => write_json(out, v),
@@ -701,6 +741,62 @@ mod tests {
     }
 
     #[test]
+    fn one_bad_value_is_an_error_of_its_row() {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let write = |v: Value, conv: &Conv| {
+            let mut out = Vec::new();
+            write_value(&mut out, &v, conv, true).map(|()| String::from_utf8(out).unwrap())
+        };
+        let number = |precision, scale| Conv::Decimal {
+            scale: i32::from(scale),
+            ty: SfType::Number { precision, scale },
+        };
+        // 10^12 at scale 2 = 10000000000.00: 11 integer digits, NUMBER(12,2) holds 10.
+        let ten_pow_12 = 1_000_000_000_000i64.to_be_bytes();
+        let e = write(Value::String(b64(&ten_pow_12)), &number(12, 2)).unwrap_err();
+        assert!(e.contains("NUMBER(12,2)") && e.contains("11 digits"), "{e}");
+        assert_eq!(
+            write(
+                Value::String(b64(&999_999_999_999i64.to_be_bytes())),
+                &number(12, 2)
+            )
+            .unwrap(),
+            "\"9999999999.99\""
+        );
+        // A scale no numeric has: refused before any memory is spent on it.
+        let huge = serde_json::json!({"scale": 2_000_000_000, "value": b64(&[1])});
+        assert!(write(huge, &Conv::VariableScaleDecimal).is_err());
+        let negative = serde_json::json!({"scale": -2_000_000_000, "value": b64(&[1])});
+        assert!(write(negative, &Conv::VariableScaleDecimal).is_err());
+        // PostgreSQL's infinity timestamps.
+        for inf in ["infinity", "-infinity"] {
+            let e = write(Value::String(inf.into()), &Conv::ZonedTimestamp).unwrap_err();
+            assert!(e.contains("infinity"), "{e}");
+        }
+        // Special floats in Snowflake's spelling.
+        assert_eq!(
+            write(Value::String("Infinity".into()), &Conv::Float).unwrap(),
+            "\"inf\""
+        );
+        assert_eq!(
+            write(Value::String("-Infinity".into()), &Conv::Float).unwrap(),
+            "\"-inf\""
+        );
+        assert_eq!(
+            write(Value::String("NaN".into()), &Conv::Float).unwrap(),
+            "\"NaN\""
+        );
+        // A json document that repeats a key.
+        let e = write(Value::String(r#"{"a":1,"a":2}"#.into()), &Conv::Json).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        assert_eq!(
+            write(Value::String(r#"{"a":1,"b":{"a":2}}"#.into()), &Conv::Json).unwrap(),
+            r#"{"a":1,"b":{"a":2}}"#
+        );
+    }
+
+    #[test]
     fn unify_types() {
         use SfType::*;
         assert_eq!(SfType::unify(SfType::INTEGER, Float), Float);
@@ -739,7 +835,8 @@ mod tests {
         };
         assert_eq!(ty("id"), "NUMBER(38,0)");
         assert_eq!(ty("a"), "NUMBER(12,2)");
-        assert_eq!(ty("b"), "NUMBER(38,2)");
+        // numeric(50,2): no NUMBER holds 50 digits, so exact text.
+        assert_eq!(ty("b"), "VARCHAR");
         assert_eq!(ty("c"), "VARCHAR");
         assert_eq!(ty("dates"), "ARRAY");
         assert_eq!(ty("u"), "VARCHAR");

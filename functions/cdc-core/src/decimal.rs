@@ -1,9 +1,43 @@
 //! Exact decimal text from Kafka Connect's `Decimal` encoding: a big-endian two's
 //! complement unscaled integer of any length, plus a scale.
 
+/// The largest scale (either sign) a decimal may have: PostgreSQL's `numeric` holds up
+/// to 131,072 digits before the point and 16,383 after it.
+pub const MAX_SCALE: u32 = 147_455;
+/// The longest unscaled integer accepted, in bytes (PostgreSQL's largest `numeric`
+/// needs ~61 KB).
+pub const MAX_UNSCALED_BYTES: usize = 64 * 1024;
+
 /// `unscaled * 10^-scale` as plain decimal text: `1234567`, scale 2 -> `12345.67`;
-/// `-50`, scale 2 -> `-0.50`; `5`, scale -2 -> `500`. Empty bytes are zero.
-pub fn decimal_text(unscaled_be: &[u8], scale: i32) -> String {
+/// `-50`, scale 2 -> `-0.50`; `5`, scale -2 -> `500`. Empty bytes are zero. A scale or
+/// an unscaled integer larger than any PostgreSQL `numeric` is an error (it would
+/// cost the whole batch its memory or its time).
+pub fn decimal_text(unscaled_be: &[u8], scale: i32) -> Result<String, String> {
+    if scale.unsigned_abs() > MAX_SCALE {
+        return Err(format!(
+            "decimal scale {scale} is beyond any PostgreSQL numeric (at most {MAX_SCALE} either way)"
+        ));
+    }
+    if unscaled_be.len() > MAX_UNSCALED_BYTES {
+        return Err(format!(
+            "decimal of {} bytes is beyond any PostgreSQL numeric (at most {MAX_UNSCALED_BYTES})",
+            unscaled_be.len()
+        ));
+    }
+    Ok(text(unscaled_be, scale))
+}
+
+/// The number of digits before the decimal point of decimal text (`0` for `0.5`).
+pub fn integer_digits(text: &str) -> usize {
+    let int = text
+        .trim_start_matches('-')
+        .split('.')
+        .next()
+        .unwrap_or_default();
+    if int == "0" { 0 } else { int.len() }
+}
+
+fn text(unscaled_be: &[u8], scale: i32) -> String {
     let negative = unscaled_be.first().is_some_and(|b| b & 0x80 != 0);
     let mut magnitude = unscaled_be.to_vec();
     if negative {
@@ -116,24 +150,33 @@ mod tests {
     fn fixture_values() {
         use base64::Engine as _;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).unwrap();
-        assert_eq!(decimal_text(&b64("EtaH"), 2), "12345.67");
-        assert_eq!(decimal_text(&b64("zg=="), 2), "-0.50");
-        assert_eq!(decimal_text(&b64("AR2552okgw=="), 14), "3.14159265358979");
+        assert_eq!(decimal_text(&b64("EtaH"), 2).unwrap(), "12345.67");
+        assert_eq!(decimal_text(&b64("zg=="), 2).unwrap(), "-0.50");
+        assert_eq!(
+            decimal_text(&b64("AR2552okgw=="), 14).unwrap(),
+            "3.14159265358979"
+        );
     }
 
     #[test]
     fn scales_and_signs() {
-        assert_eq!(decimal_text(&be(0), 2), "0.00");
-        assert_eq!(decimal_text(&[], 0), "0");
-        assert_eq!(decimal_text(&be(0), -3), "0");
-        assert_eq!(decimal_text(&be(5), -2), "500");
-        assert_eq!(decimal_text(&be(-5), 0), "-5");
-        assert_eq!(decimal_text(&be(-1), 3), "-0.001");
-        assert_eq!(decimal_text(&be(1), 3), "0.001");
-        assert_eq!(decimal_text(&be(-128), 1), "-12.8");
-        assert_eq!(decimal_text(&be(128), 1), "12.8");
-        assert_eq!(decimal_text(&be(i128::MIN), 0), i128::MIN.to_string());
-        assert_eq!(decimal_text(&be(i128::MAX), 0), i128::MAX.to_string());
+        assert_eq!(decimal_text(&be(0), 2).unwrap(), "0.00");
+        assert_eq!(decimal_text(&[], 0).unwrap(), "0");
+        assert_eq!(decimal_text(&be(0), -3).unwrap(), "0");
+        assert_eq!(decimal_text(&be(5), -2).unwrap(), "500");
+        assert_eq!(decimal_text(&be(-5), 0).unwrap(), "-5");
+        assert_eq!(decimal_text(&be(-1), 3).unwrap(), "-0.001");
+        assert_eq!(decimal_text(&be(1), 3).unwrap(), "0.001");
+        assert_eq!(decimal_text(&be(-128), 1).unwrap(), "-12.8");
+        assert_eq!(decimal_text(&be(128), 1).unwrap(), "12.8");
+        assert_eq!(
+            decimal_text(&be(i128::MIN), 0).unwrap(),
+            i128::MIN.to_string()
+        );
+        assert_eq!(
+            decimal_text(&be(i128::MAX), 0).unwrap(),
+            i128::MAX.to_string()
+        );
         for v in [
             1i128,
             -1,
@@ -145,8 +188,20 @@ mod tests {
             10i128.pow(30),
             -(10i128.pow(37)) + 7,
         ] {
-            assert_eq!(decimal_text(&be(v), 0), v.to_string(), "{v}");
+            assert_eq!(decimal_text(&be(v), 0).unwrap(), v.to_string(), "{v}");
         }
+    }
+
+    #[test]
+    fn scales_and_sizes_beyond_postgresql_are_errors() {
+        assert!(decimal_text(&be(1), i32::MAX).is_err());
+        assert!(decimal_text(&be(1), i32::MIN).is_err());
+        assert!(decimal_text(&be(1), -(MAX_SCALE as i32) - 1).is_err());
+        assert_eq!(decimal_text(&be(1), 5).unwrap(), "0.00001");
+        assert!(decimal_text(&vec![1u8; MAX_UNSCALED_BYTES + 1], 0).is_err());
+        assert_eq!(integer_digits("-0.50"), 0);
+        assert_eq!(integer_digits("12345.67"), 5);
+        assert_eq!(integer_digits("-500"), 3);
     }
 
     #[test]
@@ -155,18 +210,18 @@ mod tests {
         let mut pos = vec![0u8; 26];
         pos[0] = 1;
         assert_eq!(
-            decimal_text(&pos, 0),
+            decimal_text(&pos, 0).unwrap(),
             "1606938044258990275541962092341162602522202993782792835301376"
         );
         let mut neg = vec![0u8; 26];
         neg[0] = 0xff;
         assert_eq!(
-            decimal_text(&neg, 10),
+            decimal_text(&neg, 10).unwrap(),
             "-160693804425899027554196209234116260252220299378279.2835301376"
         );
         // Leading sign-extension bytes are fine.
         let mut padded = vec![0u8; 40];
         padded[39] = 42;
-        assert_eq!(decimal_text(&padded, 1), "4.2");
+        assert_eq!(decimal_text(&padded, 1).unwrap(), "4.2");
     }
 }

@@ -20,30 +20,149 @@ pub const HEARTBEAT_TOPIC_PREFIX: &str = "__debezium-heartbeat";
 /// Topics of Debezium transaction metadata (`<prefix>.transaction`) end with this.
 pub const TRANSACTION_TOPIC_SUFFIX: &str = ".transaction";
 
-/// The fields of a Debezium value that floe reads; everything else is ignored.
+/// The fields of a Debezium value that floe reads, and whether it had others.
 ///
 /// The same struct reads both framings: a with-schemas value has `schema` and
-/// `payload` (and no `op`), a schemaless one has the envelope fields directly.
-#[derive(Deserialize)]
-#[serde(expecting = "a Debezium change event (a JSON object)")]
+/// `payload` (and no `op`), a schemaless one has the envelope fields directly. Every
+/// field is kept raw: whether `op` and `source` are Debezium's or a flattened record's
+/// columns of those names is decided afterwards ([`RawEnvelope::is_envelope`]).
+#[derive(Default)]
 struct RawEnvelope<'a> {
-    #[serde(borrow, default)]
     schema: Option<&'a RawValue>,
     /// `Some` whenever the field is present, even as `null`.
-    #[serde(borrow, default, deserialize_with = "present")]
     payload: Option<&'a RawValue>,
-    #[serde(default)]
-    op: Option<String>,
-    #[serde(borrow, default)]
+    op: Option<&'a RawValue>,
     before: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     after: Option<&'a RawValue>,
-    #[serde(default)]
-    source: Option<Source>,
+    source: Option<&'a RawValue>,
+    /// `before`, `after` and `source` fields present, `null` or not.
+    envelope_fields: usize,
+    /// Other fields Debezium's envelope has (`ts_ms`, `transaction`, `message`, ...).
+    envelope_extras: usize,
+    /// Fields no Debezium envelope has: this is a flattened record.
+    others: usize,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+/// Top-level fields of Debezium's envelope that floe does not read.
+const ENVELOPE_EXTRAS: [&str; 5] = ["ts_ms", "ts_us", "ts_ns", "transaction", "message"];
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RawEnvelope<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = RawEnvelope<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a Debezium change event (a JSON object)")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut out = RawEnvelope::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match &*key {
+                        "schema" => &mut out.schema,
+                        "payload" => &mut out.payload,
+                        "op" => &mut out.op,
+                        "before" => &mut out.before,
+                        "after" => &mut out.after,
+                        "source" => &mut out.source,
+                        other => {
+                            if ENVELOPE_EXTRAS.contains(&other) {
+                                out.envelope_extras += 1;
+                            } else {
+                                out.others += 1;
+                            }
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    let raw = map.next_value::<&'de RawValue>()?;
+                    if matches!(&*key, "before" | "after" | "source") {
+                        out.envelope_fields += 1;
+                    }
+                    // `null` reads as absent, except for `payload` (a null payload is
+                    // a tombstone).
+                    if raw.get() != "null" || key == "payload" {
+                        *slot = Some(raw);
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+impl<'a> RawEnvelope<'a> {
+    /// A `{"schema": {..}, "payload": ..}` frame (JsonConverter with schemas): exactly
+    /// those two fields, the schema an object.
+    fn is_frame(&self) -> bool {
+        self.payload.is_some()
+            && self.schema.is_some_and(|s| s.get().starts_with('{'))
+            && self.op.is_none()
+            && self.before.is_none()
+            && self.after.is_none()
+            && self.source.is_none()
+            && self.envelope_extras == 0
+            && self.others == 0
+    }
+
+    /// Debezium's envelope, not a flattened record with columns named like its
+    /// fields: `op` is a string, `source` (when present) an object, another envelope
+    /// field is there besides `op`, and no field is foreign to the envelope. (A
+    /// JSON-converted row holds an object only for a struct-typed column, so a row
+    /// whose every column is named like an envelope field and whose `source` is a
+    /// struct is all it would take to mislead this; a configured format per topic
+    /// removes even that.)
+    fn is_envelope(&self) -> bool {
+        let object = |v: Option<&RawValue>| v.is_some_and(|v| v.get().starts_with('{'));
+        self.others == 0
+            && self.schema.is_none()
+            && self.payload.is_none()
+            && self.op.is_some_and(|o| o.get().starts_with('"'))
+            && match self.source {
+                Some(_) => object(self.source),
+                None => self.envelope_fields + self.envelope_extras > 0,
+            }
+    }
+
+    /// `op` as text (only meaningful for an envelope).
+    fn op(&self) -> Option<String> {
+        self.op
+            .and_then(|o| serde_json::from_str::<String>(o.get()).ok())
+    }
+
+    /// The source block (only meaningful for an envelope).
+    fn source(&self) -> Result<Option<Source>, String> {
+        match self.source {
+            None => Ok(None),
+            Some(raw) if raw.get() == "null" => Ok(None),
+            Some(raw) => serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|e| format!("validation: value: {e}")),
+        }
+    }
+}
+
+/// What a named Connect value schema says: `Some(true)` for Debezium's envelope
+/// (`<prefix>.<schema>.<table>.Envelope`, or a logical message's `...MessageValue`),
+/// `Some(false)` for a flattened record's (`...Value`), `None` otherwise (the payload's
+/// shape decides).
+fn schema_is_envelope(schema: &RawValue) -> Option<bool> {
+    #[derive(Deserialize)]
+    struct Named {
+        #[serde(default)]
+        name: Option<String>,
+    }
+    let name = serde_json::from_str::<Named>(schema.get()).ok()?.name?;
+    if name.ends_with(".Envelope") || name.ends_with(".MessageValue") {
+        Some(true)
+    } else if name.ends_with(".Value") {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// The `source` block fields floe uses.
@@ -139,37 +258,47 @@ pub(crate) fn decode<'a>(event: &Event<'a>) -> Result<Decoded<'a>, String> {
     };
     let top: RawEnvelope<'a> = parse_envelope(value)?;
 
-    // With schemas: {"schema": .., "payload": <envelope or flattened record>}.
-    let (envelope, value_schema, record) = match (top.payload, &top.op) {
-        (Some(payload), None) => {
-            if payload.get().trim_ascii() == "null" {
-                return tombstone(event);
-            }
-            (
-                parse_envelope(payload.get().as_bytes())?,
-                top.schema,
-                Some(payload),
-            )
+    // With schemas: {"schema": .., "payload": <envelope or flattened record>}; the
+    // schema's name tells which.
+    let (envelope, value_schema, record, schema_says_envelope) = if top.is_frame() {
+        let payload = top.payload.expect("a frame has a payload");
+        if payload.get().trim_ascii() == "null" {
+            return tombstone(event);
         }
-        _ => (top, None, None),
+        let schema = top.schema.expect("a frame has a schema");
+        (
+            parse_envelope(payload.get().as_bytes())?,
+            Some(schema),
+            Some(payload),
+            schema_is_envelope(schema),
+        )
+    } else {
+        (top, None, None, None)
     };
 
-    let Some(op) = envelope.op.as_deref() else {
+    let is_envelope = schema_says_envelope.unwrap_or(true) && envelope.is_envelope();
+    let op = envelope.op();
+    let Some(op) = op.filter(|_| is_envelope) else {
         if event.topic.ends_with(TRANSACTION_TOPIC_SUFFIX) {
             return Ok(Decoded::Skip(Skip::TransactionMetadata));
         }
-        // No `op`: a record flattened by ExtractNewRecordState (unwrap).
+        if schema_says_envelope == Some(true) {
+            return Err("validation: the value schema is a Debezium envelope's, but the payload is not one (no 'op' string or no source block)".to_owned());
+        }
+        // A record flattened by ExtractNewRecordState (unwrap): its fields are columns,
+        // `op` and `source` included.
         let record = match record {
             Some(record) => record,
             None => serde_json::from_slice(value).map_err(|e| classify(&e, value, "value"))?,
         };
         return flat(event, record, value_schema);
     };
-    let op = match op {
+    let source = envelope.source()?;
+    let op = match op.as_str() {
         "m" => return Ok(Decoded::Skip(Skip::Message)),
         "t" => {
-            let table = table_name(envelope.source.as_ref(), event.topic)?;
-            let lsn = envelope.source.as_ref().and_then(|s| s.lsn);
+            let table = table_name(source.as_ref(), event.topic)?;
+            let lsn = source.as_ref().and_then(|s| s.lsn);
             return Ok(Decoded::Truncate { table, lsn });
         }
         other => Op::from_code(other)
@@ -186,8 +315,8 @@ pub(crate) fn decode<'a>(event: &Event<'a>) -> Result<Decoded<'a>, String> {
         // A delete needs `before` or a key; the key is required above.
         _ => {}
     }
-    let table = table_name(envelope.source.as_ref(), event.topic)?;
-    let source = envelope.source.unwrap_or_default();
+    let table = table_name(source.as_ref(), event.topic)?;
+    let source = source.unwrap_or_default();
     Ok(Decoded::Change(Box::new(Change {
         op,
         key,
@@ -463,10 +592,11 @@ mod tests {
             reason(ev("t.s.x", Some("{\"id\":1}"), Some("[1,2]"))),
             "validation: value is not a JSON object"
         );
+        // A Debezium source block that is not one.
         let r = reason(ev(
             "t.s.x",
             Some("{\"id\":1}"),
-            Some(r#"{"op":"c","source":5}"#),
+            Some(r#"{"op":"c","after":{"id":1},"source":{"lsn":"x"}}"#),
         ));
         assert!(r.starts_with("validation: value: invalid type"), "{r}");
         assert!(
@@ -477,6 +607,70 @@ mod tests {
             ))
             .starts_with("parse: key: ")
         );
+    }
+
+    /// The decoded change, or a panic.
+    fn change(e: Event<'_>) -> Box<Change<'_>> {
+        match decode(&e) {
+            Ok(Decoded::Change(c)) => c,
+            Ok(_) => panic!("expected a change"),
+            Err(r) => panic!("expected a change, got {r}"),
+        }
+    }
+
+    fn columns(c: &Change<'_>) -> Vec<String> {
+        let raw = c.after.or(c.before).expect("a row");
+        let m: Map<String, Value> = serde_json::from_str(raw.get()).unwrap();
+        m.keys().cloned().collect()
+    }
+
+    #[test]
+    fn columns_named_like_envelope_fields_are_columns() {
+        // Flattened records (unwrap) whose columns are named op, source, payload,
+        // before, after: never read as Debezium's fields.
+        let flat_records = [
+            r#"{"id":1,"op":"t","source":"s","payload":null,"before":"b","after":"a"}"#,
+            r#"{"id":1,"op":"c","source":"web"}"#,
+            r#"{"id":1,"op":"d","after":null}"#,
+            r#"{"id":1,"payload":null}"#,
+            r#"{"id":1,"source":5,"op":"c"}"#,
+            r#"{"schema":"s","payload":"p","id":1}"#,
+        ];
+        for v in flat_records {
+            let c = change(ev("dbz.public.t", Some(r#"{"id":1}"#), Some(v)));
+            assert!(c.flat, "{v}");
+            assert_eq!(c.op, Op::Update, "{v}");
+            assert_eq!(c.table, "public.t", "{v}");
+            let expected: Map<String, Value> = serde_json::from_str(v).unwrap();
+            assert_eq!(
+                columns(&c),
+                expected.keys().cloned().collect::<Vec<_>>(),
+                "{v}"
+            );
+        }
+        // With schemas, the schema's name decides, whatever the payload holds.
+        let framed = r#"{"schema":{"type":"struct","name":"dbz.public.t.Value","fields":[]},
+            "payload":{"id":1,"op":"c","before":null,"after":{"x":1},"source":{"lsn":5}}}"#;
+        let c = change(ev("dbz.public.t", Some(r#"{"id":1}"#), Some(framed)));
+        assert!(c.flat);
+        assert_eq!(columns(&c), ["id", "op", "before", "after", "source"]);
+        let framed = r#"{"schema":{"type":"struct","name":"dbz.public.t.Envelope","fields":[]},
+            "payload":{"op":"c","before":null,"after":{"id":1},"source":{"schema":"public","table":"t","lsn":5}}}"#;
+        let c = change(ev("dbz.public.t", Some(r#"{"id":1}"#), Some(framed)));
+        assert!(!c.flat);
+        assert_eq!((c.op, c.lsn), (Op::Insert, Some(5)));
+        // Debezium's envelope, schemaless, with its extra fields.
+        let env = r#"{"before":null,"after":{"id":1},"source":{"connector":"postgresql","schema":"public","table":"t","lsn":9},
+            "op":"u","ts_ms":1,"ts_us":2,"ts_ns":3,"transaction":null}"#;
+        let c = change(ev("dbz.public.t", Some(r#"{"id":1}"#), Some(env)));
+        assert!(!c.flat);
+        assert_eq!((c.op, c.lsn), (Op::Update, Some(9)));
+        // A truncate envelope stays a truncate.
+        let t = r#"{"before":null,"after":null,"source":{"schema":"public","table":"t","lsn":3},"op":"t"}"#;
+        assert!(matches!(
+            decode(&ev("dbz.public.t", None, Some(t))),
+            Ok(Decoded::Truncate { .. })
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod convert;
 pub mod decimal;
 pub mod envelope;
+pub mod json;
 pub mod merge;
 pub mod sql;
 pub mod temporal;

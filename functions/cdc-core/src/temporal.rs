@@ -35,6 +35,63 @@ impl Unit {
 const MIN_YEAR: i64 = 1;
 const MAX_YEAR: i64 = 9999;
 
+/// Checks a `ZonedTimestamp` (ISO-8601 text, e.g. `2024-03-15T08:20:30.123456Z`) is one
+/// Snowflake's `TIMESTAMP_TZ` holds: PostgreSQL's `infinity` and `-infinity`, a year
+/// outside 1-9999 or text that is not such a timestamp is an error of its row (loaded
+/// as is, it would make the warehouse refuse the whole table's batch).
+pub fn check_zoned_timestamp(s: &str) -> Result<(), String> {
+    if s.eq_ignore_ascii_case("infinity") || s.eq_ignore_ascii_case("-infinity") {
+        return Err(format!(
+            "timestamp '{s}' (PostgreSQL's {s}) has no Snowflake TIMESTAMP_TZ value"
+        ));
+    }
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let shaped = b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && (b[10] == b'T' || b[10] == b' ')
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    let rest = s.get(19..).unwrap_or_default();
+    let fraction = rest
+        .strip_prefix('.')
+        .map_or(0, |r| r.bytes().take_while(u8::is_ascii_digit).count());
+    let zone = if fraction > 0 {
+        &rest[1 + fraction..]
+    } else {
+        rest
+    };
+    let zone_ok = zone == "Z"
+        || (zone.len() == 6
+            && matches!(zone.as_bytes()[0], b'+' | b'-')
+            && zone.as_bytes()[3] == b':'
+            && zone[1..3]
+                .bytes()
+                .chain(zone[4..].bytes())
+                .all(|d| d.is_ascii_digit()));
+    if !shaped || fraction > 9 || !zone_ok {
+        return Err(format!(
+            "timestamp {:?} is not an ISO-8601 timestamp with a zone",
+            s.chars().take(40).collect::<String>()
+        ));
+    }
+    let year: i64 = s[..4].parse().unwrap_or(0);
+    if !(MIN_YEAR..=MAX_YEAR).contains(&year) {
+        return Err(format!(
+            "timestamp {s} is outside years {MIN_YEAR}-{MAX_YEAR}"
+        ));
+    }
+    Ok(())
+}
+
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
 /// `civil_from_days`).
 pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -114,6 +171,35 @@ pub fn format_timestamp(since_epoch: i64, unit: Unit) -> Result<String, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zoned_timestamps_snowflake_holds() {
+        for ok in [
+            "2024-03-15T08:20:30.123456Z",
+            "2024-03-15T08:20:30Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999+05:30",
+        ] {
+            check_zoned_timestamp(ok).unwrap();
+        }
+        for bad in [
+            "infinity",
+            "-infinity",
+            "+10000-01-01T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "2024-03-15",
+            "2024-03-15T08:20:30.1234567890Z",
+            "2024-03-15T08:20:30+0530",
+            "yesterday",
+        ] {
+            assert!(check_zoned_timestamp(bad).is_err(), "{bad}");
+        }
+        assert!(
+            check_zoned_timestamp("infinity")
+                .unwrap_err()
+                .contains("infinity")
+        );
+    }
 
     #[test]
     fn dates() {

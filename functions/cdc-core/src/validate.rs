@@ -3,9 +3,11 @@
 //! * value not JSON -> `parse: <error>`; JSON but not an event -> `validation: ...`;
 //! * keyless tombstones (null value), heartbeat topics (`__debezium-heartbeat*`), transaction
 //!   metadata (`*.transaction` records without `op`) and logical messages -> ok;
-//! * `op` must be one of `c`, `u`, `d`, `r`, `t`, `m` (`validation: unknown op 'x'`);
-//! * a record without `op` is one flattened by ExtractNewRecordState (unwrap): its
-//!   `__deleted` must be true/false and its `__op` (when added) a known code;
+//! * an envelope's `op` must be one of `c`, `u`, `d`, `r`, `t`, `m`
+//!   (`validation: unknown op 'x'`);
+//! * any other value is a record flattened by ExtractNewRecordState (unwrap), whatever
+//!   its columns are named (see [`crate::envelope`]): its `__deleted` must be
+//!   true/false and its `__op` (when added) a known code;
 //! * a tombstone with a key is a delete of that key: the key must be a JSON object;
 //! * `c`/`u`/`d`/`r` need a key that is a non-empty JSON object (with schemas: its
 //!   payload) -> else `validation: missing key`;
@@ -132,11 +134,11 @@ mod tests {
             "validation: value is not a JSON object"
         );
         assert_eq!(
-            rejected(T, K, Some(r#"{"op":"x"}"#)),
+            rejected(T, K, Some(r#"{"op":"x","after":{"id":1}}"#)),
             "validation: unknown op 'x'"
         );
         assert_eq!(
-            rejected(T, K, Some(r#"{"op":"c\n"}"#)),
+            rejected(T, K, Some(r#"{"op":"c\n","source":{}}"#)),
             "validation: unknown op 'c\\n'"
         );
         // Flattened (unwrap) records: the added fields must make sense.
@@ -183,9 +185,12 @@ mod tests {
             "validation: op 'c' without 'after'"
         );
         assert_eq!(
-            rejected(T, K, Some(r#"{"op":"u"}"#)),
+            rejected(T, K, Some(r#"{"op":"u","source":{"lsn":1}}"#)),
             "validation: op 'u' without 'after'"
         );
+        // A value with an `op` field and nothing else of the envelope is a flattened
+        // record whose column is named `op`: accepted as a row.
+        assert_eq!(verdict(T, K, Some(r#"{"op":"u"}"#)), Verdict::Ok);
         assert_eq!(
             rejected(T, K, Some(r#"{"op":"c","after":[1]}"#)),
             "validation: 'after' is not a JSON object"

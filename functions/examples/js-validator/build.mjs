@@ -1,4 +1,4 @@
-// node build.mjs <out.wasm> [--wasi]
+// node build.mjs <out.wasm> [--wasi [SOURCE.js]]
 //
 // Builds validator.js into a component of world `validator` (wit/floe.wit) with
 // componentize-js: the StarlingMonkey engine (SpiderMonkey) with the script
@@ -6,9 +6,9 @@
 // clocks, http, fetch-event) is left out, so the component imports nothing a host
 // provides, as floe requires.
 //
-// --wasi builds freshness.js instead, with only http and fetch-event left out: that
-// component imports WASI (clocks, random, stdio, filesystem) and exists to exercise
-// floe's WASI grants.
+// --wasi builds freshness.js (or the SOURCE.js given after it, e.g. chatty.js) instead,
+// with only http and fetch-event left out: that component imports WASI (clocks, random,
+// stdio, filesystem) and exists to exercise floe's WASI grants and sandbox.
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,13 +17,13 @@ import { componentize } from '@bytecodealliance/componentize-js';
 const args = process.argv.slice(2);
 const wasi = args.includes('--wasi');
 const rest = args.filter((a) => a !== '--wasi');
-if (rest.length !== 1 || rest[0].startsWith('-')) {
-  console.error('usage: node build.mjs <out.wasm> [--wasi]');
+if (rest.length < 1 || rest.length > 2 || rest.some((a) => a.startsWith('-')) || (rest.length === 2 && !wasi)) {
+  console.error('usage: node build.mjs <out.wasm> [--wasi [SOURCE.js]]');
   process.exit(2);
 }
 const out = resolve(rest[0]);
 const here = dirname(fileURLToPath(import.meta.url));
-const source = wasi ? 'freshness.js' : 'validator.js';
+const source = wasi ? (rest[1] ?? 'freshness.js') : 'validator.js';
 const disableFeatures = wasi
   ? ['http', 'fetch-event']
   : ['stdio', 'random', 'clocks', 'http', 'fetch-event'];

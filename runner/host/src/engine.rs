@@ -12,10 +12,20 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store};
 use crate::error::{HostError, classify_trap};
 use crate::wasi::{Grants, WasiState};
 
+/// Most core instances, linear memories and tables one call's store may hold. A
+/// component made by `wit-bindgen` or `componentize-js` needs a handful of each; the
+/// bounds keep a hostile component from making thousands.
+pub const MAX_INSTANCES: usize = 64;
+pub const MAX_MEMORIES: usize = 16;
+pub const MAX_TABLES: usize = 64;
+/// Most elements one table may grow to.
+pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
 /// Sandbox limits applied to every call of a component.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest linear memory a component may grow to, in bytes.
+    /// The most linear memory a component may hold, in bytes: the sum of all its
+    /// memories (a component can have several).
     pub max_memory_bytes: usize,
     /// Wall-clock budget of one call (enforced by epoch interruption).
     pub deadline: Duration,
@@ -213,6 +223,7 @@ impl Host {
             StoreState {
                 max_memory_bytes: limits.max_memory_bytes,
                 memory_exceeded: false,
+                memory_total: 0,
                 memory_peak: 0,
                 wasi: (!limits.wasi.is_empty()).then(|| WasiState::new(&limits.wasi)),
             },
@@ -235,7 +246,10 @@ impl Host {
 pub(crate) struct StoreState {
     max_memory_bytes: usize,
     pub(crate) memory_exceeded: bool,
-    /// The largest linear memory size the component reached (or asked for), in bytes.
+    /// The sum of the component's linear memories now, in bytes.
+    memory_total: usize,
+    /// The largest sum of its linear memories the component reached (or asked for), in
+    /// bytes.
     pub(crate) memory_peak: usize,
     /// Present when the component was granted WASI capabilities.
     pub(crate) wasi: Option<WasiState>,
@@ -256,20 +270,27 @@ impl wasmtime_wasi::WasiView for StoreState {
 }
 
 impl ResourceLimiter for StoreState {
+    /// Called when a memory is created (`current` 0) and when it grows: the cap is on
+    /// the sum of every memory of the store.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.memory_peak = self.memory_peak.max(desired);
-        if desired > self.max_memory_bytes {
+        let total = self
+            .memory_total
+            .saturating_sub(current)
+            .saturating_add(desired);
+        self.memory_peak = self.memory_peak.max(total);
+        if total > self.max_memory_bytes {
             self.memory_exceeded = true;
             return Err(wasmtime::format_err!(
-                "memory cap exceeded: the component asked for {desired} bytes, the limit is {}",
+                "memory cap exceeded: the component asked for {total} bytes in all its memories, the limit is {}",
                 self.max_memory_bytes
             ));
         }
+        self.memory_total = total;
         Ok(true)
     }
 
@@ -279,6 +300,93 @@ impl ResourceLimiter for StoreState {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The limiter against hostile core modules: several memories, many memories,
+    //! tables and instances in one store.
+
+    use super::*;
+
+    fn limits(max_memory_bytes: usize) -> Limits {
+        Limits {
+            max_memory_bytes,
+            ..Limits::default()
+        }
+    }
+
+    /// Instantiates `wat` `times` times in one store.
+    fn instantiate(wat: &str, times: usize, limits: &Limits) -> Result<(), String> {
+        let host = Host::new(false).unwrap();
+        let module = wasmtime::Module::new(&host.engine, wat::parse_str(wat).unwrap()).unwrap();
+        let mut store = host.store("hostile", limits).unwrap();
+        let linker: wasmtime::Linker<StoreState> = wasmtime::Linker::new(&host.engine);
+        for _ in 0..times {
+            linker
+                .instantiate(&mut store, &module)
+                .map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(())
+    }
+
+    fn memories(n: usize, pages: usize) -> String {
+        let ms: String = (0..n).map(|_| format!("(memory {pages})")).collect();
+        format!("(module {ms})")
+    }
+
+    #[test]
+    fn the_memory_cap_is_on_the_sum_of_all_memories() {
+        let mib = 1 << 20;
+        // 64 pages = 4 MiB each: two fit in 10 MiB, three do not.
+        instantiate(&memories(2, 64), 1, &limits(10 * mib)).unwrap();
+        let e = instantiate(&memories(3, 64), 1, &limits(10 * mib)).unwrap_err();
+        assert!(e.contains("memory cap exceeded"), "{e}");
+        // Also across instances of one store.
+        let e = instantiate(&memories(1, 64), 3, &limits(10 * mib)).unwrap_err();
+        assert!(e.contains("memory cap exceeded"), "{e}");
+        // And when a memory grows.
+        let grow =
+            r#"(module (memory 64) (func (export "g") (result i32) (memory.grow (i32.const 64))))"#;
+        let host = Host::new(false).unwrap();
+        let module = wasmtime::Module::new(&host.engine, wat::parse_str(grow).unwrap()).unwrap();
+        let mut store = host.store("hostile", &limits(6 * mib)).unwrap();
+        let linker: wasmtime::Linker<StoreState> = wasmtime::Linker::new(&host.engine);
+        let i = linker.instantiate(&mut store, &module).unwrap();
+        let g = i.get_typed_func::<(), i32>(&mut store, "g").unwrap();
+        assert!(g.call(&mut store, ()).is_err() || store.data().memory_exceeded);
+        assert!(store.data().memory_peak > 6 * mib);
+    }
+
+    #[test]
+    fn counts_of_memories_tables_and_instances_are_bounded() {
+        let big = 1 << 30;
+        instantiate(&memories(MAX_MEMORIES, 0), 1, &limits(big)).unwrap();
+        assert!(instantiate(&memories(MAX_MEMORIES + 1, 0), 1, &limits(big)).is_err());
+        let tables = |n: usize| {
+            let ts: String = (0..n).map(|_| "(table 0 funcref)").collect();
+            format!("(module {ts})")
+        };
+        instantiate(&tables(MAX_TABLES), 1, &limits(big)).unwrap();
+        assert!(instantiate(&tables(MAX_TABLES + 1), 1, &limits(big)).is_err());
+        let empty = "(module)";
+        instantiate(empty, MAX_INSTANCES, &limits(big)).unwrap();
+        assert!(instantiate(empty, MAX_INSTANCES + 1, &limits(big)).is_err());
+        let huge_table = "(module (table 2000000 funcref))";
+        assert!(instantiate(huge_table, 1, &limits(big)).is_err());
     }
 }

@@ -20,6 +20,7 @@
 mod engine;
 mod error;
 mod functions;
+mod output;
 mod wasi;
 
 pub use engine::{Host, Limits};

@@ -7,7 +7,7 @@
 //! |---------------|----------------------------------------------|-------------------------|
 //! | `clocks`      | `wasi:clocks/*`                              | wall and monotonic clocks |
 //! | `random`      | `wasi:random/*`                              | random bytes |
-//! | `stdio`       | `wasi:cli/stdin`, `stdout`, `stderr`, `terminal-*` | empty stdin; output captured (64 KiB per call) and logged by floe |
+//! | `stdio`       | `wasi:cli/stdin`, `stdout`, `stderr`, `terminal-*` | empty stdin; output captured (the first 64 KiB per call and stream; the rest is dropped and counted, never an error) and logged by floe |
 //! | `environment` | `wasi:cli/environment`, `wasi:cli/exit`      | no variables, no arguments; `exit` ends the call as an error |
 //! | `filesystem`  | `wasi:filesystem/*`                          | the interfaces only: no directory is opened to it |
 //!
@@ -18,10 +18,10 @@ use std::fmt;
 
 use wasmtime::Engine;
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 use crate::error::HostError;
+use crate::output::CappedOutput;
 
 /// Bytes of stdout (and of stderr) kept per call of a component granted `stdio`.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -179,8 +179,8 @@ impl Grants {
 pub(crate) struct WasiState {
     pub(crate) ctx: WasiCtx,
     pub(crate) table: ResourceTable,
-    stdout: Option<MemoryOutputPipe>,
-    stderr: Option<MemoryOutputPipe>,
+    stdout: Option<CappedOutput>,
+    stderr: Option<CappedOutput>,
 }
 
 impl WasiState {
@@ -193,8 +193,8 @@ impl WasiState {
             .allow_ip_name_lookup(false)
             .allow_blocking_current_thread(true);
         let (stdout, stderr) = if grants.contains(Capability::Stdio) {
-            let out = MemoryOutputPipe::new(MAX_OUTPUT_BYTES);
-            let err = MemoryOutputPipe::new(MAX_OUTPUT_BYTES);
+            let out = CappedOutput::new(MAX_OUTPUT_BYTES);
+            let err = CappedOutput::new(MAX_OUTPUT_BYTES);
             b.stdout(out.clone()).stderr(err.clone());
             (Some(out), Some(err))
         } else {
@@ -212,13 +212,19 @@ impl WasiState {
     pub(crate) fn log_output(&self, component: &str) {
         for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let Some(pipe) = pipe else { continue };
-            let bytes = pipe.contents();
-            if bytes.is_empty() {
-                continue;
-            }
+            let (bytes, dropped) = pipe.contents();
             let text = String::from_utf8_lossy(&bytes);
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 tracing::info!(component, stream, "{line}");
+            }
+            if dropped > 0 {
+                tracing::warn!(
+                    component,
+                    stream,
+                    dropped_bytes = dropped,
+                    kept_bytes = bytes.len(),
+                    "the component wrote more than floe keeps per call; the rest was dropped"
+                );
             }
         }
     }

@@ -112,3 +112,38 @@ fn grants_change_nothing_for_a_component_that_imports_nothing() {
     let verdicts = v.validate(&batch).unwrap();
     assert!(matches!(verdicts[..], [Verdict::Ok]), "{verdicts:?}");
 }
+
+#[test]
+fn a_component_that_prints_too_much_is_cut_not_trapped() {
+    // chatty.js prints `print` bytes per event: 4 MiB in one call, far beyond the 64 KiB
+    // floe keeps of a call's output.
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/components/examples/wasi/example_js_chatty_validator.wasm");
+    let wasm =
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}; run `make components`", p.display()));
+    let host = Host::new(false).unwrap();
+    let granted = [
+        Capability::Clocks,
+        Capability::Random,
+        Capability::Stdio,
+        Capability::Filesystem,
+    ];
+    let v = Validator::new(&host, "chatty.wasm", &wasm, limits(&granted)).unwrap();
+    let loud = Event {
+        value: Some(br#"{"print": 4194304}"#.to_vec()),
+        ..change(1, 0)
+    };
+    let batch = Batch {
+        topics: vec!["dbz.public.events".into()],
+        events: vec![loud, change(2, 0)],
+    };
+    let verdicts = v
+        .validate(&batch)
+        .expect("printing too much is not a failure");
+    assert!(
+        matches!(verdicts[..], [Verdict::Ok, Verdict::Ok]),
+        "{verdicts:?}"
+    );
+    // And the next call runs as well.
+    assert_eq!(v.validate(&batch).unwrap().len(), 2);
+}

@@ -18,6 +18,7 @@
 //! the fixture format (which `floe run --file` reads back), or the log only.
 //! `floe dlq replay` re-submits Kafka dead letters to their source topics.
 
+pub mod letter;
 pub mod replay;
 
 use std::io::Write;
@@ -25,8 +26,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use letter::Letter;
 
 use crate::config::{Config, DlqKind};
 use crate::sources::Message;
@@ -85,6 +89,13 @@ impl DeadLetter {
     }
 }
 
+/// What one [`DeadLetterQueue::send`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Letters written in their bounded form ([`letter`]).
+    pub cut: usize,
+}
+
 /// Errors writing dead letters; always retryable (the batch is not committed).
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -100,12 +111,43 @@ pub enum DeadLetterQueue {
         producer: FutureProducer,
         topic: String,
         timeout: Duration,
+        /// Letters larger than this are written in their bounded form.
+        max_letter_bytes: usize,
     },
     File {
         path: PathBuf,
     },
     /// Logged and counted only (by the pipeline's events).
     Log,
+}
+
+/// The DLQ topic of `source_topic` under the `dlq.topic` template (`{topic}` is the
+/// source topic).
+pub fn dlq_topic_of(template: &str, source_topic: &str) -> String {
+    template.replace("{topic}", source_topic)
+}
+
+/// Whether `topic` is a dead letter topic under the `dlq.topic` template: floe never
+/// consumes those as a source, even when a topic pattern matches them.
+pub fn is_dlq_topic(template: &str, topic: &str) -> bool {
+    match template.split_once("{topic}") {
+        Some((prefix, suffix)) => {
+            topic.len() > prefix.len() + suffix.len()
+                && topic.starts_with(prefix)
+                && topic.ends_with(suffix)
+        }
+        None => topic == template,
+    }
+}
+
+/// The source topic whose dead letters `dlq_topic` holds, when the template names one
+/// DLQ topic per source topic.
+pub fn source_of_dlq_topic<'a>(template: &str, dlq_topic: &'a str) -> Option<&'a str> {
+    let (prefix, suffix) = template.split_once("{topic}")?;
+    if !is_dlq_topic(template, dlq_topic) {
+        return None;
+    }
+    Some(&dlq_topic[prefix.len()..dlq_topic.len() - suffix.len()])
 }
 
 fn now_ms() -> i64 {
@@ -150,20 +192,32 @@ fn producer_config(config: &Config) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set(
             "message.max.bytes",
-            (config.source.max_message_bytes.max(1 << 20) * 2 + 65_536).to_string(),
+            (config
+                .source
+                .max_message_bytes
+                .max(dlq.max_letter_bytes)
+                .max(1 << 20)
+                * 2
+                + 65_536)
+                .min(1_000_000_000)
+                .to_string(),
         )
         .set("message.timeout.ms", dlq.timeout_ms.to_string());
-    // The source's connection settings (TLS, SASL, client id...) apply to the DLQ
-    // producer too, since both talk to the same cluster; `dlq.options` override them.
+    connection_settings(config, &mut cc);
+    for (k, v) in &dlq.options {
+        cc.set(k, v);
+    }
+    cc
+}
+
+/// The source's connection settings (TLS, SASL, client id...), which apply to every
+/// client floe opens on the same cluster: the DLQ producer and the replay's consumer.
+pub(crate) fn connection_settings(config: &Config, cc: &mut ClientConfig) {
     for (k, v) in &config.source.kafka.options {
         if is_connection_setting(k) {
             cc.set(k, v);
         }
     }
-    for (k, v) in &dlq.options {
-        cc.set(k, v);
-    }
-    cc
 }
 
 impl DeadLetterQueue {
@@ -177,6 +231,7 @@ impl DeadLetterQueue {
                     producer,
                     topic: dlq.topic.clone(),
                     timeout: Duration::from_millis(dlq.timeout_ms),
+                    max_letter_bytes: dlq.max_letter_bytes,
                 }
             }
             DlqKind::File => DeadLetterQueue::File {
@@ -196,56 +251,70 @@ impl DeadLetterQueue {
     }
 
     /// Writes the letters durably (Kafka: acknowledged by all in-sync replicas; file:
-    /// flushed and synced). `Ok` only when every one is written.
-    pub async fn send(&self, messages: &[Message], letters: &[DeadLetter]) -> Result<(), DlqError> {
+    /// flushed and synced). `Ok` only when every one is written. Kafka letters are
+    /// all handed to the producer first, then awaited together; one the broker refuses
+    /// as too large is written again in its bounded form, smaller each time.
+    pub async fn send(
+        &self,
+        messages: &[Message],
+        letters: &[DeadLetter],
+    ) -> Result<Sent, DlqError> {
         if letters.is_empty() {
-            return Ok(());
+            return Ok(Sent::default());
         }
         let dead_at = now_ms();
         match self {
-            DeadLetterQueue::Log => Ok(()),
+            DeadLetterQueue::Log => Ok(Sent::default()),
             DeadLetterQueue::Kafka {
                 producer,
                 topic,
                 timeout,
+                max_letter_bytes,
             } => {
-                let topics: Vec<String> = letters
-                    .iter()
-                    .map(|l| topic.replace("{topic}", &messages[l.index].topic))
-                    .collect();
+                let mut sent = Sent::default();
                 let mut pending = Vec::with_capacity(letters.len());
-                for (l, dlq_topic) in letters.iter().zip(&topics) {
+                for l in letters {
                     let m = &messages[l.index];
-                    let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 9);
-                    for (k, v) in &m.headers {
-                        headers = headers.insert(Header {
-                            key: k,
-                            value: v.as_deref(),
-                        });
-                    }
-                    for (k, v) in l.headers(m, dead_at) {
-                        headers = headers.insert(Header {
-                            key: k,
-                            value: Some(v.as_bytes()),
-                        });
-                    }
-                    let mut record: FutureRecord<'_, [u8], [u8]> =
-                        FutureRecord::to(dlq_topic).headers(headers);
-                    if let Some(k) = &m.key {
-                        record = record.key(k.as_slice());
-                    }
-                    if let Some(v) = &m.value {
-                        record = record.payload(v.as_slice());
-                    }
-                    if let Some(ts) = m.timestamp_ms {
-                        record = record.timestamp(ts);
-                    }
-                    pending.push(producer.send(record, *timeout));
+                    let dlq_topic = dlq_topic_of(topic, &m.topic);
+                    let (letter, delivery) = enqueue(
+                        producer,
+                        &dlq_topic,
+                        m,
+                        l,
+                        dead_at,
+                        *max_letter_bytes,
+                        *timeout,
+                    )
+                    .await?;
+                    pending.push((l, dlq_topic, letter, delivery));
                 }
-                for p in pending {
-                    p.await.map_err(|(e, _)| DlqError::Kafka(e.to_string()))?;
+                for (l, dlq_topic, mut letter, mut delivery) in pending {
+                    loop {
+                        match delivery.await {
+                            Ok(Ok(_)) => break,
+                            Ok(Err((e, _))) if is_too_large(&e) => {
+                                // The topic takes less than `max_letter_bytes`: halve.
+                                let m = &messages[l.index];
+                                let budget = smaller(&letter, &dlq_topic, &e)?;
+                                (letter, delivery) =
+                                    enqueue(producer, &dlq_topic, m, l, dead_at, budget, *timeout)
+                                        .await?;
+                            }
+                            Ok(Err((e, _))) => {
+                                return Err(DlqError::Kafka(format!("{dlq_topic}: {e}")));
+                            }
+                            Err(_canceled) => {
+                                return Err(DlqError::Kafka(format!(
+                                    "{dlq_topic}: the producer went away before delivery"
+                                )));
+                            }
+                        }
+                    }
+                    if letter.cut {
+                        sent.cut += 1;
+                    }
                 }
-                Ok(())
+                Ok(sent)
             }
             DeadLetterQueue::File { path } => {
                 let err = |e: std::io::Error| DlqError::File {
@@ -255,35 +324,14 @@ impl DeadLetterQueue {
                 let mut out = Vec::new();
                 for l in letters {
                     let m = &messages[l.index];
-                    let mut headers: Vec<serde_json::Value> = m
-                        .headers
-                        .iter()
-                        .map(|(k, v)| {
-                            serde_json::json!({"key": k, "value": v.as_deref().map(String::from_utf8_lossy)})
-                        })
-                        .collect();
-                    headers.extend(
-                        l.headers(m, dead_at)
-                            .into_iter()
-                            .map(|(k, v)| serde_json::json!({"key": k, "value": v})),
+                    let letter = Letter::new(m, l, dead_at, usize::MAX);
+                    let line = crate::sources::file::fixture_line(
+                        &m.topic,
+                        m.partition,
+                        &letter.key,
+                        &letter.value,
+                        &letter.headers,
                     );
-                    let text = |b: &Option<Vec<u8>>| {
-                        b.as_deref()
-                            .map(|b| String::from_utf8_lossy(b).into_owned())
-                    };
-                    let mut line = serde_json::json!({
-                        "topic": &*m.topic,
-                        "partition": m.partition,
-                        "headers": headers,
-                    });
-                    match text(&m.key) {
-                        Some(k) => line["raw_key"] = k.into(),
-                        None => line["key"] = serde_json::Value::Null,
-                    }
-                    match text(&m.value) {
-                        Some(v) => line["raw_value"] = v.into(),
-                        None => line["value"] = serde_json::Value::Null,
-                    }
                     serde_json::to_writer(&mut out, &line).map_err(|e| err(e.into()))?;
                     out.push(b'\n');
                 }
@@ -298,8 +346,79 @@ impl DeadLetterQueue {
                 })
                 .await
                 .map_err(|e| err(std::io::Error::other(e)))?
-                .map_err(err)
+                .map_err(err)?;
+                Ok(Sent::default())
             }
+        }
+    }
+}
+
+/// Whether the producer or the broker refused a letter for its size.
+fn is_too_large(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
+}
+
+/// The budget to try after `letter` was refused for its size: half its size, or an
+/// error once even the smallest bounded form was refused.
+fn smaller(letter: &Letter, dlq_topic: &str, e: &KafkaError) -> Result<usize, DlqError> {
+    if letter.cut && letter.size() <= letter::MIN_LETTER_BYTES {
+        return Err(DlqError::Kafka(format!(
+            "{dlq_topic} refuses even a {} byte letter: {e}",
+            letter.size()
+        )));
+    }
+    Ok(letter.size() / 2)
+}
+
+/// Hands the letter of `m` (within `budget`, halved while the producer refuses it as
+/// too large) to the producer, waiting while its queue is full, and returns it with
+/// its delivery, which resolves once the broker acknowledged it.
+async fn enqueue(
+    producer: &FutureProducer,
+    dlq_topic: &str,
+    m: &Message,
+    dead: &DeadLetter,
+    dead_at: i64,
+    budget: usize,
+    timeout: Duration,
+) -> Result<(Letter, DeliveryFuture), DlqError> {
+    let started = std::time::Instant::now();
+    let mut letter = Letter::new(m, dead, dead_at, budget);
+    loop {
+        let mut headers = OwnedHeaders::new_with_capacity(letter.headers.len());
+        for (k, v) in &letter.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq_topic).headers(headers);
+        if let Some(k) = &letter.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &letter.value {
+            record = record.payload(v.as_slice());
+        }
+        if let Some(ts) = m.timestamp_ms {
+            record = record.timestamp(ts);
+        }
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok((letter, delivery)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                if started.elapsed() < timeout =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err((e, _)) if is_too_large(&e) => {
+                let budget = smaller(&letter, dlq_topic, &e)?;
+                letter = Letter::new(m, dead, dead_at, budget);
+            }
+            Err((e, _)) => return Err(DlqError::Kafka(format!("{dlq_topic}: {e}"))),
         }
     }
 }
@@ -319,6 +438,45 @@ mod tests {
             value: Some(b"{not json".to_vec()),
             headers: vec![("h".into(), Some(b"v".to_vec()))],
         }
+    }
+
+    #[test]
+    fn dlq_topics_are_recognised_by_their_template() {
+        let t = "{topic}.dlq";
+        assert_eq!(
+            dlq_topic_of(t, "dbz.public.orders"),
+            "dbz.public.orders.dlq"
+        );
+        assert!(is_dlq_topic(t, "dbz.public.orders.dlq"));
+        assert!(!is_dlq_topic(t, "dbz.public.orders"));
+        assert!(
+            !is_dlq_topic(t, ".dlq"),
+            "the source topic part is never empty"
+        );
+        assert_eq!(
+            source_of_dlq_topic(t, "dbz.public.orders.dlq"),
+            Some("dbz.public.orders")
+        );
+        assert_eq!(source_of_dlq_topic(t, "dbz.public.orders"), None);
+        assert_eq!(
+            source_of_dlq_topic("dead.{topic}", "dead.dbz.x.y"),
+            Some("dbz.x.y")
+        );
+        // One shared DLQ topic: recognised, but it names no source topic.
+        assert!(is_dlq_topic("floe-dead", "floe-dead"));
+        assert!(!is_dlq_topic("floe-dead", "floe-dead-2"));
+        assert_eq!(source_of_dlq_topic("floe-dead", "floe-dead"), None);
+    }
+
+    #[test]
+    fn an_explicit_dlq_topic_source_is_refused() {
+        let mut config = Config::default();
+        config.source.kafka.topics = vec!["dbz.public.a".into(), "dbz.public.a.dlq".into()];
+        let e = config.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("dbz.public.a.dlq") && e.contains("dead letter"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -380,6 +538,36 @@ mod tests {
             header(REASON_HEADER).as_deref(),
             Some("parse: key must be a string")
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn file_letters_keep_bytes_that_are_not_utf8() {
+        let dir = std::env::temp_dir().join(format!("floe-dlq-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dlq.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let mut m = message();
+        m.key = Some(vec![0xff, 0x00, b'k']);
+        m.value = Some(vec![b'{', 0xc3, 0x28, 0x80, b'}']);
+        m.headers = vec![
+            ("bin".into(), Some(vec![0xfe, 0xed])),
+            ("text".into(), Some(b"plain".to_vec())),
+            ("none".into(), None),
+        ];
+        let letter = DeadLetter {
+            index: 0,
+            category: "parse",
+            stage: "validate",
+            component: "builtin:validator".into(),
+            reason: "parse: invalid utf-8".into(),
+        };
+        let q = DeadLetterQueue::File { path: path.clone() };
+        q.send(std::slice::from_ref(&m), &[letter]).await.unwrap();
+        let back = crate::sources::file::read_file(&path).unwrap();
+        assert_eq!(back[0].key, m.key);
+        assert_eq!(back[0].value, m.value);
+        assert_eq!(&back[0].headers[..3], &m.headers[..]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

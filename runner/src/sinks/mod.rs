@@ -33,13 +33,26 @@ pub struct TableLoad {
 }
 
 /// A source TRUNCATE to apply to the target before a table's plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Truncation {
     /// The truncate's source log position (PostgreSQL LSN). When known, only rows
     /// loaded from changes below it (or without one) are removed: a change that came
     /// after the truncate but reached floe first, from another partition, stays.
     /// `None`: the whole table is emptied.
     pub below_lsn: Option<i64>,
+    /// Its warehouse request id, made once per batch like the plan's: a retried load
+    /// resubmits the truncate under the same id, so the warehouse runs it at most
+    /// once, never again after the batch's rows were merged.
+    pub request: std::sync::Arc<floe_snowflake::RequestId>,
+}
+
+impl Truncation {
+    pub fn new(below_lsn: Option<i64>) -> Truncation {
+        Truncation {
+            below_lsn,
+            request: Default::default(),
+        }
+    }
 }
 
 /// What a sink did with a batch.

@@ -39,7 +39,7 @@ impl Sink for PlanSink {
                 load.plan.rows_after_dedup,
                 load.origins.len()
             );
-            if let Some(t) = load.truncate {
+            if let Some(t) = &load.truncate {
                 let _ = match t.below_lsn {
                     Some(lsn) => writeln!(
                         out,

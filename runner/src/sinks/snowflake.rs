@@ -10,21 +10,6 @@ use super::schema::{self, Fit, TargetType};
 use super::{LoadReport, Sink, SinkError, TableLoad, Truncation, core_shape};
 use crate::config::{IdentifierCase, SnowflakeConfig};
 
-/// Maps a source table (`schema.table`) to its target name parts.
-pub fn target_for(cfg: &SnowflakeConfig, source_table: &str) -> Vec<String> {
-    let table = match cfg.tables.get(source_table) {
-        Some(mapped) => mapped.clone(),
-        None => {
-            let bare = source_table.rsplit('.').next().unwrap_or(source_table);
-            match cfg.identifier_case {
-                IdentifierCase::Upper => bare.to_uppercase(),
-                IdentifierCase::Preserve => bare.to_string(),
-            }
-        }
-    };
-    vec![cfg.database.clone(), cfg.schema.clone(), table]
-}
-
 pub(crate) fn core_case(case: IdentifierCase) -> floe_cdc_core::IdentifierCase {
     match case {
         IdentifierCase::Upper => floe_cdc_core::IdentifierCase::Upper,
@@ -149,7 +134,7 @@ impl SnowflakeSink {
     async fn truncate(
         &mut self,
         load: &TableLoad,
-        truncation: Truncation,
+        truncation: &Truncation,
         report: &mut LoadReport,
     ) -> Result<(), SinkError> {
         let case = core_case(self.cfg.identifier_case);
@@ -175,7 +160,10 @@ impl SnowflakeSink {
             }
             _ => format!("TRUNCATE TABLE {table}"),
         };
-        let res = self.client.execute(&sql, &[]).await?;
+        let res = self
+            .client
+            .execute_as(&sql, &[], &truncation.request)
+            .await?;
         report.statements += 1;
         report.tables_truncated += 1;
         report.rows_deleted += res.rows_deleted.unwrap_or(0);
@@ -273,7 +261,7 @@ impl Sink for SnowflakeSink {
     async fn load(&mut self, loads: &[TableLoad]) -> Result<LoadReport, SinkError> {
         let mut report = LoadReport::default();
         for (index, load) in loads.iter().enumerate() {
-            if let Some(truncation) = load.truncate {
+            if let Some(truncation) = &load.truncate {
                 self.truncate(load, truncation, &mut report).await?;
             }
             if load.plan.statements.is_empty() {
@@ -340,19 +328,5 @@ mod tests {
         for code in ["002003", "000904", "390114", "1000", "100"] {
             assert!(!is_data_error(code), "{code}");
         }
-    }
-
-    #[test]
-    fn target_names_follow_case_and_mapping() {
-        let mut cfg = SnowflakeConfig::default();
-        assert_eq!(
-            target_for(&cfg, "public.customers"),
-            vec!["FLOE", "CDC", "CUSTOMERS"]
-        );
-        cfg.identifier_case = IdentifierCase::Preserve;
-        assert_eq!(target_for(&cfg, "public.Orders")[2], "Orders");
-        cfg.tables
-            .insert("public.orders".into(), "ORDERS_V2".into());
-        assert_eq!(target_for(&cfg, "public.orders")[2], "ORDERS_V2");
     }
 }

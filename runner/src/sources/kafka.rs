@@ -22,6 +22,16 @@ use crate::config::KafkaConfig;
 pub struct FloeContext {
     assigned: Arc<AtomicBool>,
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
+    /// The `dlq.topic` template: topics it names are floe's own dead letters, which a
+    /// broad topic pattern may match; their partitions are paused on assignment and
+    /// never consumed.
+    dlq_template: String,
+}
+
+impl FloeContext {
+    fn is_excluded(&self, topic: &str) -> bool {
+        crate::dlq::is_dlq_topic(&self.dlq_template, topic)
+    }
 }
 
 impl ClientContext for FloeContext {}
@@ -59,11 +69,28 @@ impl ConsumerContext for FloeContext {
 
     fn post_rebalance(
         &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &Rebalance<'_>,
     ) {
         match rebalance {
-            Rebalance::Assign(tpl) => self.assigned.store(tpl.count() > 0, Ordering::Relaxed),
+            Rebalance::Assign(tpl) => {
+                self.assigned.store(tpl.count() > 0, Ordering::Relaxed);
+                let mut excluded = TopicPartitionList::new();
+                for e in tpl.elements() {
+                    if self.is_excluded(e.topic()) {
+                        excluded.add_partition(e.topic(), e.partition());
+                    }
+                }
+                if excluded.count() > 0 {
+                    let elements = excluded.elements();
+                    let topics: std::collections::BTreeSet<&str> =
+                        elements.iter().map(|e| e.topic()).collect();
+                    tracing::warn!(topics = ?topics, "the topic pattern matches floe's dead letter topics: their partitions are paused, never consumed as changes");
+                    if let Err(e) = consumer.pause(&excluded) {
+                        tracing::warn!(error = %e, "pausing dead letter topic partitions failed; their messages are dropped unconsumed instead");
+                    }
+                }
+            }
             Rebalance::Revoke(_) => self.assigned.store(false, Ordering::Relaxed),
             Rebalance::Error(_) => {}
         }
@@ -73,6 +100,8 @@ impl ConsumerContext for FloeContext {
 /// A Kafka consumer-group source.
 pub struct KafkaSource {
     consumer: StreamConsumer<FloeContext>,
+    /// The `dlq.topic` template (see [`FloeContext`]).
+    dlq_template: String,
     assigned: Arc<AtomicBool>,
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
     topics: HashMap<String, Arc<str>>,
@@ -80,8 +109,9 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Creates the consumer and subscribes. Topics are a list or, when the list is empty,
-    /// the regular expression `topic_pattern`.
-    pub fn new(config: &KafkaConfig) -> Result<KafkaSource, SourceError> {
+    /// the regular expression `topic_pattern`. Topics the `dlq_template` names (floe's
+    /// own dead letter topics) are never consumed, even when the pattern matches them.
+    pub fn new(config: &KafkaConfig, dlq_template: &str) -> Result<KafkaSource, SourceError> {
         let mut cc = ClientConfig::new();
         for (k, v) in &config.options {
             cc.set(k, v);
@@ -127,6 +157,7 @@ impl KafkaSource {
         let consumer: StreamConsumer<FloeContext> = cc.create_with_context(FloeContext {
             assigned: assigned.clone(),
             revoked: revoked.clone(),
+            dlq_template: dlq_template.to_owned(),
         })?;
         let subscription: Vec<String> = if config.topics.is_empty() {
             let p = &config.topic_pattern;
@@ -144,6 +175,7 @@ impl KafkaSource {
         tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?subscription, "kafka source subscribed");
         Ok(KafkaSource {
             consumer,
+            dlq_template: dlq_template.to_owned(),
             assigned,
             revoked,
             topics: HashMap::new(),
@@ -259,6 +291,11 @@ impl Source for KafkaSource {
                     break;
                 }
             };
+            if crate::dlq::is_dlq_topic(&self.dlq_template, m.topic()) {
+                // Only if pausing the partition failed: never a change to load.
+                tracing::debug!(topic = m.topic(), "message of a dead letter topic dropped");
+                continue;
+            }
             let msg = own(&mut self.topics, &m);
             drop(m);
             self.drop_revoked(&mut batch);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod file;
+pub mod format;
 pub mod kafka;
 
 /// One consumed record, owned. Payload bytes are exactly what the broker delivered.
@@ -22,9 +23,17 @@ pub struct Message {
 }
 
 impl Message {
-    /// Bytes this message counts against `batch.max_bytes`.
-    pub fn payload_len(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len)
+    /// Bytes this message counts against `batch.max_bytes` and
+    /// `source.max_message_bytes`: key, value and headers (names and values), so that
+    /// a source cannot grow a batch past its bound through headers.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
     }
 }
 
@@ -56,11 +65,19 @@ impl Checkpoint {
 /// The component batch (WIT `batch`) of `messages`: topics interned in order of first
 /// appearance, payload bytes copied.
 pub fn batch_of<'a>(messages: impl IntoIterator<Item = &'a Message>) -> floe_host::types::Batch {
+    batch_with_values(messages.into_iter().map(|m| (m, None)))
+}
+
+/// [`batch_of`], with some values replaced (`Some`: the value the components get
+/// instead of the message's own, see [`format`]).
+pub fn batch_with_values<'a>(
+    messages: impl IntoIterator<Item = (&'a Message, Option<Vec<u8>>)>,
+) -> floe_host::types::Batch {
     let mut index: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
     let mut topics: Vec<String> = Vec::new();
     let events = messages
         .into_iter()
-        .map(|m| {
+        .map(|(m, value)| {
             let topic = *index.entry(&m.topic).or_insert_with(|| {
                 topics.push(m.topic.to_string());
                 (topics.len() - 1) as u32
@@ -71,7 +88,7 @@ pub fn batch_of<'a>(messages: impl IntoIterator<Item = &'a Message>) -> floe_hos
                 offset: m.offset,
                 timestamp_ms: m.timestamp_ms,
                 key: m.key.clone(),
-                value: m.value.clone(),
+                value: value.or_else(|| m.value.clone()),
             }
         })
         .collect();
@@ -83,13 +100,13 @@ pub fn batch_of<'a>(messages: impl IntoIterator<Item = &'a Message>) -> floe_hos
 pub struct SourceBatch {
     pub messages: Vec<Message>,
     pub checkpoint: Checkpoint,
-    /// Sum of [`Message::payload_len`].
+    /// Sum of [`Message::size`].
     pub bytes: usize,
 }
 
 impl SourceBatch {
     pub fn push(&mut self, msg: Message) {
-        self.bytes += msg.payload_len();
+        self.bytes += msg.size();
         self.checkpoint.advance(&msg);
         self.messages.push(msg);
     }
@@ -190,4 +207,26 @@ pub trait Source: Send {
         &mut self,
         checkpoint: &Checkpoint,
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_count_against_the_batch_bound() {
+        let m = Message {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: Some(vec![0; 10]),
+            value: Some(vec![0; 100]),
+            headers: vec![("h".into(), Some(vec![0; 1000])), ("n".into(), None)],
+        };
+        assert_eq!(m.size(), 10 + 100 + 1 + 1000 + 1);
+        let mut b = SourceBatch::default();
+        b.push(m);
+        assert_eq!(b.bytes, 1112);
+    }
 }

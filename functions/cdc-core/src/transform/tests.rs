@@ -405,7 +405,7 @@ fn one_bad_event_fails_alone() {
         event(
             "dbz.public.customers",
             Some(r#"{"id":1}"#),
-            Some(r#"{"op":"x"}"#),
+            Some(r#"{"op":"x","after":{"id":1}}"#),
         ),
     );
     let t = transform_batch(&events).unwrap();

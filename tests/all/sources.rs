@@ -1,0 +1,340 @@
+//! Unusual sources, live (PostgreSQL -> real Debezium -> broker -> floe -> emulator):
+//! tables of the same name in two schemas and two captured databases keep their own
+//! targets, a second source for one target is refused rather than mixed in, and tables
+//! whose columns are named `op`, `source`, `payload`, `before`, `after` (and `__deleted`)
+//! load value by value through the envelope and every ExtractNewRecordState variant.
+//!
+//! Each test starts the Debezium forwarders it needs beside the stack's own
+//! (`dev/stack.sh debezium-exec`), with their own slot and topic prefix.
+
+use std::time::Duration;
+
+use floe::RunOptions;
+use floe::config::{DeleteHandling, DlqKind, FormatConfig, SourceKind, TopicFormat};
+
+use crate::support::{
+    Debezium, env, psql, read_topic, sink_config, snowflake, spawn_run, unique, wait_for_rows,
+};
+
+/// Rows of a PostgreSQL table, ordered by its integer `id` (not by the text it is
+/// selected as).
+fn rows_of(table: &str, cols: &str) -> Vec<Vec<String>> {
+    psql(&format!("SELECT {cols} FROM {table} src ORDER BY src.id"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn same_table_names_in_two_schemas_and_two_databases_keep_apart() {
+    let run = unique("twin");
+    let t = format!("{run}_orders");
+    let database = run.to_uppercase();
+    psql(&format!(
+        "CREATE SCHEMA IF NOT EXISTS archive;
+         CREATE TABLE public.{t} (id int PRIMARY KEY, v text);
+         CREATE TABLE archive.{t} (id int PRIMARY KEY, v text, extra int);"
+    ));
+    // A second connector (another topic prefix: what a second captured database is to
+    // floe) that also captures the `archive` schema.
+    let second = Debezium::start(
+        &run,
+        &[
+            "schema.include.list=public,archive",
+            "snapshot.mode=no_data",
+        ],
+    );
+    let topics = vec![
+        format!("dbz.public.{t}"),
+        format!("{run}.public.{t}"),
+        format!("{run}.archive.{t}"),
+    ];
+    let mut config = sink_config(&database);
+    config.sink.snowflake.table_name = "{topic}".into(); // the default
+    config.source.kind = SourceKind::Kafka;
+    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
+    config.source.kafka.group_id = format!("{run}-group");
+    config.source.kafka.topics = topics.clone();
+    config.batch.max_wait_ms = 300;
+    let (stop, _stats, handle) = spawn_run(config, RunOptions::default());
+
+    psql(&format!(
+        "INSERT INTO public.{t} SELECT i, 'public ' || i FROM generate_series(1, 60) i;
+         INSERT INTO archive.{t} SELECT i, 'archive ' || i, i * 10 FROM generate_series(1, 40) i;
+         UPDATE public.{t} SET v = v || ' updated' WHERE id % 3 = 0;
+         UPDATE archive.{t} SET extra = -extra WHERE id % 4 = 0;
+         DELETE FROM public.{t} WHERE id % 5 = 0;
+         DELETE FROM archive.{t} WHERE id % 7 = 0;
+         TRUNCATE archive.{t};
+         INSERT INTO archive.{t} VALUES (1000, 'after truncate', 1);"
+    ));
+    let sf = snowflake().await;
+    let public = rows_of(&format!("public.{t}"), "id::text, v");
+    let archive = rows_of(&format!("archive.{t}"), "id::text, v, extra::text");
+    let target = |prefix: &str, schema: &str, cols: &str| {
+        format!(
+            r#"SELECT {cols} FROM "{database}"."CDC"."{}_{}_{}" ORDER BY "ID""#,
+            prefix.to_uppercase(),
+            schema.to_uppercase(),
+            t.to_uppercase()
+        )
+    };
+    let got = wait_for_rows(&sf, &target("dbz", "public", r#""ID", "V""#), &public, 120).await;
+    assert_eq!(got, public, "dbz.public -> DBZ_PUBLIC_*");
+    let got = wait_for_rows(&sf, &target(&run, "public", r#""ID", "V""#), &public, 120).await;
+    assert_eq!(
+        got, public,
+        "the second database's public table: its own target"
+    );
+    let got = wait_for_rows(
+        &sf,
+        &target(&run, "archive", r#""ID", "V", "EXTRA""#),
+        &archive,
+        120,
+    )
+    .await;
+    assert_eq!(
+        got, archive,
+        "archive's truncate emptied archive's target only"
+    );
+    stop.send(true).unwrap();
+    let snap = handle.await.unwrap().expect("floe run");
+    assert_eq!(snap.dead_letters, 0, "{snap:?}");
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn a_second_source_for_one_target_goes_to_the_dlq_not_into_the_table() {
+    let run = unique("clash");
+    let t = format!("{run}_items");
+    let database = run.to_uppercase();
+    psql(&format!(
+        "CREATE SCHEMA IF NOT EXISTS archive;
+         CREATE TABLE public.{t} (id int PRIMARY KEY, v text);
+         CREATE TABLE archive.{t} (id int PRIMARY KEY, v text);"
+    ));
+    let second = Debezium::start(
+        &run,
+        &[
+            "schema.include.list=public,archive",
+            "snapshot.mode=no_data",
+        ],
+    );
+    let mut config = sink_config(&database);
+    // `{table}`: both schemas' tables map to one target.
+    config.sink.snowflake.table_name = "{table}".into();
+    config.source.kind = SourceKind::Kafka;
+    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
+    config.source.kafka.group_id = format!("{run}-group");
+    config.source.kafka.topics = vec![format!("{run}.public.{t}"), format!("{run}.archive.{t}")];
+    config.batch.max_wait_ms = 300;
+    config.dlq.kind = DlqKind::Kafka;
+    let (stop, stats, handle) = spawn_run(config, RunOptions::default());
+
+    // public's rows land first: public owns the target.
+    psql(&format!(
+        "INSERT INTO public.{t} SELECT i, 'public ' || i FROM generate_series(1, 30) i;"
+    ));
+    let sf = snowflake().await;
+    let sql = format!(
+        r#"SELECT "ID", "V" FROM "{database}"."CDC"."{}" ORDER BY "ID""#,
+        t.to_uppercase()
+    );
+    let public = rows_of(&format!("public.{t}"), "id::text, v");
+    assert_eq!(wait_for_rows(&sf, &sql, &public, 120).await, public);
+    // Then archive's: same ids, other values, a truncate. None of it may touch the target.
+    psql(&format!(
+        "INSERT INTO archive.{t} SELECT i, 'archive ' || i FROM generate_series(1, 20) i;
+         DELETE FROM archive.{t} WHERE id <= 5;
+         TRUNCATE archive.{t};
+         UPDATE public.{t} SET v = 'public again' WHERE id = 1;"
+    ));
+    let public = rows_of(&format!("public.{t}"), "id::text, v");
+    assert_eq!(wait_for_rows(&sf, &sql, &public, 120).await, public);
+    // 20 inserts + 5 deletes + 1 truncate (+ a delete's tombstone when it lands in
+    // another batch than its delete: then it is a delete of its own).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while stats.snapshot().dead_letters < 26 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send(true).unwrap();
+    let snap = handle.await.unwrap().expect("floe run");
+    assert!((26..=31).contains(&snap.dead_letters), "{snap:?}");
+    let letters = read_topic(
+        &env("FLOE_KAFKA_BROKERS"),
+        &format!("{run}.archive.{t}.dlq"),
+    );
+    assert_eq!(letters.len() as u64, snap.dead_letters);
+    for l in &letters {
+        use rdkafka::message::{Headers, Message as _};
+        let h = l.headers().unwrap();
+        let get = |k: &str| {
+            h.iter()
+                .find(|x| x.key == k)
+                .and_then(|x| x.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        assert_eq!(get("floe.error.category"), "schema");
+        let reason = get("floe.error.reason");
+        assert!(
+            reason.contains(&format!("archive.{t}")) && reason.contains(&format!("public.{t}")),
+            "{reason}"
+        );
+    }
+    assert_eq!(public.len(), 30, "the target holds public's rows only");
+    drop(second);
+}
+
+/// Columns named like the envelope's fields, in a table captured through `format`.
+struct Variant {
+    name: &'static str,
+    debezium: Vec<&'static str>,
+    format: Option<FormatConfig>,
+    /// Whether the table also has a `__deleted` column (impossible where the SMT adds
+    /// its own `__deleted`, and read as the SMT's flag when the format is not configured).
+    deleted_column: bool,
+}
+
+fn variants() -> Vec<Variant> {
+    let unwrap = [
+        "transforms=unwrap",
+        "transforms.unwrap.type=io.debezium.transforms.ExtractNewRecordState",
+    ];
+    let schemas = |on: bool| {
+        if on {
+            [
+                "converter.schemas.enable=true",
+                "key.converter.schemas.enable=true",
+                "value.converter.schemas.enable=true",
+            ]
+        } else {
+            [
+                "converter.schemas.enable=false",
+                "key.converter.schemas.enable=false",
+                "value.converter.schemas.enable=false",
+            ]
+        }
+    };
+    let configured = |add: &[&str], deletes| FormatConfig {
+        topics: ".*".into(),
+        format: TopicFormat::Unwrap,
+        add_fields: add.iter().map(|s| s.to_string()).collect(),
+        add_fields_prefix: "__".into(),
+        delete_handling: deletes,
+    };
+    vec![
+        Variant {
+            name: "envelope",
+            debezium: schemas(true).to_vec(),
+            format: None,
+            deleted_column: true,
+        },
+        Variant {
+            name: "envelope_noschemas",
+            debezium: schemas(false).to_vec(),
+            format: None,
+            deleted_column: true,
+        },
+        Variant {
+            name: "unwrap_default_configured",
+            debezium: [&unwrap[..], &schemas(false)].concat(),
+            format: Some(configured(&[], DeleteHandling::Tombstone)),
+            deleted_column: true,
+        },
+        Variant {
+            name: "unwrap_rewrite_configured",
+            debezium: [
+                &unwrap[..],
+                &schemas(true),
+                &[
+                    "transforms.unwrap.add.fields=op,table,lsn,source.ts_ms",
+                    "transforms.unwrap.delete.tombstone.handling.mode=rewrite-with-tombstone",
+                ],
+            ]
+            .concat(),
+            format: Some(configured(
+                &["op", "table", "lsn", "source.ts_ms"],
+                DeleteHandling::RewriteWithTombstone,
+            )),
+            deleted_column: false,
+        },
+        Variant {
+            name: "unwrap_default_auto",
+            debezium: [&unwrap[..], &schemas(true)].concat(),
+            format: None,
+            deleted_column: false,
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn columns_named_like_envelope_fields_load_in_every_format() {
+    let sf = snowflake().await;
+    for v in variants() {
+        let run = unique(&format!("cols_{}", v.name));
+        let t = format!("{run}_t");
+        let database = run.to_uppercase();
+        let deleted = if v.deleted_column {
+            ", __deleted boolean"
+        } else {
+            ""
+        };
+        psql(&format!(
+            "CREATE TABLE public.{t} (id int PRIMARY KEY, op text, source text, payload text,
+                                       before text, after text{deleted});"
+        ));
+        let mut settings = vec!["snapshot.mode=no_data"];
+        settings.extend(v.debezium.iter().copied());
+        let table_filter = format!("table.include.list=public.{t}");
+        settings.push(&table_filter);
+        let dbz = Debezium::start(&run, &settings);
+        let mut config = sink_config(&database);
+        config.source.kind = SourceKind::Kafka;
+        config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
+        config.source.kafka.group_id = format!("{run}-group");
+        config.source.kafka.topics = vec![format!("{run}.public.{t}")];
+        config.batch.max_wait_ms = 300;
+        config.source.formats = v.format.iter().cloned().collect();
+        let (stop, _stats, handle) = spawn_run(config, RunOptions::default());
+
+        let flag = if v.deleted_column {
+            ", (i % 2 = 0)"
+        } else {
+            ""
+        };
+        psql(&format!(
+            "INSERT INTO public.{t} SELECT i, CASE WHEN i % 3 = 0 THEN 't' ELSE 'd' END, 'web',
+                CASE WHEN i % 2 = 0 THEN NULL ELSE 'p' END, 'b' || i, 'a' || i{flag}
+             FROM generate_series(1, 40) i;
+             UPDATE public.{t} SET op = 'u', payload = NULL WHERE id % 4 = 0;
+             DELETE FROM public.{t} WHERE id % 5 = 0;"
+        ));
+        let deleted_col = if v.deleted_column {
+            ", __deleted::text"
+        } else {
+            ""
+        };
+        let source = rows_of(
+            &format!("public.{t}"),
+            &format!("id::text, op, source, payload, before, after{deleted_col}"),
+        );
+        let sf_deleted = if v.deleted_column {
+            r#", CASE WHEN "__DELETED" THEN 'true' WHEN NOT "__DELETED" THEN 'false' END"#
+        } else {
+            ""
+        };
+        let sql = format!(
+            r#"SELECT "ID", "OP", "SOURCE", "PAYLOAD", "BEFORE", "AFTER"{sf_deleted}
+               FROM "{database}"."CDC"."{}" ORDER BY "ID""#,
+            t.to_uppercase()
+        );
+        let got = wait_for_rows(&sf, &sql, &source, 120).await;
+        assert_eq!(got, source, "variant {}", v.name);
+        stop.send(true).unwrap();
+        let snap = handle.await.unwrap().expect("floe run");
+        assert_eq!(snap.dead_letters, 0, "variant {}: {snap:?}", v.name);
+        drop(dbz);
+    }
+}
