@@ -338,3 +338,110 @@ async fn columns_named_like_envelope_fields_load_in_every_format() {
         drop(dbz);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn odd_values_cost_only_their_own_rows() {
+    let run = unique("odd");
+    let t = format!("{run}_vals");
+    let database = run.to_uppercase();
+    psql(&format!(
+        "CREATE TABLE public.{t} (id int PRIMARY KEY, n50 numeric(50,2), nv numeric, ts timestamptz,
+            tsn timestamp, d date, f float8, r real, j json, jb jsonb);"
+    ));
+    let dbz = Debezium::start(
+        &run,
+        &[
+            "snapshot.mode=no_data",
+            &format!("table.include.list=public.{t}"),
+        ],
+    );
+    let dir = std::env::temp_dir().join(format!("floe-{run}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dlq = dir.join("dlq.jsonl");
+    let mut config = sink_config(&database);
+    config.source.kind = SourceKind::Kafka;
+    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
+    config.source.kafka.group_id = format!("{run}-group");
+    config.source.kafka.topics = vec![format!("{run}.public.{t}")];
+    config.batch.max_wait_ms = 300;
+    config.dlq.kind = DlqKind::File;
+    config.dlq.path = dlq.clone();
+    let (stop, stats, handle) = spawn_run(config, RunOptions::default());
+    // Real Debezium encodings: a 45-digit numeric(50,2), a 50-digit unconstrained numeric,
+    // PostgreSQL's infinities, special floats, a json value that repeats a key, NaN
+    // numerics (which Debezium itself sends as NULL) and a tiny numeric.
+    psql(&format!(
+        r#"INSERT INTO public.{t} VALUES (1, 123456789012345678901234567890123456789012345.67,
+              12345678901234567890123456789012345678901234567890.123, '2024-03-15 10:20:30+00',
+              '2024-03-15 10:20:30', '2024-03-15', 1.5, 2.5, '{{"a":1}}', '{{"b":2}}');
+           INSERT INTO public.{t} (id, ts) VALUES (2, 'infinity'), (3, '-infinity');
+           INSERT INTO public.{t} (id, tsn) VALUES (4, 'infinity');
+           INSERT INTO public.{t} (id, d) VALUES (5, 'infinity');
+           INSERT INTO public.{t} (id, f, r) VALUES (6, 'NaN', 'NaN'), (7, 'Infinity', '-Infinity');
+           INSERT INTO public.{t} (id, nv) VALUES (8, 'NaN');
+           INSERT INTO public.{t} (id, n50) VALUES (9, 'NaN');
+           INSERT INTO public.{t} (id, j) VALUES (10, '{{"a":1,"a":2}}');
+           INSERT INTO public.{t} (id, nv) VALUES (11, 1e-300);"#
+    ));
+    let sf = snowflake().await;
+    let sql = format!(
+        r#"SELECT "ID", "N50", "NV", LOWER("F"::VARCHAR), LOWER("R"::VARCHAR), "J"::VARCHAR
+           FROM "{database}"."CDC"."{}" ORDER BY "ID""#,
+        t.to_uppercase()
+    );
+    let tiny = format!("0.{}1", "0".repeat(299));
+    let null = || "<NULL>".to_string();
+    let s = |v: &str| v.to_string();
+    let want = vec![
+        vec![
+            s("1"),
+            s("123456789012345678901234567890123456789012345.67"),
+            s("12345678901234567890123456789012345678901234567890.123"),
+            s("1.5"),
+            s("2.5"),
+            s(r#"{"a":1}"#),
+        ],
+        vec![s("6"), null(), null(), s("nan"), s("nan"), null()],
+        vec![s("7"), null(), null(), s("inf"), s("-inf"), null()],
+        vec![s("8"), null(), null(), null(), null(), null()],
+        vec![s("9"), null(), null(), null(), null(), null()],
+        vec![s("11"), null(), tiny, null(), null(), null()],
+    ];
+    let got = wait_for_rows(&sf, &sql, &want, 120).await;
+    assert_eq!(got, want);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stats.snapshot().dead_letters < 5 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.send(true).unwrap();
+    let snap = handle.await.unwrap().expect("floe run");
+    assert_eq!((snap.dead_letters, snap.events_failed), (5, 5), "{snap:?}");
+    // Each dead letter names its column.
+    let text = std::fs::read_to_string(&dlq).unwrap();
+    let mut columns: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let reason = v["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["key"] == "floe.error.reason")
+                .unwrap()["value"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            reason
+                .split("column '")
+                .nth(1)
+                .and_then(|r| r.split('\'').next())
+                .unwrap_or(&reason)
+                .to_owned()
+        })
+        .collect();
+    columns.sort();
+    assert_eq!(columns, ["d", "j", "ts", "ts", "tsn"]);
+    drop(dbz);
+    let _ = std::fs::remove_dir_all(&dir);
+}
