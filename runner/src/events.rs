@@ -30,6 +30,7 @@ pub struct Stats {
     pub dlq_breaker_opened: AtomicU64,
     pub dlq_errors: AtomicU64,
     pub dead_letters_cut: AtomicU64,
+    pub toast_values_unknown: AtomicU64,
     pub commits_refused: AtomicU64,
     pub components_reloaded: AtomicU64,
     pub component_reloads_failed: AtomicU64,
@@ -95,6 +96,11 @@ pub struct StatsSnapshot {
     /// written in their bounded form: payload cut, original sizes and SHA-256 in
     /// headers.
     pub dead_letters_cut: u64,
+    /// New rows that lack an unchanged TOASTed value floe could not find anywhere (a
+    /// primary-key update whose old row is not in the batch, under REPLICA IDENTITY
+    /// DEFAULT): each is logged with its key and columns, which hold NULL. REPLICA
+    /// IDENTITY FULL on the source table avoids it.
+    pub toast_values_unknown: u64,
     /// Offset commits the consumer group refused because the partitions had been
     /// reassigned (the new owner replays those batches, harmlessly).
     pub commits_refused: u64,
@@ -181,6 +187,7 @@ impl Stats {
             dlq_breaker_opened: g(&self.dlq_breaker_opened),
             dlq_errors: g(&self.dlq_errors),
             dead_letters_cut: g(&self.dead_letters_cut),
+            toast_values_unknown: g(&self.toast_values_unknown),
             commits_refused: g(&self.commits_refused),
             components_reloaded: g(&self.components_reloaded),
             component_reloads_failed: g(&self.component_reloads_failed),
@@ -456,6 +463,30 @@ impl DeadLettersWritten<'_> {
         } else {
             tracing::info!(count = self.count, queue = %self.queue.describe(), "dead letters written");
         }
+    }
+}
+
+/// A new row lacks an unchanged TOASTed value and nothing in its batch says where to
+/// take it from: the target gets NULL there.
+pub struct ToastValueUnknown<'a> {
+    pub position: Position<'a>,
+    pub table: &'a str,
+    pub key: &'a str,
+    pub columns: &'a [String],
+}
+
+impl ToastValueUnknown<'_> {
+    pub fn emit(&self, stats: &Stats) {
+        stats.toast_values_unknown.fetch_add(1, Relaxed);
+        tracing::warn!(
+            topic = self.position.topic,
+            partition = self.position.partition,
+            offset = self.position.offset,
+            table = self.table,
+            key = self.key,
+            columns = ?self.columns,
+            "a new row lacks unchanged TOASTed values (a primary-key update under REPLICA IDENTITY DEFAULT whose old row is not in this batch): they load as NULL; set REPLICA IDENTITY FULL on the source table"
+        );
     }
 }
 

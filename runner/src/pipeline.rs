@@ -21,7 +21,7 @@ use crate::dlq::{DeadLetter, DeadLetterQueue, DlqError};
 use crate::events::{
     BatchCommitted, BatchReceived, Breaker, BreakerChanged, BreakerState, CommitRefused,
     ComponentFailed, ComponentsReloaded, DeadLettersWritten, EventDropped, LoadRetry, Position,
-    Stats, StatsSnapshot, TruncateIgnored,
+    Stats, StatsSnapshot, ToastValueUnknown, TruncateIgnored,
 };
 use crate::sinks::{Sink, SinkError, TableLoad, Truncation};
 use crate::sources::{BatchLimits, Message, Source, SourceBatch, SourceError, batch_with_values};
@@ -948,6 +948,26 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 );
                 continue;
             }
+            if row.op == Op::Insert
+                && row.data.contains("\"__unavailable\"")
+                && !row.data.contains("\"__from\"")
+            {
+                let columns: Vec<String> = serde_json::from_str::<serde_json::Value>(&row.data)
+                    .ok()
+                    .and_then(|v| {
+                        v.get(floe_cdc_core::UNAVAILABLE_COLUMN)
+                            .and_then(|u| u.as_object())
+                            .map(|u| u.keys().cloned().collect())
+                    })
+                    .unwrap_or_default();
+                ToastValueUnknown {
+                    position: pos(index),
+                    table: &shape.name,
+                    key: &row.key,
+                    columns: &columns,
+                }
+                .emit(&self.stats);
+            }
             let counter = match row.op {
                 Op::Insert => &self.stats.ops_insert,
                 Op::Update => &self.stats.ops_update,
@@ -1726,6 +1746,29 @@ mod tests {
         let snap = p.run(rx).await.unwrap();
         assert_eq!((snap.dead_letters, snap.events_failed), (1, 1), "{snap:?}");
         assert_eq!(p.sink().tables, vec!["public.u".to_string()]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_row_lacking_a_toasted_value_is_counted_and_logged() {
+        let mut lone = insert("t", 2, 20, 0);
+        lone.value = Some(
+            br#"{"op":"c","after":{"id":2,"body":"__debezium_unavailable_value"},"source":{"schema":"public","table":"t","lsn":20}}"#
+                .to_vec(),
+        );
+        let mut p = Pipeline::new(
+            FileSource::from_messages(vec![lone]),
+            healthy(),
+            Arc::new(Components::load(&ComponentsConfig::default()).unwrap()),
+            settings(breaker(20, 1000)),
+            Stats::new(),
+        );
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.unwrap();
+        assert_eq!(
+            (snap.toast_values_unknown, snap.commits),
+            (1, 1),
+            "{snap:?}"
+        );
     }
 
     fn broken_message() -> Message {

@@ -30,7 +30,7 @@ mod fixtures;
 pub use merge::{DELETED_COLUMN, MAX_BIND_BYTES, build_merge};
 pub use sql::{create_table_sql, qualified, quote_ident, sql_string_literal};
 pub use transform::{
-    LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, SOURCE_TS_MS_COLUMN, UNAVAILABLE_COLUMN,
+    FROM_COLUMN, LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, SOURCE_TS_MS_COLUMN, UNAVAILABLE_COLUMN,
     UNAVAILABLE_PLACEHOLDER, UNAVAILABLE_PLACEHOLDER_BASE64, transform_batch,
 };
 pub use types::{

@@ -52,8 +52,15 @@
 //! read a JSON array, hence an object and a field test. Writing only the columns that
 //! need it keeps `t."C" = s."C"` (an implicit cast to the target type) wherever it can:
 //! `IFF` needs both branches of one type, which a batch without schemas may not give.
-//! An INSERT writes NULL for an unavailable column, nothing better being known. The
-//! metadata columns `__op`, `__lsn`, `__source_ts_ms` are always written.
+//! An INSERT writes NULL for an unavailable column, nothing better being known, except
+//! for a row a primary-key update moved (its data names the old key in `__from`, see
+//! [`crate::transform`]): then the source joins the target on the old key,
+//! `LEFT JOIN <target> AS o ON o."ID" = f.value['__from'][0]::NUMBER(38,0)`, and takes
+//! each value the row lacks from there, `IFF(f.value['__unavailable']['c'] IS NOT NULL
+//! AND f.value['__from'] IS NOT NULL, o."C", f.value['c']::...)`: the source is read
+//! before the MERGE applies, so the old row is still there even when the same MERGE
+//! deletes it. The metadata columns `__op`, `__lsn`, `__source_ts_ms` are always
+//! written.
 //!
 //! Soft deletes ([`DeleteMode::Soft`], per table): the shape holds a BOOLEAN
 //! [`DELETED_COLUMN`] that the rows' data does not; a delete becomes
@@ -72,9 +79,9 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::sql::{self, json_field_expr, quote_ident, sql_string_literal};
+use crate::sql::{self, json_element_expr, json_field_expr, quote_ident, sql_string_literal};
 use crate::transform::{
-    LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, SOURCE_TS_MS_COLUMN, UNAVAILABLE_COLUMN,
+    FROM_COLUMN, LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, SOURCE_TS_MS_COLUMN, UNAVAILABLE_COLUMN,
 };
 use crate::types::{Bind, DeleteMode, Error, MergeInput, MergePlan, Op, Row, Statement};
 
@@ -163,11 +170,17 @@ pub fn build_merge_with_limit(
             }
         }
     }
-    let merge_sql = merge_sql(input, |name| match unavailable.get(name) {
-        None => Update::Write,
-        Some(&n) if n == upserts => Update::Keep,
-        Some(_) => Update::PerRow,
-    })?;
+    // Rows a primary-key update moved to a new key name their old key (`__from`).
+    let moved = winners.iter().any(|(_, data)| data.contains(FROM_KEY_JSON));
+    let merge_sql = merge_sql(
+        input,
+        |name| match unavailable.get(name) {
+            None => Update::Write,
+            Some(&n) if n == upserts => Update::Keep,
+            Some(_) => Update::PerRow,
+        },
+        moved,
+    )?;
     let rows_after_dedup = u32::try_from(winners.len())
         .map_err(|_| Error::InvalidInput(format!("{} rows in one merge", winners.len())))?;
 
@@ -225,6 +238,8 @@ pub fn dedup(rows: &[Row]) -> Vec<usize> {
 /// The JSON key of [`UNAVAILABLE_COLUMN`] as it appears in `row.data`: rows without
 /// it are never parsed here.
 const UNAVAILABLE_KEY_JSON: &str = "\"__unavailable\"";
+/// The JSON key of [`FROM_COLUMN`] as it appears in `row.data`.
+const FROM_KEY_JSON: &str = "\"__from\"";
 
 /// [`dedup`], plus the carrying forward of unavailable values: the surviving rows
 /// (index and `data` to load), in position order.
@@ -367,7 +382,11 @@ enum Update {
     PerRow,
 }
 
-fn merge_sql(input: &MergeInput<'_>, update: impl Fn(&str) -> Update) -> Result<String, Error> {
+fn merge_sql(
+    input: &MergeInput<'_>,
+    update: impl Fn(&str) -> Update,
+    moved: bool,
+) -> Result<String, Error> {
     let case = input.identifier_case;
     let soft = input.deletes == DeleteMode::Soft;
     // Soft deletes: `__deleted` is not in the rows' data; the MERGE writes it.
@@ -393,10 +412,20 @@ fn merge_sql(input: &MergeInput<'_>, update: impl Fn(&str) -> Update) -> Result<
 
     let mut select = Vec::with_capacity(columns.len() + 1);
     for (c, ident) in columns.iter().zip(&idents) {
-        select.push(format!(
-            "{} AS {ident}",
-            json_field_expr("f.value", &c.name, &c.data_type)?
-        ));
+        let value = json_field_expr("f.value", &c.name, &c.data_type)?;
+        // A row moved from an old key takes the values it lacks from the old key's
+        // target row (`o`, read before this MERGE deletes it).
+        let value = if moved && !c.is_key && update_of(&c.name) != Update::Write {
+            format!(
+                "IFF(f.value[{}][{}] IS NOT NULL AND f.value[{}] IS NOT NULL, o.{ident}, {value})",
+                sql_string_literal(UNAVAILABLE_COLUMN),
+                sql_string_literal(&c.name),
+                sql_string_literal(FROM_COLUMN)
+            )
+        } else {
+            value
+        };
+        select.push(format!("{value} AS {ident}"));
     }
     let mut on: Vec<String> = columns
         .iter()
@@ -442,8 +471,28 @@ fn merge_sql(input: &MergeInput<'_>, update: impl Fn(&str) -> Update) -> Result<
         String::new()
     };
     let target = sql::qualified(input.target);
+    let mut rows_source = ROWS_SOURCE.to_owned();
+    if moved {
+        let from = format!("f.value[{}]", sql_string_literal(FROM_COLUMN));
+        let mut join = Vec::new();
+        for (k, (c, i)) in columns
+            .iter()
+            .zip(&idents)
+            .filter(|(c, _)| c.is_key)
+            .enumerate()
+        {
+            join.push(format!(
+                "o.{i} = {}",
+                json_element_expr(&from, k, &c.data_type)?
+            ));
+        }
+        rows_source = format!(
+            "{ROWS_SOURCE} LEFT JOIN {target} AS o ON {}",
+            join.join(" AND ")
+        );
+    }
     let using = format!(
-        "USING (SELECT {} FROM {ROWS_SOURCE}) AS s ON {}",
+        "USING (SELECT {} FROM {rows_source}) AS s ON {}",
         select.join(", "),
         on.join(" AND ")
     );
@@ -488,6 +537,74 @@ fn merge_sql(input: &MergeInput<'_>, update: impl Fn(&str) -> Update) -> Result<
 mod tests {
     use super::*;
     use crate::types::{Column, IdentifierCase, Op, TableShape};
+
+    #[test]
+    fn a_moved_row_takes_the_values_it_lacks_from_the_old_keys_row() {
+        let col = |name: &str, ty: &str, key| Column {
+            name: name.into(),
+            data_type: ty.into(),
+            is_key: key,
+        };
+        let shape = TableShape {
+            name: "public.t".into(),
+            columns: vec![
+                col("id", "NUMBER(38,0)", true),
+                col("big", "VARCHAR", false),
+                col("v", "VARCHAR", false),
+                col("__op", "VARCHAR", false),
+                col("__lsn", "NUMBER(38,0)", false),
+            ],
+        };
+        let rows = [
+            Row {
+                event: 0,
+                table: 0,
+                op: Op::Delete,
+                key: r#"["1"]"#.into(),
+                data: r#"{"id":"1","big":null,"v":null,"__op":"d","__lsn":"20"}"#.into(),
+                lsn: 20,
+            },
+            Row {
+                event: 2,
+                table: 0,
+                op: Op::Insert,
+                key: r#"["2"]"#.into(),
+                data: r#"{"id":"2","big":null,"v":"x","__op":"c","__lsn":"20","__unavailable":{"big":true},"__from":["1"]}"#.into(),
+                lsn: 20,
+            },
+        ];
+        let target = vec!["DB".to_owned(), "S".to_owned(), "T".to_owned()];
+        let plan = build_merge(&MergeInput {
+            target: &target,
+            identifier_case: IdentifierCase::Upper,
+            shape: &shape,
+            rows: &rows,
+            deletes: DeleteMode::Hard,
+        })
+        .unwrap();
+        let sql = &plan.statements[0].sql;
+        assert!(
+            sql.contains(
+                r#"LEFT JOIN "DB"."S"."T" AS o ON o."ID" = f.value['__from'][0]::NUMBER(38,0)"#
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(r#"IFF(f.value['__unavailable']['big'] IS NOT NULL AND f.value['__from'] IS NOT NULL, o."BIG", f.value['big']::VARCHAR) AS "BIG""#),
+            "{sql}"
+        );
+        assert!(sql.contains(r#"f.value['v']::VARCHAR AS "V""#), "{sql}");
+        // Without a moved row the source is the rows alone.
+        let plain = build_merge(&MergeInput {
+            target: &target,
+            identifier_case: IdentifierCase::Upper,
+            shape: &shape,
+            rows: &rows[..1],
+            deletes: DeleteMode::Hard,
+        })
+        .unwrap();
+        assert!(!plain.statements[0].sql.contains("LEFT JOIN"));
+    }
 
     fn shape() -> TableShape {
         let col = |name: &str, ty: &str, key| Column {

@@ -112,8 +112,16 @@ fn base_type(validated: &str) -> &str {
 /// (quotes, dots, backslashes) and, unlike `GET(..)::VARCHAR`, casts strings without
 /// their JSON quotes in both Snowflake and the fakesnow emulator.
 pub fn json_field_expr(row: &str, field: &str, data_type: &str) -> Result<String, Error> {
+    json_value_expr(&format!("{row}[{}]", sql_string_literal(field)), data_type)
+}
+
+/// [`json_field_expr`] for element `index` of the JSON array `array`.
+pub fn json_element_expr(array: &str, index: usize, data_type: &str) -> Result<String, Error> {
+    json_value_expr(&format!("{array}[{index}]"), data_type)
+}
+
+fn json_value_expr(get: &str, data_type: &str) -> Result<String, Error> {
     let ty = validate_data_type(data_type)?;
-    let get = format!("{row}[{}]", sql_string_literal(field));
     Ok(match base_type(&ty) {
         "VARIANT" => format!("STRIP_NULL_VALUE({get})"),
         "ARRAY" | "OBJECT" => format!("STRIP_NULL_VALUE({get})::{ty}"),

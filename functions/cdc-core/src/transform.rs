@@ -13,7 +13,7 @@
 //! * Metadata columns appended to every row: `__op` (`c`/`u`/`d`/`r`, VARCHAR),
 //!   `__lsn` (`source.lsn`, NUMBER(38,0), null when absent or -1) and
 //!   `__source_ts_ms` (`source.ts_ms`, NUMBER(38,0)). A source column with one of
-//!   these names (or [`UNAVAILABLE_COLUMN`]) makes its events fail.
+//!   these names (or [`UNAVAILABLE_COLUMN`], [`FROM_COLUMN`]) makes its events fail.
 //! * Unchanged TOASTed values: with REPLICA IDENTITY DEFAULT, an update that leaves
 //!   a TOASTed column untouched carries Debezium's placeholder
 //!   ([`UNAVAILABLE_PLACEHOLDER`]) instead of the value. Such a column is written as
@@ -28,6 +28,12 @@
 //!   column without schema), and a one-element array of the placeholder (arrays).
 //!   Key columns are never checked (keys are not TOASTed). A real value equal to
 //!   the placeholder is indistinguishable from it: that is Debezium's contract.
+//! * Primary-key updates: Debezium sends an update that changes the key as a delete of
+//!   the old key and a create of the new one, both at the update's LSN; the create
+//!   carries placeholders for unchanged TOASTed columns. When both are in the batch,
+//!   the create's data names the old key in [`FROM_COLUMN`] (`"__from":["1"]`, the old
+//!   key's canonical array) and the MERGE takes those columns from the old key's target
+//!   row, read before the same MERGE deletes it.
 //! * Skipped (no row, no failure): tombstones, heartbeats, transaction metadata,
 //!   logical messages (`op: "m"`).
 //!
@@ -55,6 +61,9 @@ pub const SOURCE_TS_MS_COLUMN: &str = "__source_ts_ms";
 /// send (unchanged TOASTed values): a JSON object with one `true` member per such
 /// source column (`{"big_text":true}`), present only when not empty. Not a target column: the MERGE reads it and keeps the target's value.
 pub const UNAVAILABLE_COLUMN: &str = "__unavailable";
+/// Field of a row's data (not a column) naming the key a primary-key update moved the
+/// row from, when the row lacks unchanged TOASTed values (see the module docs).
+pub const FROM_COLUMN: &str = "__from";
 /// Debezium's default `unavailable.value.placeholder`, sent instead of an unchanged
 /// TOASTed value.
 pub const UNAVAILABLE_PLACEHOLDER: &str = "__debezium_unavailable_value";
@@ -121,7 +130,38 @@ pub fn transform_batch(events: &[Event<'_>]) -> Result<Transformed, Error> {
             }),
         }
     }
+    link_key_moves(&mut t.out.rows);
     Ok(t.finish())
+}
+
+/// Names the old key in the data of each create that lacks TOASTed values and has a
+/// delete of the same table at its LSN in the batch: the two halves of a primary-key
+/// update (see the module docs).
+fn link_key_moves(rows: &mut [Row]) {
+    let lacking =
+        |r: &Row| r.op == Op::Insert && r.lsn >= 0 && r.data.contains("\"__unavailable\"");
+    if !rows.iter().any(lacking) {
+        return;
+    }
+    let mut deleted: HashMap<(u32, i64), String> = HashMap::new();
+    for r in rows.iter().filter(|r| r.op == Op::Delete && r.lsn >= 0) {
+        deleted
+            .entry((r.table, r.lsn))
+            .or_insert_with(|| r.key.clone());
+    }
+    for r in rows.iter_mut().filter(|r| lacking(r)) {
+        if let Some(old) = deleted.get(&(r.table, r.lsn))
+            && *old != r.key
+            && r.data.ends_with('}')
+        {
+            r.data.pop();
+            r.data.push_str(",\"");
+            r.data.push_str(FROM_COLUMN);
+            r.data.push_str("\":");
+            r.data.push_str(old);
+            r.data.push('}');
+        }
+    }
 }
 
 /// A column of a table as seen so far in the batch.
@@ -384,7 +424,10 @@ pub(crate) fn is_unavailable(v: &Value, conv: &Conv) -> bool {
 }
 
 fn check_name(name: &str) -> Result<(), String> {
-    if name == UNAVAILABLE_COLUMN || METADATA_COLUMNS.iter().any(|(m, _)| *m == name) {
+    if name == UNAVAILABLE_COLUMN
+        || name == FROM_COLUMN
+        || METADATA_COLUMNS.iter().any(|(m, _)| *m == name)
+    {
         return Err(format!(
             "validation: source column '{}' collides with floe's metadata column of that name",
             name.escape_debug()

@@ -761,3 +761,55 @@ fn flattened_records_with_schemas_use_the_record_schema() {
     );
     assert_eq!(data(&t.rows[0])["d"], json!("2024-03-15"));
 }
+
+#[test]
+fn a_primary_key_update_names_the_old_key_for_the_values_it_lacks() {
+    // Debezium's two halves of `UPDATE t SET id = 2 WHERE id = 1` under REPLICA IDENTITY
+    // DEFAULT, the TOASTed `big` untouched: a delete of key 1 and a create of key 2 at
+    // the same LSN, the create carrying the placeholder.
+    let events = [
+        event(
+            "dbz.public.t",
+            Some(r#"{"id":1}"#),
+            Some(
+                r#"{"op":"d","before":{"id":1,"big":null,"v":null},"after":null,"source":{"schema":"public","table":"t","lsn":20}}"#,
+            ),
+        ),
+        event("dbz.public.t", Some(r#"{"id":1}"#), None),
+        event(
+            "dbz.public.t",
+            Some(r#"{"id":2}"#),
+            Some(
+                r#"{"op":"c","before":null,"after":{"id":2,"big":"__debezium_unavailable_value","v":"x"},"source":{"schema":"public","table":"t","lsn":20}}"#,
+            ),
+        ),
+        // Another create lacking a value, without a delete at its LSN: nothing to name.
+        event(
+            "dbz.public.t",
+            Some(r#"{"id":3}"#),
+            Some(
+                r#"{"op":"c","before":null,"after":{"id":3,"big":"__debezium_unavailable_value","v":"y"},"source":{"schema":"public","table":"t","lsn":30}}"#,
+            ),
+        ),
+    ];
+    let t = transform_batch(&events).unwrap();
+    assert!(t.failures.is_empty(), "{:?}", t.failures);
+    let moved = data(&t.rows[1]);
+    assert_eq!(moved["__from"], json!(["1"]));
+    assert_eq!(moved["__unavailable"], json!({"big": true}));
+    assert!(
+        data(&t.rows[0]).get("__from").is_none(),
+        "the delete itself"
+    );
+    assert!(
+        data(&t.rows[2]).get("__from").is_none(),
+        "no delete at LSN 30"
+    );
+    // A source column named `__from` is refused like the metadata columns.
+    let bad = [event(
+        "dbz.public.t",
+        Some(r#"{"id":4}"#),
+        Some(r#"{"op":"c","after":{"id":4,"__from":"x"},"source":{"lsn":1}}"#),
+    )];
+    assert_eq!(transform_batch(&bad).unwrap().failures.len(), 1);
+}
