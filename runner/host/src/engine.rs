@@ -208,6 +208,8 @@ impl Host {
                 component: name.to_string(),
                 message: format!("linking WASI: {e:#}"),
             })?;
+            // Clock waits end at the call's deadline (see `clocks`).
+            crate::clocks::bound_waits(name, &mut linker)?;
         }
         Ok(linker)
     }
@@ -225,6 +227,7 @@ impl Host {
                 memory_exceeded: false,
                 memory_total: 0,
                 memory_peak: 0,
+                deadline: std::time::Instant::now() + limits.deadline,
                 wasi: (!limits.wasi.is_empty()).then(|| WasiState::new(&limits.wasi)),
             },
         );
@@ -248,6 +251,8 @@ pub(crate) struct StoreState {
     pub(crate) memory_exceeded: bool,
     /// The sum of the component's linear memories now, in bytes.
     memory_total: usize,
+    /// When the call's time is up (the epoch deadline; also the end of any clock wait).
+    pub(crate) deadline: std::time::Instant,
     /// The largest sum of its linear memories the component reached (or asked for), in
     /// bytes.
     pub(crate) memory_peak: usize,

@@ -17,6 +17,7 @@
 //!   (wall-clock bound) and optional fuel (instruction bound);
 //! - a trap, timeout or memory blow-up is a [`HostError`] for that batch, never a crash.
 
+mod clocks;
 mod engine;
 mod error;
 mod functions;

@@ -5,7 +5,7 @@
 //!
 //! | capability    | interfaces                                   | what the component gets |
 //! |---------------|----------------------------------------------|-------------------------|
-//! | `clocks`      | `wasi:clocks/*`                              | wall and monotonic clocks |
+//! | `clocks`      | `wasi:clocks/*`                              | wall and monotonic clocks; a wait on the monotonic clock ends at the call's deadline at the latest |
 //! | `random`      | `wasi:random/*`                              | random bytes |
 //! | `stdio`       | `wasi:cli/stdin`, `stdout`, `stderr`, `terminal-*` | empty stdin; output captured (the first 64 KiB per call and stream; the rest is dropped and counted, never an error) and logged by floe |
 //! | `environment` | `wasi:cli/environment`, `wasi:cli/exit`      | no variables, no arguments; `exit` ends the call as an error |
