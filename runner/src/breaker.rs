@@ -68,6 +68,26 @@ impl CircuitBreaker {
         self.state = BreakerState::Closed;
     }
 
+    /// [`CircuitBreaker::failure`] for an operation of a loaded batch: false (logged)
+    /// when shutdown was asked while waiting, which leaves the batch uncommitted.
+    pub(crate) async fn retry_batch(
+        &mut self,
+        operation: &'static str,
+        error: &str,
+        stats: &Stats,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        if self.failure(operation, error, stats, shutdown).await {
+            return true;
+        }
+        tracing::warn!(
+            breaker = self.kind.name(),
+            operation,
+            "shutdown while this keeps failing: the batch is loaded but not committed (the next run replays it)"
+        );
+        false
+    }
+
     /// Records a transient failure and waits before the next try. False: shutdown was
     /// asked while waiting.
     pub(crate) async fn failure(

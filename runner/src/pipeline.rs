@@ -658,14 +658,12 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 }
                 Err(e) if e.is_retryable() => {
                     let error = e.to_string();
+                    let stats = &self.stats;
                     if !self
                         .broker
-                        .failure("commit", &error, &self.stats, shutdown.clone())
+                        .retry_batch("commit", &error, stats, shutdown.clone())
                         .await
                     {
-                        tracing::warn!(
-                            "shutdown while the broker is failing: batch loaded but not committed (the next run replays it)"
-                        );
                         return Ok(false);
                     }
                 }
@@ -701,14 +699,14 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                 }
                 Err(e) => {
                     let error = e.to_string();
-                    if !self
-                        .dlq_breaker
-                        .failure("dead letters", &error, &self.stats, shutdown.clone())
-                        .await
-                    {
-                        tracing::warn!(
-                            "shutdown while the dead letter queue is failing: batch loaded but not committed (the next run replays it)"
-                        );
+                    let stats = &self.stats;
+                    let retry = self.dlq_breaker.retry_batch(
+                        "dead letters",
+                        &error,
+                        stats,
+                        shutdown.clone(),
+                    );
+                    if !retry.await {
                         return Ok(false);
                     }
                 }
@@ -1551,13 +1549,7 @@ mod tests {
             change("t", 3, "panic", 2),
             change("u", 4, "no", 3),
         ];
-        let mut p = Pipeline::new(
-            FileSource::from_messages(messages),
-            healthy(),
-            Arc::new(Components::load(&cfg).unwrap()),
-            settings(breaker(20, 1000)),
-            Stats::new(),
-        );
+        let mut p = over(messages, &cfg);
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let snap = p.run(rx).await.unwrap();
         // Both of t's events die with the chain's failed call; u has no transform, so
@@ -1569,6 +1561,17 @@ mod tests {
         );
         assert_eq!(snap.batch_errors, 1, "one failed component call: {snap:?}");
         assert_eq!(p.sink().tables, vec!["public.u".to_string()]);
+    }
+
+    /// A pipeline over `messages` with the components `cfg` names and a healthy sink.
+    fn over(messages: Vec<Message>, cfg: &ComponentsConfig) -> Pipeline<FileSource, FlakySink> {
+        Pipeline::new(
+            FileSource::from_messages(messages),
+            healthy(),
+            Arc::new(Components::load(cfg).unwrap()),
+            settings(breaker(20, 1000)),
+            Stats::new(),
+        )
     }
 
     fn truncate(table: &str, lsn: i64, offset: i64) -> Message {
@@ -1614,14 +1617,8 @@ mod tests {
             // A table truncated with no row to merge: its truncate needs no MERGE.
             truncate("u", 12, 0),
         ];
-        let mut p = Pipeline::new(
-            FileSource::from_messages(messages),
-            healthy(),
-            Arc::new(Components::load(&cfg).unwrap()),
-            settings(breaker(20, 1000)),
-            Stats::new(),
-        )
-        .with_dead_letters(DeadLetterQueue::File { path: dlq.clone() });
+        let mut p =
+            over(messages, &cfg).with_dead_letters(DeadLetterQueue::File { path: dlq.clone() });
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let snap = p.run(rx).await.unwrap();
         assert_eq!((snap.dead_letters, snap.commits), (2, 1), "{snap:?}");
@@ -1697,14 +1694,8 @@ mod tests {
             on_failure: crate::config::OnFailure::Stop,
             ..ComponentsConfig::default()
         };
-        let mut p = Pipeline::new(
-            FileSource::from_messages(messages),
-            healthy(),
-            Arc::new(Components::load(&cfg).unwrap()),
-            settings(breaker(20, 1000)),
-            Stats::new(),
-        )
-        .with_dead_letters(DeadLetterQueue::File { path: dlq.clone() });
+        let mut p =
+            over(messages, &cfg).with_dead_letters(DeadLetterQueue::File { path: dlq.clone() });
         let (_tx, rx) = tokio::sync::watch::channel(false);
         // Not a component failure: even `on_failure = "stop"` goes on.
         let snap = p.run(rx).await.expect("the run goes on");

@@ -16,7 +16,29 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::producer::FutureRecord;
 
-use crate::support::{env, producer, psql, query, sink_config, snowflake, spawn_run, unique};
+use crate::support::{
+    env, kafka_config, producer, psql, query, sink_config, snowflake, spawn_run, unique,
+};
+
+/// `floe dlq replay --category kafka [--topic ...]`.
+async fn replay_kafka(
+    config: &floe::Config,
+    topics: Vec<String>,
+) -> floe::dlq::replay::ReplayReport {
+    replay(
+        config,
+        &ReplayOptions {
+            categories: vec!["kafka".into()],
+            topics,
+            idle: Duration::from_secs(5),
+            dry_run: false,
+            group: None,
+            allow_without_lsn: false,
+        },
+    )
+    .await
+    .unwrap()
+}
 
 /// One hostile record: key, value, the category floe must give it.
 struct Hostile {
@@ -90,11 +112,7 @@ async fn hostile_records_land_in_the_dlq_and_replay_after_a_fix() {
         "CREATE TABLE public.{table} (id int PRIMARY KEY, v text);"
     ));
 
-    let mut config = sink_config(&database);
-    config.source.kind = SourceKind::Kafka;
-    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
-    config.source.kafka.group_id = format!("{run}-group");
-    config.source.kafka.topics = vec![topic.clone()];
+    let mut config = kafka_config(&database, &run, vec![topic.clone()]);
     config.source.max_message_bytes = 4096;
     config.batch.max_wait_ms = 500;
     let (stop, stats, handle) = spawn_run(config.clone(), RunOptions::default());
@@ -236,19 +254,7 @@ async fn hostile_records_land_in_the_dlq_and_replay_after_a_fix() {
     );
 
     // The fix: a larger message limit. Replay only the oversize dead letters.
-    let report = replay(
-        &config,
-        &ReplayOptions {
-            categories: vec!["kafka".into()],
-            topics: vec![dlq_topic.clone()],
-            idle: Duration::from_secs(5),
-            dry_run: false,
-            group: None,
-            allow_without_lsn: false,
-        },
-    )
-    .await
-    .unwrap();
+    let report = replay_kafka(&config, vec![dlq_topic.clone()]).await;
     assert_eq!(
         (report.read, report.replayed, report.filtered_out),
         (1000, 104, 896),
@@ -325,11 +331,7 @@ async fn letters_too_large_for_the_dlq_are_cut_and_never_replayed() {
     produce(&topic, &big).await;
     produce(&topic, &small).await;
 
-    let mut config = sink_config(&database);
-    config.source.kind = SourceKind::Kafka;
-    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
-    config.source.kafka.group_id = format!("{run}-group");
-    config.source.kafka.topics = vec![topic.clone()];
+    let mut config = kafka_config(&database, &run, vec![topic.clone()]);
     config.source.max_message_bytes = 4096;
     config.dlq.max_letter_bytes = 20_000;
     config.batch.max_wait_ms = 300;
@@ -383,19 +385,7 @@ async fn letters_too_large_for_the_dlq_are_cut_and_never_replayed() {
         assert!(original.as_bytes().starts_with(l.payload().unwrap()));
     }
     // A cut letter is not the original: replay leaves it alone.
-    let report = replay(
-        &config,
-        &ReplayOptions {
-            categories: vec!["kafka".into()],
-            topics: Vec::new(),
-            idle: Duration::from_secs(5),
-            dry_run: false,
-            group: None,
-            allow_without_lsn: false,
-        },
-    )
-    .await
-    .unwrap();
+    let report = replay_kafka(&config, Vec::new()).await;
     assert_eq!(
         (report.read, report.cut, report.replayed),
         (3, 3, 0),

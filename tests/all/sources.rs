@@ -10,10 +10,10 @@
 use std::time::Duration;
 
 use floe::RunOptions;
-use floe::config::{DeleteHandling, DlqKind, FormatConfig, SourceKind, TopicFormat};
+use floe::config::{DeleteHandling, DlqKind, FormatConfig, TopicFormat};
 
 use crate::support::{
-    Debezium, env, psql, read_topic, sink_config, snowflake, spawn_run, unique, wait_for_rows,
+    Debezium, env, kafka_config, psql, read_topic, snowflake, spawn_run, unique, wait_for_rows,
 };
 
 /// Rows of a PostgreSQL table, ordered by its integer `id` (not by the text it is
@@ -47,13 +47,8 @@ async fn same_table_names_in_two_schemas_and_two_databases_keep_apart() {
         format!("{run}.public.{t}"),
         format!("{run}.archive.{t}"),
     ];
-    let mut config = sink_config(&database);
+    let mut config = kafka_config(&database, &run, topics.clone());
     config.sink.snowflake.table_name = "{topic}".into(); // the default
-    config.source.kind = SourceKind::Kafka;
-    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
-    config.source.kafka.group_id = format!("{run}-group");
-    config.source.kafka.topics = topics.clone();
-    config.batch.max_wait_ms = 300;
     let (stop, _stats, handle) = spawn_run(config, RunOptions::default());
 
     psql(&format!(
@@ -119,14 +114,10 @@ async fn a_second_source_for_one_target_goes_to_the_dlq_not_into_the_table() {
             "snapshot.mode=no_data",
         ],
     );
-    let mut config = sink_config(&database);
+    let topics = vec![format!("{run}.public.{t}"), format!("{run}.archive.{t}")];
+    let mut config = kafka_config(&database, &run, topics);
     // `{table}`: both schemas' tables map to one target.
     config.sink.snowflake.table_name = "{table}".into();
-    config.source.kind = SourceKind::Kafka;
-    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
-    config.source.kafka.group_id = format!("{run}-group");
-    config.source.kafka.topics = vec![format!("{run}.public.{t}"), format!("{run}.archive.{t}")];
-    config.batch.max_wait_ms = 300;
     config.dlq.kind = DlqKind::Kafka;
     let (stop, stats, handle) = spawn_run(config, RunOptions::default());
 
@@ -290,12 +281,7 @@ async fn columns_named_like_envelope_fields_load_in_every_format() {
         let table_filter = format!("table.include.list=public.{t}");
         settings.push(&table_filter);
         let dbz = Debezium::start(&run, &settings);
-        let mut config = sink_config(&database);
-        config.source.kind = SourceKind::Kafka;
-        config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
-        config.source.kafka.group_id = format!("{run}-group");
-        config.source.kafka.topics = vec![format!("{run}.public.{t}")];
-        config.batch.max_wait_ms = 300;
+        let mut config = kafka_config(&database, &run, vec![format!("{run}.public.{t}")]);
         config.source.formats = v.format.iter().cloned().collect();
         let (stop, _stats, handle) = spawn_run(config, RunOptions::default());
 
@@ -359,12 +345,7 @@ async fn odd_values_cost_only_their_own_rows() {
     let dir = std::env::temp_dir().join(format!("floe-{run}"));
     std::fs::create_dir_all(&dir).unwrap();
     let dlq = dir.join("dlq.jsonl");
-    let mut config = sink_config(&database);
-    config.source.kind = SourceKind::Kafka;
-    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
-    config.source.kafka.group_id = format!("{run}-group");
-    config.source.kafka.topics = vec![format!("{run}.public.{t}")];
-    config.batch.max_wait_ms = 300;
+    let mut config = kafka_config(&database, &run, vec![format!("{run}.public.{t}")]);
     config.dlq.kind = DlqKind::File;
     config.dlq.path = dlq.clone();
     let (stop, stats, handle) = spawn_run(config, RunOptions::default());
@@ -464,11 +445,7 @@ async fn a_primary_key_update_keeps_an_unchanged_toasted_value() {
             &format!("table.include.list=public.{t}"),
         ],
     );
-    let mut config = sink_config(&database);
-    config.source.kind = SourceKind::Kafka;
-    config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
-    config.source.kafka.group_id = format!("{run}-group");
-    config.source.kafka.topics = vec![format!("{run}.public.{t}")];
+    let mut config = kafka_config(&database, &run, vec![format!("{run}.public.{t}")]);
     config.batch.max_wait_ms = 1000;
     let (stop, _stats, handle) = spawn_run(config, RunOptions::default());
     // 20 kB of incompressible text per row: stored out of line (TOASTed).

@@ -92,6 +92,18 @@ pub fn sink_config(database: &str) -> Config {
     c
 }
 
+/// [`sink_config`] with the stack's Kafka as the source: `topics`, consumer group
+/// `<run>-group`, batches cut after 300 ms.
+pub fn kafka_config(database: &str, run: &str, topics: Vec<String>) -> Config {
+    let mut c = sink_config(database);
+    c.source.kind = SourceKind::Kafka;
+    c.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
+    c.source.kafka.group_id = format!("{run}-group");
+    c.source.kafka.topics = topics;
+    c.batch.max_wait_ms = 300;
+    c
+}
+
 /// Replays fixture-format files into `database`; returns the run's statistics.
 pub async fn replay(files: &[PathBuf], database: &str) -> StatsSnapshot {
     replay_with(files, database, |_| {}).await
