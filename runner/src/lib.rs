@@ -6,19 +6,18 @@
 //! ```
 //!
 //! The `floe` binary (`src/main.rs`) is a thin shell over [`run`]. Components run in
-//! `floe-host` (the only crate that touches wasmtime); the Snowflake protocol lives in
-//! `floe-snowflake`.
+//! `floe-host` (the only crate that touches wasmtime); the per-batch work (components,
+//! MERGE loads, dead letters) in `floe-batch`, which the Lambda shares; the Snowflake
+//! protocol in `floe-snowflake`.
 
-mod breaker;
 pub mod check;
-pub mod components;
 pub mod config;
 pub mod dlq;
-pub mod events;
 pub mod pipeline;
-pub mod sinks;
 pub mod sources;
-pub mod targets;
+
+// The per-batch work lives in floe-batch (shared with the Lambda); these paths stay.
+pub use floe_batch::{components, events, sinks, targets};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -135,7 +134,8 @@ async fn with_sink<S: Source>(
 ) -> Result<StatsSnapshot, RunError> {
     match config.sink.kind {
         SinkKind::None => {
-            let dlq = DeadLetterQueue::from_config(config).map_err(PipelineError::from)?;
+            let dlq = DeadLetterQueue::new(config.dlq_kind(), &config.dlq, &config.cluster())
+                .map_err(PipelineError::from)?;
             let mut p = Pipeline::new(source, NullSink::default(), components, settings, stats)
                 .with_dead_letters(dlq);
             Ok(p.run(shutdown).await?)
@@ -144,7 +144,8 @@ async fn with_sink<S: Source>(
             let sink = SnowflakeSink::connect(&config.sink.snowflake)
                 .await
                 .map_err(PipelineError::from)?;
-            let dlq = DeadLetterQueue::from_config(config).map_err(PipelineError::from)?;
+            let dlq = DeadLetterQueue::new(config.dlq_kind(), &config.dlq, &config.cluster())
+                .map_err(PipelineError::from)?;
             let mut p =
                 Pipeline::new(source, sink, components, settings, stats).with_dead_letters(dlq);
             Ok(p.run(shutdown).await?)

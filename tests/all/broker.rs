@@ -21,7 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::support::{Rng, env, query, sink_config, snowflake, spawn_run, unique};
 
 /// A child process killed when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -43,7 +43,7 @@ impl Proc {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -63,7 +63,7 @@ fn wait_listening(port: u16, what: &str, log: &Path) {
     }
 }
 
-fn start_moto(port: u16, dir: &Path) -> Proc {
+pub(crate) fn start_moto(port: u16, dir: &Path) -> Proc {
     let log = dir.join("moto.log");
     let child = Command::new(env("FLOE_MOTO_BIN"))
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])

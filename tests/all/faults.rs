@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::support::{Rng, env, query, sink_config, snowflake, spawn_run, unique};
 
 pub(crate) const HEALTHY: u8 = 0;
-const ERROR_500: u8 = 1;
+pub(crate) const ERROR_500: u8 = 1;
 const TOO_MANY: u8 = 2;
 /// Runs the statement, then holds the answer for the proxy's `hold_ms`.
 pub(crate) const SLOW: u8 = 3;

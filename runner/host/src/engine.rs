@@ -58,7 +58,49 @@ pub struct Host {
     pub(crate) fuel_enabled: bool,
     /// Where compiled components are kept between runs (see [`Host::with_cache`]).
     cache_dir: Option<PathBuf>,
+    /// Components compiled ahead of time for this architecture (see
+    /// [`Host::with_precompiled`]).
+    precompiled_dir: Option<PathBuf>,
     _ticker: Arc<Ticker>,
+}
+
+/// The engine settings of every host (and of [`precompile_portable`]).
+fn engine_config(fuel: bool) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.consume_fuel(fuel);
+    config.wasm_component_model(true);
+    config.max_wasm_stack(1024 * 1024);
+    config
+}
+
+/// The file name [`Host::with_precompiled`] looks for: the component's SHA-256.
+pub fn precompiled_name(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.cwasm")
+}
+
+/// This architecture's target triple.
+const PORTABLE_TARGET: &str = if cfg!(target_arch = "aarch64") {
+    "aarch64-unknown-linux-gnu"
+} else {
+    "x86_64-unknown-linux-gnu"
+};
+
+/// Compiles a component ahead of time for this architecture's baseline CPU (no
+/// optional CPU features: the result loads on any machine of the architecture, such as
+/// Lambda's), with the settings of a host with `fuel` on or off. Written as
+/// [`precompiled_name`] into a directory given to [`Host::with_precompiled`].
+pub fn precompile_portable(fuel: bool, bytes: &[u8]) -> Result<Vec<u8>, HostError> {
+    let err = |e: wasmtime::Error| HostError::Load {
+        component: "precompile".into(),
+        message: format!("{e:#}"),
+    };
+    let mut config = engine_config(fuel);
+    config.target(PORTABLE_TARGET).map_err(err)?;
+    let engine = Engine::new(&config).map_err(err)?;
+    engine.precompile_component(bytes).map_err(err)
 }
 
 /// Feeds `Hash` output into SHA-256 (for a cache key that is stable across runs).
@@ -95,12 +137,7 @@ impl Host {
     /// Builds the engine. `fuel` turns on fuel metering for every component of this
     /// host (it costs 10-40% speed, so it is off unless a limit asks for it).
     pub fn new(fuel: bool) -> Result<Host, HostError> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.consume_fuel(fuel);
-        config.wasm_component_model(true);
-        config.max_wasm_stack(1024 * 1024);
-        let engine = Engine::new(&config).map_err(|e| HostError::Load {
+        let engine = Engine::new(&engine_config(fuel)).map_err(|e| HostError::Load {
             component: "engine".into(),
             message: format!("{e:#}"),
         })?;
@@ -123,6 +160,7 @@ impl Host {
             engine,
             fuel_enabled: fuel,
             cache_dir: None,
+            precompiled_dir: None,
             _ticker: Arc::new(Ticker { stop }),
         })
     }
@@ -134,6 +172,37 @@ impl Host {
     pub fn with_cache(mut self, dir: PathBuf) -> Host {
         self.cache_dir = Some(dir);
         self
+    }
+
+    /// Looks for components in `dir` first, as [`precompile_portable`] wrote them
+    /// (`<sha256 of the component>.cwasm`): shipped with floe (the Lambda package), they
+    /// load without compiling. A file the engine cannot use (another wasmtime, another
+    /// architecture) is logged and the component compiled as usual. `dir` must be
+    /// writable by floe's deployer only: a precompiled file is native code.
+    pub fn with_precompiled(mut self, dir: PathBuf) -> Host {
+        self.precompiled_dir = Some(dir);
+        self
+    }
+
+    /// The component of `bytes` from the precompiled directory, when it holds a usable one.
+    fn precompiled(&self, name: &str, bytes: &[u8]) -> Option<Component> {
+        let dir = self.precompiled_dir.as_ref()?;
+        let path = dir.join(precompiled_name(bytes));
+        let compiled = std::fs::read(&path).ok()?;
+        // SAFETY: the file was written by `precompile_portable` (wasmtime's
+        // `precompile_component`) into the deployer's read-only package; wasmtime checks
+        // its header, version, target and settings before using it.
+        #[allow(unsafe_code, reason = "loading floe's own precompiled components")]
+        match unsafe { Component::deserialize(&self.engine, &compiled) } {
+            Ok(component) => {
+                tracing::debug!(component = name, path = %path.display(), "component loaded precompiled");
+                Some(component)
+            }
+            Err(e) => {
+                tracing::warn!(component = name, path = %path.display(), error = %format!("{e:#}"), "unusable precompiled component; compiling it");
+                None
+            }
+        }
     }
 
     /// The cache file of a component's bytes for this engine.
@@ -152,6 +221,9 @@ impl Host {
             component: name.to_string(),
             message: format!("{e:#}"),
         };
+        if let Some(component) = self.precompiled(name, bytes) {
+            return Ok(component);
+        }
         let Some(dir) = &self.cache_dir else {
             return Component::new(&self.engine, bytes).map_err(load_err);
         };

@@ -24,7 +24,7 @@ mod functions;
 mod output;
 mod wasi;
 
-pub use engine::{Host, Limits};
+pub use engine::{Host, Limits, precompile_portable, precompiled_name};
 pub use error::{HostError, TrapKind};
 pub use functions::{
     MAX_REASON_BYTES, MergeBuilder, RowTransform, Transformer, Usage, Validator, bounded,

@@ -449,6 +449,40 @@ fn compiled_components_are_cached_and_a_bad_cache_file_is_replaced() {
 }
 
 #[test]
+fn portable_precompiled_components_load_without_compiling() {
+    let root = std::env::temp_dir().join(format!("floe-precompiled-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (shipped, cache) = (root.join("shipped"), root.join("cache"));
+    std::fs::create_dir_all(&shipped).unwrap();
+    let bytes = component("validator");
+    let batch = || batch_of(fixture_lines("noschemas_precise", "snapshot_read.jsonl"));
+    let compiled = floe_host::precompile_portable(false, &bytes).unwrap();
+    let file = shipped.join(floe_host::precompiled_name(&bytes));
+    std::fs::write(&file, &compiled).unwrap();
+    // Loaded from the shipped file: nothing is compiled, so nothing reaches the cache.
+    let host = Host::new(false)
+        .unwrap()
+        .with_cache(cache.clone())
+        .with_precompiled(shipped.clone());
+    let v = Validator::new(&host, "validator", &bytes, Limits::default()).unwrap();
+    assert!(!v.validate(&batch()).unwrap().is_empty());
+    assert!(
+        !cache.exists(),
+        "compiled although a precompiled file was there"
+    );
+    // A file this engine cannot use (here: damaged) is compiled instead.
+    std::fs::write(&file, b"not a compiled component").unwrap();
+    let v = Validator::new(&host, "validator", &bytes, Limits::default()).unwrap();
+    assert!(!v.validate(&batch()).unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        1,
+        "compiled and cached"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn the_c_example_validator_loads_and_runs() {
     let h = host();
     let v = Validator::new(

@@ -146,7 +146,7 @@ pub async fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplayRepor
         format!("{}-dlq-replay-{now}", config.source.kafka.group_id)
     });
     let mut cc = ClientConfig::new();
-    super::connection_settings(config, &mut cc);
+    super::connection_settings(&config.source.kafka.options, &mut cc);
     let consumer: StreamConsumer = cc
         .set("bootstrap.servers", brokers)
         .set("group.id", &group)
@@ -193,7 +193,7 @@ pub async fn replay(config: &Config, opts: &ReplayOptions) -> Result<ReplayRepor
     }
     let refs: Vec<&str> = subscription.iter().map(String::as_str).collect();
     consumer.subscribe(&refs).map_err(kafka)?;
-    let producer = super::producer(config)?;
+    let producer = super::producer(&config.cluster(), &config.dlq)?;
     tracing::info!(topics = ?subscription, group = %group, dry_run = opts.dry_run, "dlq replay started");
 
     // The first record may wait for the consumer-group join.

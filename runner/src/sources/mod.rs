@@ -6,36 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod file;
-pub mod format;
 pub mod kafka;
 
-/// One consumed record, owned. Payload bytes are exactly what the broker delivered.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    /// None for a tombstone.
-    pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-impl Message {
-    /// Bytes this message counts against `batch.max_bytes` and
-    /// `source.max_message_bytes`: key, value and headers (names and values), so that
-    /// a source cannot grow a batch past its bound through headers.
-    pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len)
-            + self.value.as_ref().map_or(0, Vec::len)
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-                .sum::<usize>()
-    }
-}
+pub use floe_batch::format;
+pub use floe_batch::message::{Message, batch_of, batch_with_values};
 
 /// The next offset to consume per (topic, partition): what to commit once the batch
 /// that ends there is in the warehouse.
@@ -60,39 +34,6 @@ impl Checkpoint {
     pub fn is_empty(&self) -> bool {
         self.next_offsets.is_empty()
     }
-}
-
-/// The component batch (WIT `batch`) of `messages`: topics interned in order of first
-/// appearance, payload bytes copied.
-pub fn batch_of<'a>(messages: impl IntoIterator<Item = &'a Message>) -> floe_host::types::Batch {
-    batch_with_values(messages.into_iter().map(|m| (m, None)))
-}
-
-/// [`batch_of`], with some values replaced (`Some`: the value the components get
-/// instead of the message's own, see [`format`]).
-pub fn batch_with_values<'a>(
-    messages: impl IntoIterator<Item = (&'a Message, Option<Vec<u8>>)>,
-) -> floe_host::types::Batch {
-    let mut index: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
-    let mut topics: Vec<String> = Vec::new();
-    let events = messages
-        .into_iter()
-        .map(|(m, value)| {
-            let topic = *index.entry(&m.topic).or_insert_with(|| {
-                topics.push(m.topic.to_string());
-                (topics.len() - 1) as u32
-            });
-            floe_host::types::Event {
-                topic,
-                partition: m.partition,
-                offset: m.offset,
-                timestamp_ms: m.timestamp_ms,
-                key: m.key.clone(),
-                value: value.or_else(|| m.value.clone()),
-            }
-        })
-        .collect();
-    floe_host::types::Batch { topics, events }
 }
 
 /// A cut micro-batch.
@@ -224,7 +165,6 @@ mod tests {
             value: Some(vec![0; 100]),
             headers: vec![("h".into(), Some(vec![0; 1000])), ("n".into(), None)],
         };
-        assert_eq!(m.size(), 10 + 100 + 1 + 1000 + 1);
         let mut b = SourceBatch::default();
         b.push(m);
         assert_eq!(b.bytes, 1112);

@@ -54,7 +54,7 @@ impl Components {
     }
 }
 
-pub(crate) fn bytes_of(kind: &str, r: &ComponentRef) -> Result<(String, Vec<u8>), HostError> {
+pub fn bytes_of(kind: &str, r: &ComponentRef) -> Result<(String, Vec<u8>), HostError> {
     match r {
         ComponentRef::Builtin => {
             let b = builtin_bytes(kind);
@@ -88,6 +88,9 @@ pub fn sandbox(cfg: &ComponentsConfig, fuel: bool) -> Result<(Host, Limits), Hos
     let mut host = Host::new(fuel)?;
     if let Some(dir) = cfg.cache_path() {
         host = host.with_cache(dir);
+    }
+    if let Some(dir) = &cfg.precompiled_dir {
+        host = host.with_precompiled(dir.clone());
     }
     let limits = Limits {
         max_memory_bytes: cfg.max_memory_mib * 1024 * 1024,
@@ -251,6 +254,38 @@ pub fn files_of(cfg: &ComponentsConfig) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Compiles every component `cfg` names (the built-ins and the files) ahead of time
+/// for this architecture's baseline CPU into `dir`, where
+/// `components.precompiled_dir` finds them. Returns the files written.
+pub fn precompile(
+    cfg: &ComponentsConfig,
+    dir: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>, HostError> {
+    let mut sources: Vec<(String, Vec<u8>)> = Vec::new();
+    for kind in ["validator", "transformer", "merge_builder"] {
+        sources.push(bytes_of(kind, &ComponentRef::Builtin)?);
+    }
+    for file in files_of(cfg) {
+        sources.push(bytes_of("component", &ComponentRef::Path(file))?);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| HostError::Load {
+        component: "precompile".into(),
+        message: format!("cannot create {}: {e}", dir.display()),
+    })?;
+    let mut written = Vec::new();
+    for (name, bytes) in sources {
+        let compiled = floe_host::precompile_portable(cfg.fuel.is_some(), &bytes)?;
+        let path = dir.join(floe_host::precompiled_name(&bytes));
+        std::fs::write(&path, compiled).map_err(|e| HostError::Load {
+            component: name.clone(),
+            message: format!("cannot write {}: {e}", path.display()),
+        })?;
+        tracing::info!(component = %name, path = %path.display(), "precompiled");
+        written.push(path);
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +293,7 @@ mod tests {
 
     fn example(name: &str) -> String {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/components/examples")
+            .join("../../target/components/examples")
             .join(format!("{name}.wasm"))
             .display()
             .to_string()

@@ -12,7 +12,7 @@
 use sha2::{Digest, Sha256};
 
 use super::DeadLetter;
-use crate::sources::Message;
+use crate::message::Message;
 
 /// Names the parts of a cut letter that are not the original bytes.
 pub const CUT_HEADER: &str = "floe.cut";

@@ -138,7 +138,7 @@ pub trait Sink: Send {
 }
 
 /// Converts the host's table shape into the core logic's, for DDL built natively.
-pub(crate) fn core_shape(shape: &TableShape) -> floe_cdc_core::TableShape {
+pub fn core_shape(shape: &TableShape) -> floe_cdc_core::TableShape {
     floe_cdc_core::TableShape {
         name: shape.name.clone(),
         columns: shape

@@ -10,7 +10,7 @@ use super::schema::{self, Fit, TargetType};
 use super::{LoadReport, Sink, SinkError, TableLoad, Truncation, core_shape};
 use crate::config::{IdentifierCase, SnowflakeConfig};
 
-pub(crate) fn core_case(case: IdentifierCase) -> floe_cdc_core::IdentifierCase {
+pub fn core_case(case: IdentifierCase) -> floe_cdc_core::IdentifierCase {
     match case {
         IdentifierCase::Upper => floe_cdc_core::IdentifierCase::Upper,
         IdentifierCase::Preserve => floe_cdc_core::IdentifierCase::Preserve,
@@ -30,6 +30,9 @@ impl SnowflakeSink {
     /// Logs in and, when `create_tables` is on, creates the database and schema.
     pub async fn connect(cfg: &SnowflakeConfig) -> Result<SnowflakeSink, SinkError> {
         let auth = match (&cfg.private_key_path, &cfg.password) {
+            (None, _) if cfg.private_key.is_some() => Auth::KeyPair {
+                private_key_pem: cfg.private_key.clone().unwrap_or_default(),
+            },
             (Some(path), _) => {
                 let pem = std::fs::read_to_string(path).map_err(|e| {
                     SinkError::Config(format!(

@@ -8,7 +8,8 @@ fn main() {
     let dir = std::env::var_os("FLOE_COMPONENTS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../target/components")
+            PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
+                .join("../../target/components")
         });
     let mut out = String::new();
     for (konst, file) in [

@@ -10,17 +10,39 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 
 use crate::events::{Breaker, BreakerChanged, BreakerState, BrokerError, Stats};
-use crate::pipeline::BreakerSettings;
+
+/// The warehouse circuit breaker: after a batch's load failed `load_attempts` times with
+/// transient errors, the breaker opens (no consumption, no load) for `open_for`, then
+/// half-opens (one probe load of the same batch): success closes it, failure opens it
+/// again for twice as long, up to `max_open_for`. Transient errors never end the run.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerSettings {
+    pub open_for: Duration,
+    pub max_open_for: Duration,
+    /// How long a shutdown request waits for the in-flight batch before abandoning it
+    /// (uncommitted: the next run replays it).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            open_for: Duration::from_secs(5),
+            max_open_for: Duration::from_secs(120),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Resolves once shutdown is asked (never, when nobody can ask any more).
-pub(crate) async fn shutdown_requested(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn shutdown_requested(mut shutdown: tokio::sync::watch::Receiver<bool>) {
     if shutdown.wait_for(|&stop| stop).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
 
 /// One circuit breaker (see the module docs).
-pub(crate) struct CircuitBreaker {
+pub struct CircuitBreaker {
     kind: Breaker,
     settings: BreakerSettings,
     attempts: usize,
@@ -31,7 +53,7 @@ pub(crate) struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    pub(crate) fn new(kind: Breaker, settings: BreakerSettings, attempts: usize) -> Self {
+    pub fn new(kind: Breaker, settings: BreakerSettings, attempts: usize) -> Self {
         CircuitBreaker {
             kind,
             settings,
@@ -52,7 +74,7 @@ impl CircuitBreaker {
             .build()
     }
 
-    pub(crate) fn success(&mut self, stats: &Stats) {
+    pub fn success(&mut self, stats: &Stats) {
         if self.state != BreakerState::Closed {
             BreakerChanged {
                 breaker: self.kind,
@@ -70,7 +92,7 @@ impl CircuitBreaker {
 
     /// [`CircuitBreaker::failure`] for an operation of a loaded batch: false (logged)
     /// when shutdown was asked while waiting, which leaves the batch uncommitted.
-    pub(crate) async fn retry_batch(
+    pub async fn retry_batch(
         &mut self,
         operation: &'static str,
         error: &str,
@@ -90,7 +112,7 @@ impl CircuitBreaker {
 
     /// Records a transient failure and waits before the next try. False: shutdown was
     /// asked while waiting.
-    pub(crate) async fn failure(
+    pub async fn failure(
         &mut self,
         operation: &'static str,
         error: &str,
