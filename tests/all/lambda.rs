@@ -185,23 +185,16 @@ async fn the_msk_fixture_loads_and_its_poison_record_is_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the dev stack: make test"]
 async fn events_from_real_debezium_output_land_value_by_value() {
-    let run = unique("ldbz").to_lowercase();
-    let database = unique("LAMBDA_DBZ").to_uppercase();
-    let mut floe = started(lambda_config(&env("FLOE_SNOWFLAKE_URL"), &database)).await;
-    // Insert + update of customers on partition 0; the primary-key update (delete,
-    // tombstone, create, with Debezium's headers) on partition 1 of its topic; every
-    // file of both schema variants in turn.
+    let sf = snowflake().await;
+    // Per schema variant (a database each): insert + update of customers on partition 0;
+    // the primary-key update (delete, tombstone, create, with Debezium's headers) on
+    // partition 1 of its topic.
     for variant in ["schemas_precise", "noschemas_precise"] {
-        let crud = fixture_messages(
-            variant,
-            "crud_replica_identity_default.jsonl",
-            &format!("{run}{}", variant.len()),
-        );
-        let pk = fixture_messages(
-            variant,
-            "pk_update.jsonl",
-            &format!("{run}{}", variant.len()),
-        );
+        let run = unique("ldbz").to_lowercase();
+        let database = unique("LAMBDA_DBZ").to_uppercase();
+        let mut floe = started(lambda_config(&env("FLOE_SNOWFLAKE_URL"), &database)).await;
+        let crud = fixture_messages(variant, "crud_replica_identity_default.jsonl", &run);
+        let pk = fixture_messages(variant, "pk_update.jsonl", &run);
         assert!(
             pk.iter().any(|m| !m.headers.is_empty()),
             "pk_update carries headers"
@@ -223,26 +216,27 @@ async fn events_from_real_debezium_output_land_value_by_value() {
             .await
             .unwrap();
         assert_eq!(failures(&response), vec![], "{variant}");
+        assert_eq!(
+            query(
+                &sf,
+                &format!(r#"SELECT "ID", "NAME", "EMAIL", "__OP" FROM {database}.CDC.CUSTOMERS"#)
+            )
+            .await,
+            vec![vec!["1", "Alice", "alice@new.example.com", "u"]],
+            "{variant}"
+        );
+        assert_eq!(
+            query(
+                &sf,
+                &format!(r#"SELECT "ID", "V", "__OP" FROM {database}.CDC.PK_ITEMS"#)
+            )
+            .await,
+            vec![vec!["2", "x", "c"]],
+            "{variant}"
+        );
+        let snap = floe.stats().snapshot();
+        assert_eq!(snap.dead_letters, 0, "{variant}: {snap:?}");
     }
-    let sf = snowflake().await;
-    assert_eq!(
-        query(
-            &sf,
-            &format!(r#"SELECT "ID", "NAME", "EMAIL", "__OP" FROM {database}.CDC.CUSTOMERS"#)
-        )
-        .await,
-        vec![vec!["1", "Alice", "alice@new.example.com", "u"]]
-    );
-    assert_eq!(
-        query(
-            &sf,
-            &format!(r#"SELECT "ID", "V", "__OP" FROM {database}.CDC.PK_ITEMS"#)
-        )
-        .await,
-        vec![vec!["2", "x", "c"]]
-    );
-    let snap = floe.stats().snapshot();
-    assert_eq!(snap.dead_letters, 0, "{snap:?}");
 }
 
 /// An insert of `id` into `<run>.public.items`.

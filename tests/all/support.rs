@@ -53,12 +53,17 @@ pub async fn snowflake() -> Client {
     .expect("login to the emulator")
 }
 
-/// Rows of a query, NULL as `<NULL>`.
+/// Rows of a query, NULL as `<NULL>`. A transient error (the emulator closing an idle
+/// pooled connection as the query goes out: uvicorn's keep-alive is 5 s) is retried once.
 pub async fn query(client: &Client, sql: &str) -> Vec<Vec<String>> {
-    let res = client
-        .execute(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let res = match client.execute(sql, &[]).await {
+        Err(e) if e.is_retryable() => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client.execute(sql, &[]).await
+        }
+        r => r,
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
     res.rows
         .into_iter()
         .map(|r| {

@@ -1014,7 +1014,7 @@ impl<K: Sink> BatchProcessor<K> {
         }
     }
 
-    /// Step 2 of [`Pipeline::prepare`]: each chain's events of `batch` through the
+    /// Step 2 of [`BatchProcessor::prepare`]: each chain's events of `batch` through the
     /// chain's transformer and then its row transforms, the answers merged into one in
     /// batch order (event indexes into `batch`). Rows that failed, and every event of a
     /// chain whose component call failed, are dead-lettered here; the returned flags
