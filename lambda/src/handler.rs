@@ -180,7 +180,7 @@ impl Floe {
         }
         let Some(brokers) = cluster.filter(|b| !b.trim().is_empty()) else {
             return Err(HandlerError::Event(
-                "the event has no bootstrapServers, so its dead letters have no cluster to go to (set dlq.kind to sqs, s3 or log)".into(),
+                "the event has no bootstrapServers, so its dead letters have no cluster to go to (set dlq.kind to file or log)".into(),
             ));
         };
         if self.dlq_cluster.as_deref() == Some(brokers) {
