@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::kafka::KafkaEvent;
-use floe_batch::breaker::BreakerSettings;
 use floe_batch::components::Components;
 use floe_batch::config::{DlqKind, SinkKind};
 use floe_batch::dlq::{Cluster, DeadLetter, DeadLetterQueue, DlqError};
@@ -129,13 +128,7 @@ impl Floe {
             target: config.sink.snowflake.clone(),
             load_attempts: delivery.load_attempts,
             max_message_bytes: config.source.max_message_bytes,
-            breaker: BreakerSettings {
-                open_for: Duration::from_millis(delivery.breaker_open_ms),
-                max_open_for: Duration::from_millis(
-                    delivery.breaker_max_open_ms.max(delivery.breaker_open_ms),
-                ),
-                shutdown_timeout: Duration::from_millis(delivery.shutdown_timeout_ms),
-            },
+            breaker: delivery.breaker(),
             formats: Arc::new(
                 floe_batch::format::Formats::new(&config.source.formats)
                     .map_err(floe_batch::config::ConfigError::Invalid)?,

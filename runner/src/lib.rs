@@ -29,7 +29,7 @@ pub use events::{Stats, StatsSnapshot};
 use crate::components::Components;
 use crate::config::{SinkKind, SourceKind};
 use crate::dlq::DeadLetterQueue;
-use crate::pipeline::{BreakerSettings, Pipeline, PipelineError, PipelineSettings};
+use crate::pipeline::{Pipeline, PipelineError, PipelineSettings};
 use crate::sinks::null::NullSink;
 use crate::sinks::plan::PlanSink;
 use crate::sinks::snowflake::SnowflakeSink;
@@ -105,16 +105,7 @@ fn settings_of(config: &Config, options: &RunOptions) -> PipelineSettings {
         formats: Arc::new(
             sources::format::Formats::new(&config.source.formats).unwrap_or_default(),
         ),
-        breaker: BreakerSettings {
-            open_for: Duration::from_millis(config.delivery.breaker_open_ms),
-            max_open_for: Duration::from_millis(
-                config
-                    .delivery
-                    .breaker_max_open_ms
-                    .max(config.delivery.breaker_open_ms),
-            ),
-            shutdown_timeout: Duration::from_millis(config.delivery.shutdown_timeout_ms),
-        },
+        breaker: config.delivery.breaker(),
         reload: (options.reload.is_some() || config.components.reload).then(|| {
             pipeline::ReloadSettings {
                 components: config.components.clone(),

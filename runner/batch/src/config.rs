@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -771,6 +772,16 @@ impl ComponentsConfig {
 }
 
 impl DeliveryConfig {
+    /// The warehouse and DLQ breakers' settings (`breaker_max_open_ms` never below
+    /// `breaker_open_ms`) and the shutdown deadline.
+    pub fn breaker(&self) -> crate::breaker::BreakerSettings {
+        crate::breaker::BreakerSettings {
+            open_for: Duration::from_millis(self.breaker_open_ms),
+            max_open_for: Duration::from_millis(self.breaker_max_open_ms.max(self.breaker_open_ms)),
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+        }
+    }
+
     /// Pure checks of values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.load_attempts == 0 || self.breaker_open_ms == 0 {
