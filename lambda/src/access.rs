@@ -4,18 +4,20 @@
 //! `sink.snowflake.private_key` / `password` as configured) and the authentication of
 //! the dead letter producer on the event's cluster (`lambda.kafka_auth`: none, Amazon
 //! MSK IAM, or SASL/SCRAM with the credentials of `FLOE_KAFKA_SCRAM_SECRET_ARN`, the
-//! secret the event source mapping uses). Secret values are never logged.
+//! secret the event source mapping uses), or the SQS queue or S3 bucket dead letters go
+//! to (`dlq.kind = "sqs"` / `"s3"`). Secret values are never logged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use floe_batch::config::KafkaOptions;
-use floe_batch::dlq::TokenSource;
+use floe_batch::config::{DlqKind, KafkaOptions};
+use floe_batch::dlq::{LetterStore, TokenSource};
 use serde::{Deserialize, Serialize};
 
 use crate::aws::{Aws, AwsError};
 use crate::config::LambdaConfig;
+use crate::letters::{S3Store, SqsStore};
 
 /// The environment variable naming the secret that holds the Snowflake private key
 /// (its `SecretString` is the PEM).
@@ -39,20 +41,24 @@ pub enum KafkaAuth {
     ScramSha256,
 }
 
-/// The DLQ producer's settings for the event's cluster.
+/// The DLQ producer's settings for the event's cluster, or the store dead letters go
+/// to instead.
 #[derive(Clone, Default)]
-pub struct KafkaAccess {
+pub struct Access {
     /// librdkafka settings (security protocol, SASL mechanism and credentials).
     pub options: KafkaOptions,
     /// OAUTHBEARER tokens (MSK IAM).
     pub token: Option<TokenSource>,
+    /// The SQS queue or S3 bucket of `dlq.kind = "sqs"` / `"s3"`.
+    pub letters: Option<Arc<dyn LetterStore>>,
 }
 
-impl std::fmt::Debug for KafkaAccess {
+impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaAccess")
+        f.debug_struct("Access")
             .field("options", &self.options)
             .field("token", &self.token.as_ref().map(|_| "<msk-iam>"))
+            .field("letters", &self.letters.as_ref().map(|l| l.describe()))
             .finish()
     }
 }
@@ -64,15 +70,17 @@ struct Scram {
 }
 
 /// Fills `config`'s Snowflake key from Secrets Manager when asked, and returns the
-/// DLQ producer's access for `config.lambda.kafka_auth`.
+/// DLQ producer's access for `config.lambda.kafka_auth`, or the dead letter store of
+/// `config.dlq.kind`.
 pub async fn resolve(
     config: &mut LambdaConfig,
     env: &HashMap<String, String>,
-) -> Result<KafkaAccess, AwsError> {
+) -> Result<Access, AwsError> {
     let auth = config.lambda.kafka_auth;
     let key_secret = env.get(SNOWFLAKE_KEY_SECRET).filter(|v| !v.is_empty());
-    if key_secret.is_none() && auth == KafkaAuth::None {
-        return Ok(KafkaAccess::default());
+    let store = matches!(config.dlq.kind, DlqKind::Sqs | DlqKind::S3);
+    if key_secret.is_none() && auth == KafkaAuth::None && !store {
+        return Ok(Access::default());
     }
     let aws = Aws::from_env(env)?;
     if let Some(arn) = key_secret {
@@ -80,7 +88,24 @@ pub async fn resolve(
         config.sink.snowflake.private_key = Some(pem.into());
         tracing::info!(secret = %arn, "Snowflake private key read from Secrets Manager");
     }
-    let mut access = KafkaAccess::default();
+    let mut access = Access::default();
+    let dlq = &config.dlq;
+    access.letters = match dlq.kind {
+        DlqKind::Sqs => Some(Arc::new(SqsStore::new(
+            aws.clone(),
+            dlq.sqs_queue_url.as_deref().unwrap_or_default(),
+            dlq.max_letter_bytes,
+        ))),
+        DlqKind::S3 => Some(Arc::new(S3Store::new(
+            aws.clone(),
+            dlq.s3_bucket.as_deref().unwrap_or_default(),
+            &dlq.s3_prefix,
+        ))),
+        _ => None,
+    };
+    if let Some(store) = &access.letters {
+        tracing::info!(store = %store.describe(), "dead letters go to AWS");
+    }
     let set = |o: &mut KafkaOptions, k: &str, v: &str| {
         o.insert(k.to_owned(), v.to_owned());
     };

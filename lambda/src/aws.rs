@@ -86,12 +86,18 @@ impl Aws {
 
     /// The endpoint of `service` (`secretsmanager`, ...): `AWS_ENDPOINT_URL_<ID>`, then
     /// `AWS_ENDPOINT_URL`, then `https://<service>.<region>.amazonaws.com`.
-    fn endpoint(&self, service: &str, id: &str) -> String {
+    pub(crate) fn endpoint(&self, service: &str, id: &str) -> String {
+        self.endpoint_override(id)
+            .unwrap_or_else(|| format!("https://{service}.{}.amazonaws.com", self.region))
+    }
+
+    /// The endpoint set for the service `id` in the environment, if any (an emulator's).
+    pub(crate) fn endpoint_override(&self, id: &str) -> Option<String> {
         self.env
             .get(&format!("AWS_ENDPOINT_URL_{id}"))
             .or_else(|| self.env.get("AWS_ENDPOINT_URL"))
+            .filter(|u| !u.is_empty())
             .map(|u| u.trim_end_matches('/').to_string())
-            .unwrap_or_else(|| format!("https://{service}.{}.amazonaws.com", self.region))
     }
 
     fn params<'a>(
@@ -111,8 +117,47 @@ impl Aws {
             .into())
     }
 
+    /// A request signed for `service`, answered with its status and body.
+    pub(crate) async fn signed(
+        &self,
+        service: &'static str,
+        request: Signed<'_>,
+    ) -> Result<(reqwest::StatusCode, String), AwsError> {
+        let err = |message: String| AwsError::Call { service, message };
+        let signable = SignableRequest::new(
+            request.method,
+            request.url,
+            request.headers.iter().map(|(k, v)| (*k, v.as_str())),
+            SignableBody::Bytes(&request.body),
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let params = self
+            .params(service, request.settings, SystemTime::now())
+            .map_err(err)?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| err(e.to_string()))?
+            .into_parts();
+        let method = reqwest::Method::from_bytes(request.method.as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+        let mut http = self.http.request(method, request.url);
+        for (k, v) in request.headers.iter().map(|(k, v)| (*k, v.as_str())) {
+            http = http.header(k, v);
+        }
+        for (k, v) in instructions.headers() {
+            http = http.header(k, v);
+        }
+        let response = http
+            .body(request.body)
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| err(e.to_string()))?;
+        Ok((status, text))
+    }
+
     /// A signed JSON-protocol call (`X-Amz-Target`), answered with JSON.
-    async fn json_call(
+    pub(crate) async fn json_call(
         &self,
         service: &'static str,
         url: &str,
@@ -122,27 +167,17 @@ impl Aws {
     ) -> Result<serde_json::Value, AwsError> {
         let err = |message: String| AwsError::Call { service, message };
         let body = serde_json::to_vec(body).map_err(|e| err(e.to_string()))?;
-        let headers = [("content-type", content_type), ("x-amz-target", target)];
-        let signable = SignableRequest::new(
-            "POST",
+        let request = Signed {
+            method: "POST",
             url,
-            headers.iter().copied(),
-            SignableBody::Bytes(&body),
-        )
-        .map_err(|e| err(e.to_string()))?;
-        let params = self
-            .params(service, SigningSettings::default(), SystemTime::now())
-            .map_err(err)?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| err(e.to_string()))?
-            .into_parts();
-        let mut request = self.http.post(url).body(body);
-        for (k, v) in headers.iter().copied().chain(instructions.headers()) {
-            request = request.header(k, v);
-        }
-        let response = request.send().await.map_err(|e| err(e.to_string()))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| err(e.to_string()))?;
+            headers: vec![
+                ("content-type", content_type.to_owned()),
+                ("x-amz-target", target.to_owned()),
+            ],
+            body,
+            settings: SigningSettings::default(),
+        };
+        let (status, text) = self.signed(service, request).await?;
         if !status.is_success() {
             return Err(err(format!(
                 "{target}: HTTP {status}: {}",
@@ -217,8 +252,18 @@ impl Aws {
     }
 }
 
+/// One request to sign and send.
+pub(crate) struct Signed<'a> {
+    pub method: &'static str,
+    pub url: &'a str,
+    /// Headers sent and signed (lowercase names).
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    pub settings: SigningSettings,
+}
+
 /// RFC 3986 query escaping (what SigV4 signs).
-fn query_escape(s: &str) -> String {
+pub(crate) fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
@@ -231,7 +276,7 @@ fn query_escape(s: &str) -> String {
     out
 }
 
-fn first_line(text: &str) -> &str {
+pub(crate) fn first_line(text: &str) -> &str {
     let line = text.lines().next().unwrap_or_default();
     &line[..line.len().min(300)]
 }

@@ -26,7 +26,7 @@ use floe_batch::sinks::snowflake::SnowflakeSink;
 use floe_batch::sinks::{LoadReport, Sink, SinkError, TableLoad};
 use floe_batch::{BatchProcessor, Processed, ProcessorSettings, Stats};
 
-use crate::access::KafkaAccess;
+use crate::access::Access;
 use crate::config::LambdaConfig;
 use crate::event::{self, Records};
 use crate::response::BatchResponse;
@@ -68,7 +68,7 @@ impl Sink for AnySink {
 pub struct Floe {
     config: LambdaConfig,
     /// How the DLQ producer reaches the event's cluster.
-    kafka: KafkaAccess,
+    access: Access,
     processor: BatchProcessor<AnySink>,
     /// The cluster (`bootstrapServers`) the Kafka DLQ producer was built for.
     dlq_cluster: Option<String>,
@@ -106,7 +106,7 @@ impl Floe {
     /// Loads the components and connects the sink, once per container.
     pub async fn init(
         config: LambdaConfig,
-        kafka: KafkaAccess,
+        access: Access,
         stats: Arc<Stats>,
     ) -> Result<Floe, HandlerError> {
         config.validate()?;
@@ -142,7 +142,7 @@ impl Floe {
         );
         Ok(Floe {
             config,
-            kafka,
+            access,
             processor,
             dlq_cluster: None,
         })
@@ -165,7 +165,16 @@ impl Floe {
         };
         if kind != DlqKind::Kafka {
             if self.dlq_cluster.is_none() {
-                let queue = DeadLetterQueue::new(kind, &self.config.dlq, &Cluster::default())?;
+                let queue =
+                    match kind {
+                        DlqKind::Sqs | DlqKind::S3 => DeadLetterQueue::Store(
+                            self.access.letters.clone().ok_or_else(|| DlqError::Store {
+                                store: format!("{kind:?}").to_lowercase(),
+                                message: "no store was set up at start".into(),
+                            })?,
+                        ),
+                        _ => DeadLetterQueue::new(kind, &self.config.dlq, &Cluster::default())?,
+                    };
                 self.processor.set_dead_letters(queue);
                 self.dlq_cluster = Some(String::new());
             }
@@ -173,7 +182,7 @@ impl Floe {
         }
         let Some(brokers) = cluster.filter(|b| !b.trim().is_empty()) else {
             return Err(HandlerError::Event(
-                "the event has no bootstrapServers, so its dead letters have no cluster to go to (set dlq.kind to file or log)".into(),
+                "the event has no bootstrapServers, so its dead letters have no cluster to go to (set dlq.kind to sqs, s3, file or log)".into(),
             ));
         };
         if self.dlq_cluster.as_deref() == Some(brokers) {
@@ -181,9 +190,9 @@ impl Floe {
         }
         let cluster = Cluster {
             brokers: brokers.to_owned(),
-            options: self.kafka.options.clone(),
+            options: self.access.options.clone(),
             max_message_bytes: self.config.source.max_message_bytes,
-            token: self.kafka.token.clone(),
+            token: self.access.token.clone(),
         };
         let queue = DeadLetterQueue::new(DlqKind::Kafka, &self.config.dlq, &cluster)?;
         self.processor.set_dead_letters(queue);

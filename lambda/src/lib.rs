@@ -15,4 +15,5 @@ pub mod aws;
 pub mod config;
 pub mod event;
 pub mod handler;
+pub mod letters;
 pub mod response;

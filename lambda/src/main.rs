@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aws_lambda_events::event::kafka::KafkaEvent;
-use floe_lambda::access::{self, KafkaAccess};
+use floe_lambda::access::{self, Access};
 use floe_lambda::config::{LambdaConfig, PACKAGED_COMPONENTS, PACKAGED_CONFIG};
 use floe_lambda::handler::Floe;
 use lambda_runtime::{LambdaEvent, service_fn};
@@ -55,7 +55,7 @@ struct Container {
 }
 
 /// The configuration with its secrets resolved, and the DLQ producer's access.
-async fn resolved(mut config: LambdaConfig) -> Result<(LambdaConfig, KafkaAccess), String> {
+async fn resolved(mut config: LambdaConfig) -> Result<(LambdaConfig, Access), String> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let access = access::resolve(&mut config, &env)
         .await

@@ -300,6 +300,17 @@ impl Config {
             return bad("source.max_message_bytes must be at least 1".into());
         }
         self.dlq.validate()?;
+        if matches!(self.dlq.kind, DlqKind::Sqs | DlqKind::S3) {
+            let kind = if self.dlq.kind == DlqKind::Sqs {
+                "sqs"
+            } else {
+                "s3"
+            };
+            return bad(format!(
+                "dlq.kind = \"{kind}\": SQS and S3 dead letters are written by the Lambda \
+                 (floe-lambda); the runner writes kafka, file or log"
+            ));
+        }
         if self.source.kind == SourceKind::Kafka
             && let Some(t) = (self.source.kafka.topics.iter())
                 .find(|t| crate::dlq::is_dlq_topic(&self.dlq.topic, t))
@@ -333,6 +344,24 @@ mod tests {
             e.contains("dbz.public.a.dlq") && e.contains("dead letter"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_lambdas_dead_letter_kinds_are_refused_with_the_ones_that_work() {
+        let mut config = Config::default();
+        config.dlq.kind = DlqKind::Sqs;
+        config.dlq.sqs_queue_url = Some("https://sqs.eu-west-1.amazonaws.com/1/q".into());
+        let e = config.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("\"sqs\"") && e.contains("kafka, file or log"),
+            "{e}"
+        );
+        config.dlq.kind = DlqKind::S3;
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains("needs dlq.s3_bucket"), "{e}");
+        config.dlq.s3_bucket = Some("b".into());
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains("\"s3\""), "{e}");
     }
 
     #[test]

@@ -94,18 +94,18 @@ fn fixture_messages(variant: &str, name: &str, run: &str) -> Vec<Message> {
 
 /// The container's state as the Lambda builds it before its first invocation (no AWS
 /// secrets: the stack's broker and emulator need none).
-async fn started(config: LambdaConfig) -> Floe {
+pub(crate) async fn started(config: LambdaConfig) -> Floe {
     Floe::init(config, Default::default(), floe::Stats::new())
         .await
         .unwrap()
 }
 
-fn event(v: serde_json::Value) -> KafkaEvent {
+pub(crate) fn event(v: serde_json::Value) -> KafkaEvent {
     serde_json::from_value(v).unwrap()
 }
 
 /// A deadline `ms` from now, as the Runtime API sends it.
-fn deadline_in(ms: u64) -> u64 {
+pub(crate) fn deadline_in(ms: u64) -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -113,7 +113,7 @@ fn deadline_in(ms: u64) -> u64 {
         + ms
 }
 
-fn failures(r: &BatchResponse) -> Vec<(String, i64)> {
+pub(crate) fn failures(r: &BatchResponse) -> Vec<(String, i64)> {
     r.batch_item_failures
         .iter()
         .map(|f| {

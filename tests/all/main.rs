@@ -8,6 +8,7 @@ mod e2e;
 mod faults;
 mod fixtures;
 mod lambda;
+mod lambda_dlq;
 mod live_types;
 mod property;
 mod rebalance;

@@ -654,6 +654,12 @@ pub enum DlqKind {
     File,
     /// Logged and counted only.
     Log,
+    /// Messages on an Amazon SQS queue (`sqs_queue_url`), one fixture line each
+    /// (the Lambda only).
+    Sqs,
+    /// Objects in an Amazon S3 bucket (`s3_bucket`, `s3_prefix`), one JSON-lines
+    /// object of fixture lines per source partition and batch (the Lambda only).
+    S3,
 }
 
 /// Dead letter queue settings: every event floe cannot load is written here, with
@@ -661,7 +667,8 @@ pub enum DlqKind {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DlqConfig {
-    /// `auto` (default), `kafka`, `file` or `log`.
+    /// `auto` (default), `kafka`, `file` or `log`; the Lambda also writes `sqs` and
+    /// `s3`.
     #[serde(default)]
     pub kind: DlqKind,
     /// DLQ topic name; `{topic}` stands for the source topic. Default `{topic}.dlq`.
@@ -685,6 +692,23 @@ pub struct DlqConfig {
     /// print as `***`).
     #[serde(default)]
     pub options: KafkaOptions,
+    /// `sqs` kind: the queue's URL (`https://sqs.<region>.amazonaws.com/<account>/<name>`;
+    /// a `.fifo` queue gets each source partition as its message group). Letters
+    /// larger than SQS's 256 KiB are written in their bounded form.
+    #[serde(default)]
+    pub sqs_queue_url: Option<String>,
+    /// `s3` kind: the bucket.
+    #[serde(default)]
+    pub s3_bucket: Option<String>,
+    /// `s3` kind: the key prefix; objects are
+    /// `<prefix><topic>/<partition>/<first offset>-<last offset>.<dead at ms>.jsonl`.
+    /// Default `floe-dlq/`.
+    #[serde(default = "default_dlq_s3_prefix")]
+    pub s3_prefix: String,
+}
+
+fn default_dlq_s3_prefix() -> String {
+    "floe-dlq/".into()
 }
 
 fn default_dlq_topic() -> String {
@@ -709,6 +733,9 @@ impl Default for DlqConfig {
             timeout_ms: default_dlq_timeout_ms(),
             max_letter_bytes: default_dlq_max_letter_bytes(),
             options: KafkaOptions::default(),
+            sqs_queue_url: None,
+            s3_bucket: None,
+            s3_prefix: default_dlq_s3_prefix(),
         }
     }
 }
@@ -796,8 +823,29 @@ impl DeliveryConfig {
 impl DlqConfig {
     /// Pure checks of values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
         if self.topic.trim().is_empty() {
-            return Err(ConfigError::Invalid("dlq.topic is empty".into()));
+            return bad("dlq.topic is empty");
+        }
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+        match self.kind {
+            DlqKind::Sqs if !set(&self.sqs_queue_url) => {
+                return bad("dlq.kind = \"sqs\" needs dlq.sqs_queue_url");
+            }
+            DlqKind::Sqs
+                if !self
+                    .sqs_queue_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://") || u.starts_with("http://")) =>
+            {
+                return bad(
+                    "dlq.sqs_queue_url must be the queue's URL (https://sqs.<region>.amazonaws.com/<account>/<name>)",
+                );
+            }
+            DlqKind::S3 if !set(&self.s3_bucket) => {
+                return bad("dlq.kind = \"s3\" needs dlq.s3_bucket");
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -15,7 +15,9 @@
 //! | `floe.dead.at` | when floe gave up on it (ms since the epoch) |
 //!
 //! Kinds: a Kafka topic per source topic (default `<topic>.dlq`), a JSON-lines file in
-//! the fixture format (which `floe run --file` reads back), or the log only.
+//! the fixture format (which `floe run --file` reads back), the log only, or a
+//! [`LetterStore`] outside Kafka (the Lambda's SQS queue and S3 bucket), which writes
+//! the same fixture lines.
 //! `floe dlq replay` (in the runner) re-submits Kafka dead letters to their source
 //! topics.
 
@@ -103,6 +105,36 @@ pub enum DlqError {
     Kafka(String),
     #[error("dead letter queue (file {path}): {message}")]
     File { path: String, message: String },
+    #[error("dead letter queue ({store}): {message}")]
+    Store { store: String, message: String },
+}
+
+/// A place outside Kafka that dead letters are written to (the Lambda's SQS queue and
+/// S3 bucket). `write` returns `Ok` only once every letter is durable there.
+pub trait LetterStore: Send + Sync {
+    /// A short description for logs (`sqs queue https://...`).
+    fn describe(&self) -> String;
+
+    /// Writes the letters of `messages` (see [`letter_line`] for their form).
+    fn write<'a>(
+        &'a self,
+        messages: &'a [Message],
+        letters: &'a [DeadLetter],
+        dead_at_ms: i64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sent, DlqError>> + Send + 'a>>;
+}
+
+/// The JSON line of a letter in the fixture format (what `floe run --file` reads):
+/// what the file, SQS and S3 kinds write.
+pub fn letter_line(m: &Message, letter: &Letter) -> Vec<u8> {
+    let line = crate::fixture::fixture_line(
+        &m.topic,
+        m.partition,
+        &letter.key,
+        &letter.value,
+        &letter.headers,
+    );
+    serde_json::to_vec(&line).expect("a JSON value always serialises")
 }
 
 /// Where dead letters go.
@@ -119,6 +151,8 @@ pub enum DeadLetterQueue {
     },
     /// Logged and counted only (by the pipeline's events).
     Log,
+    /// Written by a store outside Kafka (the Lambda's SQS and S3 kinds).
+    Store(std::sync::Arc<dyn LetterStore>),
 }
 
 /// The DLQ topic of `source_topic` under the `dlq.topic` template (`{topic}` is the
@@ -150,7 +184,8 @@ pub fn source_of_dlq_topic<'a>(template: &str, dlq_topic: &'a str) -> Option<&'a
     Some(&dlq_topic[prefix.len()..dlq_topic.len() - suffix.len()])
 }
 
-fn now_ms() -> i64 {
+/// Now, in ms since the epoch (`floe.dead.at`).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -303,6 +338,12 @@ impl DeadLetterQueue {
                 path: dlq.path.clone(),
             },
             DlqKind::Log | DlqKind::Auto => DeadLetterQueue::Log,
+            DlqKind::Sqs | DlqKind::S3 => {
+                return Err(DlqError::Store {
+                    store: format!("{kind:?}").to_lowercase(),
+                    message: "written by the Lambda's own store (DeadLetterQueue::Store)".into(),
+                });
+            }
         })
     }
 
@@ -312,6 +353,7 @@ impl DeadLetterQueue {
             DeadLetterQueue::Kafka { topic, .. } => format!("kafka topic {topic}"),
             DeadLetterQueue::File { path } => format!("file {}", path.display()),
             DeadLetterQueue::Log => "log only".into(),
+            DeadLetterQueue::Store(store) => store.describe(),
         }
     }
 
@@ -330,6 +372,7 @@ impl DeadLetterQueue {
         let dead_at = now_ms();
         match self {
             DeadLetterQueue::Log => Ok(Sent::default()),
+            DeadLetterQueue::Store(store) => store.write(messages, letters, dead_at).await,
             DeadLetterQueue::Kafka {
                 producer,
                 topic,
@@ -390,14 +433,7 @@ impl DeadLetterQueue {
                 for l in letters {
                     let m = &messages[l.index];
                     let letter = Letter::new(m, l, dead_at, usize::MAX);
-                    let line = crate::fixture::fixture_line(
-                        &m.topic,
-                        m.partition,
-                        &letter.key,
-                        &letter.value,
-                        &letter.headers,
-                    );
-                    serde_json::to_writer(&mut out, &line).map_err(|e| err(e.into()))?;
+                    out.extend(letter_line(m, &letter));
                     out.push(b'\n');
                 }
                 let path = path.clone();
