@@ -1,0 +1,290 @@
+//! The batch processor: the per-batch work both of floe's modes share. Records in;
+//! validated, transformed (each topic's chain of components), merged (one MERGE plan per
+//! target table), loaded (retried, behind the warehouse circuit breaker) and
+//! dead-lettered (durably, behind the DLQ breaker); a [`Summary`] out.
+//!
+//! It knows no Kafka consumer, no CLI and no configuration file: the runner's loop
+//! (`floe`) and the Lambda handler (`floe-lambda`) hand it [`Message`]s and a stop
+//! signal, and decide themselves what to acknowledge (offsets, partial batch responses).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::breaker::{BreakerSettings, CircuitBreaker};
+use crate::components::Components;
+use crate::config::{OnFailure, SnowflakeConfig};
+use crate::dlq::{DeadLetter, DeadLetterQueue, DlqError};
+use crate::events::{BatchCommitted, Breaker, Stats};
+use crate::format::Formats;
+use crate::message::Message;
+use crate::sinks::{LoadReport, Sink, SinkError};
+
+mod deliver;
+mod prepare;
+
+/// Errors that stop processing: the warehouse refused for good (auth, SQL), or a
+/// component failed under `components.on_failure = "stop"`. Per-event problems never
+/// do: they are dead-lettered.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
+    /// A component call failed and `components.on_failure = "stop"`.
+    #[error("stopping (components.on_failure = stop): {0}")]
+    ComponentFailed(String),
+}
+
+impl ProcessError {
+    /// Whether processing the same batch again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProcessError::Sink(e) => e.is_retryable(),
+            ProcessError::Dlq(_) => true,
+            ProcessError::ComponentFailed(_) => false,
+        }
+    }
+}
+
+/// Settings of the per-batch work.
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    /// Target naming (database, schema, table mapping, identifier case), deletes and
+    /// truncates.
+    pub target: SnowflakeConfig,
+    /// Attempts of a retryable warehouse error before the warehouse breaker opens.
+    pub load_attempts: usize,
+    /// Larger messages (key + value + headers) go to the dead letter queue unprocessed.
+    pub max_message_bytes: usize,
+    /// The warehouse and DLQ circuit breakers.
+    pub breaker: BreakerSettings,
+    /// What each topic's values are (`source.formats`).
+    pub formats: Arc<Formats>,
+}
+
+/// What one processed batch amounted to.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Events in the batch.
+    pub events: usize,
+    /// Rows loaded (after deduplication), refused rows excluded.
+    pub rows: u64,
+    /// Tables loaded, refused ones excluded.
+    pub tables: usize,
+    /// Events that produced no row (heartbeats, schema changes, ...).
+    pub skipped: u64,
+    /// Events dead-lettered.
+    pub dead_letters: usize,
+    /// What the warehouse did.
+    pub report: LoadReport,
+    /// Time in the components.
+    pub wasm: Duration,
+    /// Time loading.
+    pub load: Duration,
+}
+
+impl Summary {
+    /// The event that says the batch is acknowledged (offsets committed, or the
+    /// invocation answered), `total` after it was received.
+    pub fn committed(&self, total: Duration) -> BatchCommitted {
+        let report = &self.report;
+        BatchCommitted {
+            events: self.events,
+            rows: self.rows,
+            tables: self.tables,
+            skipped: self.skipped,
+            statements: report.statements,
+            inserted: report.rows_inserted,
+            updated: report.rows_updated,
+            deleted: report.rows_deleted,
+            tables_created: report.tables_created,
+            tables_truncated: report.tables_truncated,
+            columns_added: report.columns_added,
+            columns_widened: report.columns_widened,
+            wasm: self.wasm,
+            load: self.load,
+            total,
+        }
+    }
+}
+
+/// The outcome of [`BatchProcessor::process`].
+#[derive(Debug)]
+pub enum Processed {
+    /// Every event is loaded, dead-lettered or had nothing to load: the batch may be
+    /// acknowledged.
+    Done(Summary),
+    /// `stop` fired while the warehouse or the dead letter queue was failing: the
+    /// batch must not be acknowledged past [`Unfinished::pending`].
+    Stopped(Unfinished),
+}
+
+/// A batch given up on because `stop` fired.
+#[derive(Debug, Clone, Default)]
+pub struct Unfinished {
+    /// Whether the loads were applied (it was then the dead letters that failed).
+    pub loaded: bool,
+    /// Indexes (into the batch's messages) of the events whose rows or truncates may
+    /// not be loaded (none when `loaded`). Sorted.
+    pub unloaded: Vec<usize>,
+    /// The dead letters not written.
+    pub unwritten: Vec<DeadLetter>,
+}
+
+impl Unfinished {
+    /// Indexes of the events whose outcome is not durable. Sorted.
+    pub fn pending(&self) -> Vec<usize> {
+        let mut pending: Vec<usize> = (self.unloaded.iter().copied())
+            .chain(self.unwritten.iter().map(|d| d.index))
+            .collect();
+        pending.sort_unstable();
+        pending.dedup();
+        pending
+    }
+}
+
+/// The per-batch work over one sink and one dead letter queue (see the module docs).
+pub struct BatchProcessor<K> {
+    sink: K,
+    components: Arc<Components>,
+    settings: ProcessorSettings,
+    stats: Arc<Stats>,
+    /// Per target table, the highest truncate LSN applied so far: a row change below
+    /// it that arrives later (from another partition: Debezium sends truncates without
+    /// a key) was wiped by that truncate and is not loaded.
+    truncated_below: HashMap<Vec<String>, i64>,
+    /// Which target each source's rows go to, and which source owns each target.
+    targets: crate::targets::Targets,
+    /// Where events that cannot be loaded go.
+    dlq: DeadLetterQueue,
+    /// The dead letter queue's circuit breaker.
+    dlq_breaker: CircuitBreaker,
+}
+
+impl<K: Sink> BatchProcessor<K> {
+    pub fn new(
+        sink: K,
+        components: Arc<Components>,
+        settings: ProcessorSettings,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let targets = crate::targets::Targets::new(&settings.target);
+        let dlq_breaker =
+            CircuitBreaker::new(Breaker::Dlq, settings.breaker, settings.load_attempts);
+        BatchProcessor {
+            sink,
+            components,
+            settings,
+            stats,
+            truncated_below: HashMap::new(),
+            targets,
+            dlq: DeadLetterQueue::Log,
+            dlq_breaker,
+        }
+    }
+
+    /// Sends events that cannot be loaded to `dlq` instead of only logging them.
+    pub fn set_dead_letters(&mut self, dlq: DeadLetterQueue) {
+        self.dlq = dlq;
+    }
+
+    /// Replaces the components (hot reload) for the next batch.
+    pub fn set_components(&mut self, components: Arc<Components>) {
+        self.components = components;
+    }
+
+    pub fn components(&self) -> &Arc<Components> {
+        &self.components
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetterQueue {
+        &self.dlq
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub fn sink(&self) -> &K {
+        &self.sink
+    }
+
+    pub fn sink_mut(&mut self) -> &mut K {
+        &mut self.sink
+    }
+
+    /// Processes one batch: components, loads (retried; behind the warehouse breaker
+    /// while the warehouse fails), dead letters (behind the DLQ breaker). Returns once
+    /// every event's outcome is durable ([`Processed::Done`]), or when `stop` turns
+    /// true while the warehouse or the DLQ is failing ([`Processed::Stopped`]).
+    /// Non-retryable warehouse errors and `on_failure = "stop"` are errors.
+    pub async fn process(
+        &mut self,
+        messages: &[Message],
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Processed, ProcessError> {
+        let mut prepared = tokio::task::block_in_place(|| self.prepare(messages));
+        if self.components.on_failure == OnFailure::Stop
+            && let Some(failed) = prepared.dead.iter().find(|d| d.category == "wasm-trap")
+        {
+            return Err(ProcessError::ComponentFailed(format!(
+                "{}: {}",
+                failed.component, failed.reason
+            )));
+        }
+        let load_started = Instant::now();
+        let Some(report) = self
+            .load_with_breaker(&prepared.loads, stop.clone())
+            .await?
+        else {
+            let mut unloaded: Vec<usize> = (prepared.loads.iter())
+                .flat_map(|l| l.origins.iter().copied())
+                .chain(prepared.truncates.iter().copied())
+                .collect();
+            unloaded.sort_unstable();
+            unloaded.dedup();
+            return Ok(Processed::Stopped(Unfinished {
+                loaded: false,
+                unloaded,
+                unwritten: prepared.dead,
+            }));
+        };
+        let load = load_started.elapsed();
+        let mut refused_rows = 0;
+        for r in &report.refused {
+            let refused = &prepared.loads[r.load];
+            refused_rows += u64::from(refused.plan.rows_after_dedup);
+            prepared
+                .dead
+                .extend(refused.origins.iter().map(|&index| DeadLetter {
+                    index,
+                    category: r.category,
+                    stage: "load",
+                    component: "snowflake".into(),
+                    reason: r.reason.clone(),
+                }));
+        }
+        if !self
+            .write_dead_letters(messages, &prepared.dead, stop)
+            .await?
+        {
+            return Ok(Processed::Stopped(Unfinished {
+                loaded: true,
+                unloaded: Vec::new(),
+                unwritten: prepared.dead,
+            }));
+        }
+        Ok(Processed::Done(Summary {
+            events: messages.len(),
+            rows: prepared.rows - refused_rows,
+            tables: prepared.loads.len() - report.refused.len(),
+            skipped: prepared.skipped,
+            dead_letters: prepared.dead.len(),
+            report,
+            wasm: prepared.wasm,
+            load,
+        }))
+    }
+}
