@@ -27,7 +27,7 @@ use aws_sigv4::http_request::{
 use floe_batch::dlq::letter::{Letter, MIN_LETTER_BYTES};
 use floe_batch::dlq::{
     CATEGORY_HEADER, COMPONENT_HEADER, DeadLetter, DlqError, LetterStore, OFFSET_HEADER,
-    PARTITION_HEADER, STAGE_HEADER, Sent, TOPIC_HEADER, letter_line,
+    PARTITION_HEADER, STAGE_HEADER, Sent, StoreWrite, TOPIC_HEADER, letter_line,
 };
 use floe_batch::message::Message;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -253,8 +253,7 @@ impl LetterStore for SqsStore {
         messages: &'a [Message],
         letters: &'a [DeadLetter],
         dead_at_ms: i64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sent, DlqError>> + Send + 'a>>
-    {
+    ) -> StoreWrite<'a> {
         Box::pin(async move {
             let entries = letters
                 .iter()
@@ -355,8 +354,7 @@ impl LetterStore for S3Store {
         messages: &'a [Message],
         letters: &'a [DeadLetter],
         dead_at_ms: i64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sent, DlqError>> + Send + 'a>>
-    {
+    ) -> StoreWrite<'a> {
         Box::pin(async move {
             // One object per source partition, letters in offset order.
             let mut partitions: BTreeMap<(&str, i32), Vec<&DeadLetter>> = BTreeMap::new();

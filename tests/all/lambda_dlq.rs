@@ -84,16 +84,9 @@ fn assert_poison_letter(line: &str, run: &str) {
     assert_eq!(m.partition, 1);
     assert_eq!(m.value.as_deref(), Some(&b"{not json"[..]));
     assert_eq!(m.key.as_deref(), Some(&br#"{"id":1003}"#[..]));
-    let header = |k: &str| {
-        m.headers
-            .iter()
-            .find(|(hk, _)| hk == k)
-            .and_then(|(_, v)| v.clone())
-            .map(|v| String::from_utf8(v).unwrap())
-    };
-    assert_eq!(header("floe.error.category").as_deref(), Some("parse"));
-    assert_eq!(header("floe.source.offset").as_deref(), Some("879"));
-    assert!(header("floe.error.reason").is_some());
+    assert_eq!(m.header("floe.error.category").as_deref(), Some("parse"));
+    assert_eq!(m.header("floe.source.offset").as_deref(), Some("879"));
+    assert!(m.header("floe.error.reason").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,15 @@ impl Message {
     /// Bytes this message counts against `batch.max_bytes` and
     /// `source.max_message_bytes`: key, value and headers (names and values), so that
     /// a source cannot grow a batch past its bound through headers.
+    /// The value of the first header named `key`, as text (lossy), when it has one.
+    pub fn header(&self, key: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
     pub fn size(&self) -> usize {
         self.key.as_ref().map_or(0, Vec::len)
             + self.value.as_ref().map_or(0, Vec::len)

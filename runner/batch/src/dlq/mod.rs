@@ -121,8 +121,12 @@ pub trait LetterStore: Send + Sync {
         messages: &'a [Message],
         letters: &'a [DeadLetter],
         dead_at_ms: i64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sent, DlqError>> + Send + 'a>>;
+    ) -> StoreWrite<'a>;
 }
+
+/// What [`LetterStore::write`] returns.
+pub type StoreWrite<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Sent, DlqError>> + Send + 'a>>;
 
 /// The JSON line of a letter in the fixture format (what `floe run --file` reads):
 /// what the file, SQS and S3 kinds write.
@@ -611,13 +615,7 @@ mod tests {
         assert_eq!(&*m.topic, "dbz.public.t");
         assert_eq!(m.value.as_deref(), Some(&b"{not json"[..]));
         assert_eq!(m.key.as_deref(), Some(&br#"{"id":1}"#[..]));
-        let header = |k: &str| {
-            m.headers
-                .iter()
-                .find(|(hk, _)| hk == k)
-                .and_then(|(_, v)| v.clone())
-                .map(|v| String::from_utf8(v).unwrap())
-        };
+        let header = |k: &str| m.header(k);
         assert_eq!(header("h").as_deref(), Some("v"));
         assert_eq!(header(CATEGORY_HEADER).as_deref(), Some("parse"));
         assert_eq!(header(OFFSET_HEADER).as_deref(), Some("41"));
