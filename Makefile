@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help install components build demo test test-unit test-integration test-terraform lambda coverage lint fmt bench stack-up stack-down stack-status clean
+.PHONY: help install components build demo test test-unit test-integration test-terraform lambda coverage lint fmt bench bench-lambda stack-up stack-down stack-status clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ fmt: ## Format the code
 
 bench: install components ## Benchmarks (see docs/benchmarks.md); not a test
 	dev/bench.sh
+
+bench-lambda: install build lambda ## Lambda benchmark: zip size, cold start, warm 1,000-record invocations, sink none and the emulator (x86_64)
+	dev/bench-lambda.sh
 
 stack-up: install ## Start the dev stack and print its environment
 	dev/stack.sh start
