@@ -3,8 +3,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+# The Lambda's architecture for `make lambda` and `make lambda-smoke`: x86_64 or arm64.
+ARCH ?= x86_64
 
-.PHONY: help install components build demo test test-unit test-integration test-terraform lambda coverage lint fmt bench bench-lambda stack-up stack-down stack-status clean
+.PHONY: help install components build demo test test-unit test-integration test-terraform lambda lambda-smoke coverage lint fmt bench bench-lambda stack-up stack-down stack-status clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -40,8 +42,11 @@ test-terraform: ## Terraform module: fmt, checkov, structural tests
 	dev/install.sh terraform
 	terraform/tests/run.sh
 
-lambda: components ## Build the Lambda deployment zip (release bootstrap + precompiled components) into target/lambda/x86_64/
-	dev/lambda.sh
+lambda: components ## Build the Lambda deployment zip (release bootstrap + precompiled components) into target/lambda/<arch>/ (ARCH=x86_64 by default; ARCH=arm64 cross-builds it)
+	dev/lambda.sh $(ARCH)
+
+lambda-smoke: install build lambda ## Runtime API tests against the zip's bootstrap and components with the dev stack (ARCH=arm64: under qemu-aarch64-static)
+	dev/lambda.sh smoke $(ARCH)
 
 coverage: install components ## Line coverage of the unit and integration tests (cargo-llvm-cov; summary and HTML in target/coverage/)
 	dev/install.sh coverage
@@ -57,8 +62,8 @@ fmt: ## Format the code
 bench: install components ## Benchmarks (see docs/benchmarks.md); not a test
 	dev/bench.sh
 
-bench-lambda: install build lambda ## Lambda benchmark: zip size, cold start, warm 1,000-record invocations, sink none and the emulator (x86_64)
-	dev/bench-lambda.sh
+bench-lambda: install build lambda ## Lambda benchmark: zip size, cold start, warm 1,000-record invocations, sink none and the emulator (ARCH as for lambda)
+	dev/bench-lambda.sh $(ARCH)
 
 stack-up: install ## Start the dev stack and print its environment
 	dev/stack.sh start

