@@ -868,14 +868,12 @@ mod tests {
     async fn a_dlq_outage_holds_the_batch_until_the_letters_are_written() {
         let dir = std::env::temp_dir().join(format!("floe-dlq-outage-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        // The DLQ file's directory appears only after a while: until then every write
-        // fails, as a DLQ topic does while its cluster is down.
+        // The DLQ file's directory appears only once writes failed and the DLQ breaker
+        // opened (not after a wall-clock delay, which a slow start under load used up
+        // before the first write): until then every write fails, as a DLQ topic does
+        // while its cluster is down.
         let path = dir.join("later").join("dlq.jsonl");
         let later = dir.join("later");
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            std::fs::create_dir_all(later).unwrap();
-        });
         let mut p = Pipeline::new(
             FileSource::from_messages(vec![broken_message(), insert("t", 2, 7, 1)]),
             healthy(),
@@ -884,6 +882,18 @@ mod tests {
             Stats::new(),
         )
         .with_dead_letters(DeadLetterQueue::File { path: path.clone() });
+        let stats = p.stats().clone();
+        tokio::spawn(async move {
+            // Bounded, so that a run which never fails still ends (and the asserts say why).
+            for _ in 0..1000 {
+                let s = stats.snapshot();
+                if s.dlq_errors >= 2 && s.dlq_breaker_opened >= 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            std::fs::create_dir_all(later).unwrap();
+        });
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let snap = p.run(rx).await.expect("a DLQ outage never ends the run");
         assert_eq!((snap.dead_letters, snap.commits), (1, 1), "{snap:?}");
