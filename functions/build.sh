@@ -5,7 +5,7 @@
 #   target/components/examples/wasi/example_js_{freshness,chatty}_validator.wasm (import WASI)
 #
 # 1. The guest crates are compiled to wasm32-unknown-unknown core modules with the
-#    `wasm` profile (panic=abort, size-optimised), by whichever toolchain this machine has:
+#    `wasm` profile (panic=abort, opt-level 3), by whichever toolchain this machine has:
 #    - rustup with the wasm32-unknown-unknown target installed: plain `cargo build`;
 #    - else Debian's rustc-web + rust-web-src (rustc with std sources, no prebuilt wasm
 #      std): `-Zbuild-std` with Debian's cargo (cargo-web) and rustc, linked by Debian's
