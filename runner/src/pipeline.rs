@@ -432,6 +432,8 @@ mod tests {
         loaded: usize,
         /// The warehouse request ids of every attempt.
         request_ids: Vec<Vec<String>>,
+        /// Per successful load: each table's target, statements and origins.
+        plans: Vec<String>,
     }
 
     impl Sink for FlakySink {
@@ -456,6 +458,15 @@ mod tests {
             self.loaded += 1;
             self.tables
                 .extend(loads.iter().map(|l| l.source_table.clone()));
+            self.plans.extend(loads.iter().map(|l| {
+                format!(
+                    "{:?} {:?} {:?} {:?}",
+                    l.target,
+                    l.plan.statements,
+                    l.origins,
+                    l.truncate.as_ref().map(|t| t.below_lsn)
+                )
+            }));
             Ok(LoadReport::default())
         }
     }
@@ -566,6 +577,7 @@ mod tests {
             stall: Duration::ZERO,
             loaded: 0,
             request_ids: Vec::new(),
+            plans: Vec::new(),
         }
     }
 
@@ -657,6 +669,38 @@ mod tests {
         );
         assert_eq!(snap.batch_errors, 1, "one failed component call: {snap:?}");
         assert_eq!(p.sink().tables, vec!["public.u".to_string()]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shares_called_on_several_cores_load_what_one_call_loads() {
+        // Every encoding case of real Debezium output, several tables (one topic each),
+        // in order: creates, updates, deletes with tombstones, key changes, truncates.
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/debezium-fixtures/schemas_precise/_all_in_order.jsonl");
+        let messages = crate::sources::file::read_file(&path).unwrap();
+        let topics: std::collections::BTreeSet<&str> = messages.iter().map(|m| &*m.topic).collect();
+        assert!(topics.len() >= 3, "{topics:?}");
+        let mut outcomes = Vec::new();
+        for parallelism in [1, 2, 8] {
+            let cfg = ComponentsConfig {
+                parallelism,
+                ..ComponentsConfig::default()
+            };
+            let mut p = over(messages.clone(), &cfg);
+            let (_tx, rx) = tokio::sync::watch::channel(false);
+            let snap = p.run(rx).await.unwrap();
+            assert!(snap.rows_transformed > 0, "{snap:?}");
+            outcomes.push((
+                p.sink().plans.clone(),
+                snap.dead_letters,
+                snap.rows_transformed,
+                snap.events_skipped,
+                snap.ops.clone(),
+            ));
+        }
+        assert!(outcomes[0].0.len() >= 3, "{:?}", outcomes[0].0);
+        assert_eq!(outcomes[0], outcomes[1], "parallelism 2");
+        assert_eq!(outcomes[0], outcomes[2], "parallelism 8");
     }
 
     /// A pipeline over `messages` with the components `cfg` names and a healthy sink.
@@ -1025,6 +1069,7 @@ mod tests {
             stall: Duration::ZERO,
             loaded: 0,
             request_ids: Vec::new(),
+            plans: Vec::new(),
         };
         let mut p = pipeline(sink, breaker(20, 1000));
         let (_tx, rx) = tokio::sync::watch::channel(false);
@@ -1049,6 +1094,7 @@ mod tests {
             stall: Duration::ZERO,
             loaded: 0,
             request_ids: Vec::new(),
+            plans: Vec::new(),
         };
         let mut p = pipeline(sink, breaker(60_000, 60_000));
         let rx = shutdown_after(600);
@@ -1071,6 +1117,7 @@ mod tests {
             stall: Duration::from_secs(60),
             loaded: 0,
             request_ids: Vec::new(),
+            plans: Vec::new(),
         };
         let mut p = pipeline(sink, breaker(20, 300));
         let rx = shutdown_after(300);

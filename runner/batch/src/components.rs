@@ -32,6 +32,8 @@ pub struct Components {
     pub merge_builder: MergeBuilder,
     /// What a failed component call does to the run.
     pub on_failure: OnFailure,
+    /// Most component calls at once (`components.parallelism`, resolved: at least 1).
+    pub parallelism: usize,
 }
 
 /// The components for the topics a pattern matches: validators in order, the
@@ -195,6 +197,7 @@ impl Components {
             chains,
             merge_builder: MergeBuilder::new(&host, &mn, &mb, merge_limits)?,
             on_failure: cfg.on_failure,
+            parallelism: cfg.parallelism(),
         })
     }
 }

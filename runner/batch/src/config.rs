@@ -262,6 +262,12 @@ pub struct ComponentsConfig {
     /// committing the batch, for pipelines that must halt rather than skip.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// Most component calls of a batch run at once, each on its own core: a batch's
+    /// events are split by topic (never within a topic: events of one topic relate to
+    /// each other) into at most this many shares per chain. 0 (default): one per CPU
+    /// core; 1: one call per chain and stage, as in floe 0.1.
+    #[serde(default)]
+    pub parallelism: usize,
     /// Hot reload: when a component file changes on disk, load it again between
     /// batches (and self-check it) and swap it in; a failed load keeps the running one.
     /// SIGHUP asks for the same at any time.
@@ -387,6 +393,7 @@ impl Default for ComponentsConfig {
             deadline_ms: default_deadline_ms(),
             fuel: None,
             on_failure: OnFailure::default(),
+            parallelism: 0,
             reload: default_reload(),
             cache: default_cache(),
             cache_dir: None,
@@ -410,6 +417,14 @@ impl ComponentsConfig {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
         Some(base.join("floe").join("components"))
+    }
+
+    /// `parallelism` resolved: 0 is the number of CPU cores (1 when unknown).
+    pub fn parallelism(&self) -> usize {
+        match self.parallelism {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     pub fn validator_ref(&self) -> ComponentRef {

@@ -71,6 +71,18 @@ fn engine_config(fuel: bool) -> Config {
     config.consume_fuel(fuel);
     config.wasm_component_model(true);
     config.max_wasm_stack(1024 * 1024);
+    // For profiling guests with `perf` (docs/benchmarks.md "Profiles"): perf then names
+    // the guest's functions instead of showing JIT addresses.
+    #[cfg(feature = "profiling")]
+    match std::env::var("FLOE_WASM_PROFILER").as_deref() {
+        Ok("perfmap") => {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        Ok("jitdump") => {
+            config.profiler(wasmtime::ProfilingStrategy::JitDump);
+        }
+        _ => {}
+    }
     config
 }
 

@@ -22,6 +22,7 @@ use crate::sinks::{LoadReport, Sink, SinkError};
 
 mod deliver;
 mod prepare;
+mod shares;
 
 /// Errors that stop processing: the warehouse refused for good (auth, SQL), or a
 /// component failed under `components.on_failure = "stop"`. Per-event problems never

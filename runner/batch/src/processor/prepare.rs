@@ -3,7 +3,6 @@
 //! MERGE plan per target table; every event that will not be loaded becomes a dead
 //! letter with its reason.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use crate::message::{Message, batch_with_values};
 use crate::sinks::{Sink, TableLoad, Truncation};
 
 use super::BatchProcessor;
+use super::shares::{map_parallel, restore, shares};
 
 /// A batch after the components ran: what to load and what it amounted to.
 pub(super) struct Prepared {
@@ -40,31 +40,6 @@ fn precedes(a: (u32, i64), b: (u32, i64)) -> bool {
     } else {
         a.0 < b.0
     }
-}
-
-/// Each chain's share of a batch, for the chains that have events in it: the chain's
-/// index, the positions of its events in `batch`, and those events as a batch of their
-/// own (`batch` itself when one chain has them all, the common case, copying nothing).
-fn chain_batches<'a>(
-    batch: &'a Batch,
-    chain_of: &'a [usize],
-    chains: usize,
-) -> impl Iterator<Item = (usize, Vec<usize>, Cow<'a, Batch>)> + 'a {
-    (0..chains).filter_map(move |ci| {
-        let members: Vec<usize> = (0..chain_of.len()).filter(|&i| chain_of[i] == ci).collect();
-        if members.is_empty() {
-            return None;
-        }
-        let input = if members.len() == batch.events.len() {
-            Cow::Borrowed(batch)
-        } else {
-            Cow::Owned(Batch {
-                topics: batch.topics.clone(),
-                events: members.iter().map(|&i| batch.events[i].clone()).collect(),
-            })
-        };
-        Some((ci, members, input))
-    })
 }
 
 /// Every event of `indexes` is dead for the same reason (a component failed).
@@ -193,16 +168,22 @@ impl<K: Sink> BatchProcessor<K> {
             .iter()
             .map(|e| c.chain_for(&batch.topics[e.topic as usize]))
             .collect();
-        // Per event: None = accepted so far.
+        // Per event: None = accepted so far. Each share's validators run on its own
+        // core (see [`super::shares`]).
         let mut refused: Vec<Option<DeadLetter>> = (0..n).map(|_| None).collect();
-        for (ci, members, input) in chain_batches(&batch, &chain_of, c.chains.len()) {
-            for v in &c.chains[ci].validators {
-                match retry_once(|| v.validate(&input)) {
+        let parallelism = c.parallelism;
+        let parts = shares(&mut batch, &chain_of, c.chains.len(), parallelism);
+        let stats = &self.stats;
+        let verdicts = map_parallel(&parts, parallelism, |share| {
+            // (member position in the share, its rejection), first rejection only.
+            let mut out: Vec<Option<DeadLetter>> = (0..share.members.len()).map(|_| None).collect();
+            for v in &c.chains[share.chain].validators {
+                match retry_once(|| v.validate(&share.input)) {
                     Ok(verdicts) => {
-                        for (&i, verdict) in members.iter().zip(verdicts) {
-                            if let (Verdict::Rejected(reason), None) = (verdict, &refused[i]) {
-                                refused[i] = Some(DeadLetter {
-                                    index: entered[i],
+                        for (k, verdict) in verdicts.into_iter().enumerate() {
+                            if let (Verdict::Rejected(reason), None) = (verdict, &out[k]) {
+                                out[k] = Some(DeadLetter {
+                                    index: entered[share.members[k]],
                                     category: rejection_type(&reason),
                                     stage: "validate",
                                     component: v.name().to_owned(),
@@ -217,11 +198,11 @@ impl<K: Sink> BatchProcessor<K> {
                             component: v.name(),
                             error_code: e.error_code(),
                             error: &msg,
-                            events: members.len(),
+                            events: share.members.len(),
                         }
-                        .emit(&self.stats);
-                        for &i in &members {
-                            refused[i] = Some(DeadLetter {
+                        .emit(stats);
+                        for (k, &i) in share.members.iter().enumerate() {
+                            out[k] = Some(DeadLetter {
                                 index: entered[i],
                                 category: "wasm-trap",
                                 stage: "validate",
@@ -233,7 +214,14 @@ impl<K: Sink> BatchProcessor<K> {
                     }
                 }
             }
+            out
+        });
+        for (share, out) in parts.iter().zip(verdicts) {
+            for (&i, letter) in share.members.iter().zip(out) {
+                refused[i] = letter;
+            }
         }
+        restore(&mut batch, parts);
         let mut original: Vec<usize> = Vec::with_capacity(n);
         let mut chain_of_accepted: Vec<usize> = Vec::with_capacity(n);
         let all = std::mem::take(&mut batch.events);
@@ -253,7 +241,7 @@ impl<K: Sink> BatchProcessor<K> {
 
         // 2. transform: per chain, its transformer then its row transforms.
         let (out, mut produced) =
-            self.transform_chains(&batch, &chain_of_accepted, &original, &mut dead);
+            self.transform_chains(batch, &chain_of_accepted, &original, &mut dead);
         // Every row and truncate goes to its source's target table ([`Targets`]); one
         // that maps to a target another source owns is dead-lettered instead.
         let mut target_of =
@@ -565,14 +553,15 @@ impl<K: Sink> BatchProcessor<K> {
         }
     }
 
-    /// Step 2 of [`BatchProcessor::prepare`]: each chain's events of `batch` through the
-    /// chain's transformer and then its row transforms, the answers merged into one in
-    /// batch order (event indexes into `batch`). Rows that failed, and every event of a
-    /// chain whose component call failed, are dead-lettered here; the returned flags
-    /// mark those events as handled.
+    /// Step 2 of [`BatchProcessor::prepare`]: each share of `batch` (a chain's events of
+    /// some topics, [`super::shares`]) through the chain's transformer and then its row
+    /// transforms, shares in parallel, the answers merged into one in batch order
+    /// (event indexes into `batch`). Rows that failed, and every event of a share whose
+    /// component call failed, are dead-lettered here; the returned flags mark those
+    /// events as handled.
     fn transform_chains(
         &self,
-        batch: &Batch,
+        mut batch: Batch,
         chain_of: &[usize],
         original: &[usize],
         dead: &mut Vec<DeadLetter>,
@@ -586,11 +575,29 @@ impl<K: Sink> BatchProcessor<K> {
             failures: Vec::new(),
         };
         let chains = &self.components.chains;
-        for (ci, members, input) in chain_batches(batch, chain_of, chains.len()) {
-            let chain = &chains[ci];
-            // A failed call dead-letters every event of the chain in this batch.
-            let failed_call =
-                |e: floe_host::HostError, component: &str, dead: &mut Vec<DeadLetter>| {
+        let parallelism = self.components.parallelism;
+        let parts = shares(&mut batch, chain_of, chains.len(), parallelism);
+        // Each share through its chain's transformer, then its row transforms, on its
+        // own core: the answer and which component failed each of its failures, or the
+        // failed call and its component.
+        let answers = map_parallel(&parts, parallelism, |share| {
+            let chain = &chains[share.chain];
+            let mut answer = retry_once(|| chain.transformer.transform(&share.input))
+                .map_err(|e| (e, chain.transformer.name()))?;
+            let mut failed_by: Vec<&str> = vec![chain.transformer.name(); answer.failures.len()];
+            for t in &chain.transforms {
+                let next = retry_once(|| t.transform_rows(&answer)).map_err(|e| (e, t.name()))?;
+                failed_by.resize(next.failures.len(), t.name());
+                answer = next;
+            }
+            Ok((answer, failed_by))
+        });
+        for (share, answer) in parts.iter().zip(answers) {
+            let members = &share.members;
+            let (answer, failed_by) = match answer {
+                Ok(a) => a,
+                Err((e, component)) => {
+                    // A failed call dead-letters every event of the share.
                     let msg = e.to_string();
                     ComponentFailed {
                         component,
@@ -606,35 +613,10 @@ impl<K: Sink> BatchProcessor<K> {
                         component,
                         &msg,
                     );
-                };
-            let mut answer = match retry_once(|| chain.transformer.transform(&input)) {
-                Ok(a) => a,
-                Err(e) => {
-                    failed_call(e, chain.transformer.name(), dead);
                     members.iter().for_each(|&i| handled[i] = true);
                     continue;
                 }
             };
-            // Which component failed each failure of `answer`, in order.
-            let mut failed_by: Vec<&str> = vec![chain.transformer.name(); answer.failures.len()];
-            let mut transformed = true;
-            for t in &chain.transforms {
-                match retry_once(|| t.transform_rows(&answer)) {
-                    Ok(next) => {
-                        failed_by.resize(next.failures.len(), t.name());
-                        answer = next;
-                    }
-                    Err(e) => {
-                        failed_call(e, t.name(), dead);
-                        members.iter().for_each(|&i| handled[i] = true);
-                        transformed = false;
-                        break;
-                    }
-                }
-            }
-            if !transformed {
-                continue;
-            }
             for (f, component) in answer.failures.iter().zip(failed_by) {
                 let i = members[f.event as usize];
                 handled[i] = true;
