@@ -76,6 +76,36 @@ async fn started(database: &str, env: HashMap<String, String>) -> Floe {
         .unwrap()
 }
 
+/// One invocation with the MSK fixture under a fresh run prefix and target database,
+/// dead letters going where `dlq` says (`FLOE__DLQ__<KEY>` entries): the run prefix, the
+/// database and the item failures.
+async fn invoke(
+    port: u16,
+    tag: &str,
+    dlq: &[(&str, &str)],
+    deadline_ms: u64,
+) -> (String, String, Vec<(String, i64)>) {
+    let run = unique(tag).to_lowercase();
+    let database = unique(&format!("lambda_{tag}")).to_uppercase();
+    let mut env = aws_env(port);
+    env.extend(
+        dlq.iter()
+            .map(|(k, v)| (format!("FLOE__DLQ__{k}"), v.to_string())),
+    );
+    let mut floe = started(&database, env).await;
+    let response = floe
+        .handle(&event(msk_fixture(&run)), deadline_in(deadline_ms))
+        .await
+        .unwrap();
+    (run, database, failures(&response))
+}
+
+/// The ids loaded into the run's target table.
+async fn loaded_ids(sf: &floe_snowflake::Client, database: &str) -> Vec<Vec<String>> {
+    let sql = format!(r#"SELECT "ID" FROM {database}.CDC.CUSTOMERS ORDER BY "ID""#);
+    query(sf, &sql).await
+}
+
 fn assert_poison_letter(line: &str, run: &str) {
     let back = floe_batch::fixture::parse_lines(line).unwrap();
     assert_eq!(back.len(), 1, "{line}");
@@ -108,17 +138,14 @@ async fn dead_letters_go_to_sqs_and_s3_and_a_refusing_store_is_retried() {
     )
     .await;
     let queue_url = created["QueueUrl"].as_str().unwrap().to_string();
-    let run = unique("lsqs").to_lowercase();
-    let database = unique("LAMBDA_SQS").to_uppercase();
-    let mut e = aws_env(port);
-    e.insert("FLOE__DLQ__KIND".into(), "sqs".into());
-    e.insert("FLOE__DLQ__SQS_QUEUE_URL".into(), queue_url.clone());
-    let mut floe = started(&database, e).await;
-    let response = floe
-        .handle(&event(msk_fixture(&run)), deadline_in(60_000))
-        .await
-        .unwrap();
-    assert_eq!(failures(&response), vec![]);
+    let (run, database, failed) = invoke(
+        port,
+        "lsqs",
+        &[("KIND", "sqs"), ("SQS_QUEUE_URL", &queue_url)],
+        60_000,
+    )
+    .await;
+    assert_eq!(failed, vec![]);
     let received = sqs(
         port,
         "AmazonSQS.ReceiveMessage",
@@ -132,8 +159,7 @@ async fn dead_letters_go_to_sqs_and_s3_and_a_refusing_store_is_retried() {
         messages[0]["MessageAttributes"]["floe.error.category"]["StringValue"],
         "parse"
     );
-    let sql = format!(r#"SELECT "ID" FROM {database}.CDC.CUSTOMERS ORDER BY "ID""#);
-    assert_eq!(query(&sf, &sql).await, vec![vec!["1001"]]);
+    assert_eq!(loaded_ids(&sf, &database).await, vec![vec!["1001"]]);
 
     // S3: one object for the poison record's partition, under the prefix.
     let bucket = unique("floe-dead").to_lowercase().replace('_', "-");
@@ -144,18 +170,18 @@ async fn dead_letters_go_to_sqs_and_s3_and_a_refusing_store_is_retried() {
         None,
     )
     .await;
-    let run = unique("ls3").to_lowercase();
-    let database = unique("LAMBDA_S3").to_uppercase();
-    let mut e = aws_env(port);
-    e.insert("FLOE__DLQ__KIND".into(), "s3".into());
-    e.insert("FLOE__DLQ__S3_BUCKET".into(), bucket.clone());
-    e.insert("FLOE__DLQ__S3_PREFIX".into(), "dead/letters/".into());
-    let mut floe = started(&database, e).await;
-    let response = floe
-        .handle(&event(msk_fixture(&run)), deadline_in(60_000))
-        .await
-        .unwrap();
-    assert_eq!(failures(&response), vec![]);
+    let (run, database, failed) = invoke(
+        port,
+        "ls3",
+        &[
+            ("KIND", "s3"),
+            ("S3_BUCKET", &bucket),
+            ("S3_PREFIX", "dead/letters/"),
+        ],
+        60_000,
+    )
+    .await;
+    assert_eq!(failed, vec![]);
     let listing = call(
         "s3",
         http.get(format!("http://127.0.0.1:{port}/{bucket}?list-type=2")),
@@ -185,37 +211,20 @@ async fn dead_letters_go_to_sqs_and_s3_and_a_refusing_store_is_retried() {
     )
     .await;
     assert_poison_letter(&object, &run);
-    assert_eq!(
-        query(
-            &sf,
-            &format!(r#"SELECT "ID" FROM {database}.CDC.CUSTOMERS ORDER BY "ID""#)
-        )
-        .await,
-        vec![vec!["1001"]]
-    );
+    assert_eq!(loaded_ids(&sf, &database).await, vec![vec!["1001"]]);
 
     // A bucket that does not exist: the letter cannot be stored, so its partition is
     // retried from the poison record (partition 1, offset 879); the rest is loaded.
-    let run = unique("ls3x").to_lowercase();
-    let database = unique("LAMBDA_S3X").to_uppercase();
-    let mut e = aws_env(port);
-    e.insert("FLOE__DLQ__KIND".into(), "s3".into());
-    e.insert("FLOE__DLQ__S3_BUCKET".into(), "no-such-bucket".into());
-    let mut floe = started(&database, e).await;
-    let response = floe
-        .handle(&event(msk_fixture(&run)), deadline_in(12_000))
-        .await
-        .unwrap();
+    let (run, database, failed) = invoke(
+        port,
+        "ls3x",
+        &[("KIND", "s3"), ("S3_BUCKET", "no-such-bucket")],
+        12_000,
+    )
+    .await;
+    assert_eq!(failed, vec![(format!("{run}.inventory.customers-1"), 879)]);
     assert_eq!(
-        failures(&response),
-        vec![(format!("{run}.inventory.customers-1"), 879)]
-    );
-    assert_eq!(
-        query(
-            &sf,
-            &format!(r#"SELECT "ID" FROM {database}.CDC.CUSTOMERS ORDER BY "ID""#)
-        )
-        .await,
+        loaded_ids(&sf, &database).await,
         vec![vec!["1001"]],
         "the loads are kept; only the letter's partition is retried from it"
     );
