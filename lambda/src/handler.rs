@@ -258,7 +258,7 @@ impl Floe {
             Duration::from_millis(self.config.lambda.deadline_margin_ms),
             Duration::from_millis(self.config.lambda.unknown_deadline_ms),
         );
-        let records = event::records(event);
+        let mut records = event::records(event);
         if records.messages.is_empty() {
             return Ok(BatchResponse::default());
         }
@@ -275,7 +275,7 @@ impl Floe {
         });
         let outcome = tokio::time::timeout_at(
             budget.hard.into(),
-            self.processor.process(&records.messages, stopped),
+            self.processor.process(&mut records.messages, stopped),
         )
         .await;
         timer.abort();

@@ -330,7 +330,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
     /// request abandons the batch uncommitted (`Ok(false)`).
     async fn process_until(
         &mut self,
-        batch: SourceBatch,
+        mut batch: SourceBatch,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<bool, PipelineError> {
         let started = Instant::now();
@@ -341,7 +341,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         .emit(self.processor.stats());
         let summary = match self
             .processor
-            .process(&batch.messages, shutdown.clone())
+            .process(&mut batch.messages, shutdown.clone())
             .await?
         {
             Processed::Done(summary) => summary,

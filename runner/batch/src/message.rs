@@ -73,6 +73,48 @@ pub fn batch_with_values<'a>(
     floe_host::types::Batch { topics, events }
 }
 
+/// The batch the components get, made by moving each picked message's key and value
+/// into it rather than copying them (a batch's bytes would otherwise be held twice
+/// while the components run): `picks` are (message index, replacement value), as for
+/// [`batch_with_values`]. Whether each event's value was moved (not replaced) comes
+/// with it; [`give_back`] returns the bytes to their message.
+pub fn batch_taking(
+    messages: &mut [Message],
+    picks: Vec<(usize, Option<Vec<u8>>)>,
+) -> (floe_host::types::Batch, Vec<bool>) {
+    let mut index: std::collections::HashMap<std::sync::Arc<str>, u32> =
+        std::collections::HashMap::new();
+    let mut topics: Vec<String> = Vec::new();
+    let mut moved = Vec::with_capacity(picks.len());
+    let mut events = Vec::with_capacity(picks.len());
+    for (i, replacement) in picks {
+        let m = &mut messages[i];
+        let topic = *index.entry(m.topic.clone()).or_insert_with(|| {
+            topics.push(m.topic.to_string());
+            (topics.len() - 1) as u32
+        });
+        moved.push(replacement.is_none());
+        events.push(floe_host::types::Event {
+            topic,
+            partition: m.partition,
+            offset: m.offset,
+            timestamp_ms: m.timestamp_ms,
+            key: m.key.take(),
+            value: replacement.or_else(|| m.value.take()),
+        });
+    }
+    (floe_host::types::Batch { topics, events }, moved)
+}
+
+/// Returns an event's key (and its value, when `value_moved`) to the message
+/// [`batch_taking`] took them from.
+pub fn give_back(message: &mut Message, event: floe_host::types::Event, value_moved: bool) {
+    message.key = event.key;
+    if value_moved {
+        message.value = event.value;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +131,35 @@ mod tests {
             headers: vec![("h".into(), Some(vec![0; 1000])), ("n".into(), None)],
         };
         assert_eq!(m.size(), 10 + 100 + 1 + 1000 + 1);
+    }
+
+    #[test]
+    fn a_taken_batch_gives_every_byte_back() {
+        let m = |value: &str| Message {
+            topic: std::sync::Arc::from("t"),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: Some(b"k".to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            headers: Vec::new(),
+        };
+        let mut messages = vec![m("a"), m("b"), m("c")];
+        let (batch, moved) = batch_taking(&mut messages, vec![(0, None), (2, Some(b"C".to_vec()))]);
+        assert_eq!(moved, vec![true, false]);
+        assert_eq!(batch.events[1].value.as_deref(), Some(&b"C"[..]));
+        assert!(
+            messages[0].key.is_none() && messages[0].value.is_none(),
+            "moved, not copied"
+        );
+        assert_eq!(
+            messages[2].value.as_deref(),
+            Some(&b"c"[..]),
+            "a replaced value stays"
+        );
+        for ((i, e), moved) in [0, 2].into_iter().zip(batch.events).zip(moved) {
+            give_back(&mut messages[i], e, moved);
+        }
+        assert_eq!(messages, vec![m("a"), m("b"), m("c")]);
     }
 }

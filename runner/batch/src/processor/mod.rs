@@ -223,10 +223,13 @@ impl<K: Sink> BatchProcessor<K> {
     /// Non-retryable warehouse errors and `on_failure = "stop"` are errors.
     pub async fn process(
         &mut self,
-        messages: &[Message],
+        messages: &mut [Message],
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Processed, ProcessError> {
+        // `prepare` is synchronous: it gives the messages' bytes back before any await
+        // point at which this future could be dropped.
         let mut prepared = tokio::task::block_in_place(|| self.prepare(messages));
+        let messages: &[Message] = messages;
         if self.components.on_failure == OnFailure::Stop
             && let Some(failed) = prepared.dead.iter().find(|d| d.category == "wasm-trap")
         {

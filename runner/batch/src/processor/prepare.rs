@@ -13,7 +13,7 @@ use floe_host::types::{Batch, MergeInput, MergePlan, Op, Row, TableShape, Transf
 use crate::config::{DeleteMode, IdentifierCase, TruncateMode};
 use crate::dlq::DeadLetter;
 use crate::events::{ComponentFailed, Position, ToastValueUnknown, TruncateIgnored};
-use crate::message::{Message, batch_with_values};
+use crate::message::{Message, batch_taking, give_back};
 use crate::sinks::{Sink, TableLoad, Truncation};
 
 use super::BatchProcessor;
@@ -101,13 +101,10 @@ fn rejection_type(reason: &str) -> &'static str {
 
 impl<K: Sink> BatchProcessor<K> {
     /// Runs the components over a batch (CPU-bound; called on a blocking section).
-    pub(super) fn prepare(&mut self, messages: &[Message]) -> Prepared {
+    /// The messages' keys and values are moved into the components' batch and given
+    /// back before this returns (`messages` is as it was).
+    pub(super) fn prepare(&mut self, messages: &mut [Message]) -> Prepared {
         let wasm_started = Instant::now();
-        let pos = |i: usize| Position {
-            topic: &messages[i].topic,
-            partition: messages[i].partition,
-            offset: messages[i].offset,
-        };
         let mut dead: Vec<DeadLetter> = Vec::new();
         // Message index of each event of the batch.
         let mut entered: Vec<usize> = Vec::with_capacity(messages.len());
@@ -145,7 +142,8 @@ impl<K: Sink> BatchProcessor<K> {
             }
         }
         let entered: Vec<usize> = values.iter().map(|(i, _)| *i).collect();
-        let mut batch = batch_with_values(values.into_iter().map(|(i, v)| (&messages[i], v)));
+        // Per event: whether its value was moved from its message (not a format's).
+        let (mut batch, moved) = batch_taking(messages, values);
         let empty = |wasm: Duration, dead: Vec<DeadLetter>| Prepared {
             loads: Vec::new(),
             rows: 0,
@@ -223,16 +221,21 @@ impl<K: Sink> BatchProcessor<K> {
         }
         restore(&mut batch, parts);
         let mut original: Vec<usize> = Vec::with_capacity(n);
+        let mut moved_accepted: Vec<bool> = Vec::with_capacity(n);
         let mut chain_of_accepted: Vec<usize> = Vec::with_capacity(n);
         let all = std::mem::take(&mut batch.events);
         for (i, (ev, refusal)) in all.into_iter().zip(refused).enumerate() {
             match refusal {
                 None => {
                     original.push(entered[i]);
+                    moved_accepted.push(moved[i]);
                     chain_of_accepted.push(chain_of[i]);
                     batch.events.push(ev);
                 }
-                Some(letter) => dead.push(letter),
+                Some(letter) => {
+                    give_back(&mut messages[entered[i]], ev, moved[i]);
+                    dead.push(letter);
+                }
             }
         }
         if batch.events.is_empty() {
@@ -240,8 +243,17 @@ impl<K: Sink> BatchProcessor<K> {
         }
 
         // 2. transform: per chain, its transformer then its row transforms.
-        let (out, mut produced) =
+        let (out, mut produced, batch) =
             self.transform_chains(batch, &chain_of_accepted, &original, &mut dead);
+        for ((&index, event), moved) in original.iter().zip(batch.events).zip(moved_accepted) {
+            give_back(&mut messages[index], event, moved);
+        }
+        let messages: &[Message] = messages;
+        let pos = |i: usize| Position {
+            topic: &messages[i].topic,
+            partition: messages[i].partition,
+            offset: messages[i].offset,
+        };
         // Every row and truncate goes to its source's target table ([`Targets`]); one
         // that maps to a target another source owns is dead-lettered instead.
         let mut target_of =
@@ -558,14 +570,14 @@ impl<K: Sink> BatchProcessor<K> {
     /// transforms, shares in parallel, the answers merged into one in batch order
     /// (event indexes into `batch`). Rows that failed, and every event of a share whose
     /// component call failed, are dead-lettered here; the returned flags mark those
-    /// events as handled.
+    /// events as handled. `batch` is handed back, its events in order.
     fn transform_chains(
         &self,
         mut batch: Batch,
         chain_of: &[usize],
         original: &[usize],
         dead: &mut Vec<DeadLetter>,
-    ) -> (Transformed, Vec<bool>) {
+    ) -> (Transformed, Vec<bool>, Batch) {
         let n = batch.events.len();
         let mut handled = vec![false; n];
         let mut out = Transformed {
@@ -661,7 +673,8 @@ impl<K: Sink> BatchProcessor<K> {
         // Batch order across chains (each chain's answer is in its own order).
         out.rows.sort_by_key(|r| r.event);
         out.truncates.sort_by_key(|t| t.event);
-        (out, handled)
+        restore(&mut batch, parts);
+        (out, handled, batch)
     }
 }
 
