@@ -40,70 +40,76 @@ impl Message {
     }
 }
 
-/// The component batch (WIT `batch`) of `messages`: topics interned in order of first
-/// appearance, payload bytes copied.
-pub fn batch_of<'a>(messages: impl IntoIterator<Item = &'a Message>) -> floe_host::types::Batch {
-    batch_with_values(messages.into_iter().map(|m| (m, None)))
+/// Topic names of a batch in order of first appearance, and each one's index.
+#[derive(Default)]
+struct Topics {
+    index: std::collections::HashMap<Arc<str>, u32>,
+    names: Vec<String>,
 }
 
-/// [`batch_of`], with some values replaced (`Some`: the value the components get
-/// instead of the message's own, see [`crate::format`]).
-pub fn batch_with_values<'a>(
-    messages: impl IntoIterator<Item = (&'a Message, Option<Vec<u8>>)>,
-) -> floe_host::types::Batch {
-    let mut index: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
-    let mut topics: Vec<String> = Vec::new();
-    let events = messages
-        .into_iter()
-        .map(|(m, value)| {
-            let topic = *index.entry(&m.topic).or_insert_with(|| {
-                topics.push(m.topic.to_string());
-                (topics.len() - 1) as u32
-            });
-            floe_host::types::Event {
-                topic,
-                partition: m.partition,
-                offset: m.offset,
-                timestamp_ms: m.timestamp_ms,
-                key: m.key.clone(),
-                value: value.or_else(|| m.value.clone()),
-            }
-        })
-        .collect();
-    floe_host::types::Batch { topics, events }
-}
-
-/// The batch the components get, made by moving each picked message's key and value
-/// into it rather than copying them (a batch's bytes would otherwise be held twice
-/// while the components run): `picks` are (message index, replacement value), as for
-/// [`batch_with_values`]. Whether each event's value was moved (not replaced) comes
-/// with it; [`give_back`] returns the bytes to their message.
-pub fn batch_taking(
-    messages: &mut [Message],
-    picks: Vec<(usize, Option<Vec<u8>>)>,
-) -> (floe_host::types::Batch, Vec<bool>) {
-    let mut index: std::collections::HashMap<std::sync::Arc<str>, u32> =
-        std::collections::HashMap::new();
-    let mut topics: Vec<String> = Vec::new();
-    let mut moved = Vec::with_capacity(picks.len());
-    let mut events = Vec::with_capacity(picks.len());
-    for (i, replacement) in picks {
-        let m = &mut messages[i];
-        let topic = *index.entry(m.topic.clone()).or_insert_with(|| {
-            topics.push(m.topic.to_string());
-            (topics.len() - 1) as u32
+impl Topics {
+    /// `m`'s event, with `key` and `value` as the components get them.
+    fn event(
+        &mut self,
+        m: &Message,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) -> floe_host::types::Event {
+        let names = &mut self.names;
+        let topic = *self.index.entry(m.topic.clone()).or_insert_with(|| {
+            names.push(m.topic.to_string());
+            (names.len() - 1) as u32
         });
-        moved.push(replacement.is_none());
-        events.push(floe_host::types::Event {
+        floe_host::types::Event {
             topic,
             partition: m.partition,
             offset: m.offset,
             timestamp_ms: m.timestamp_ms,
-            key: m.key.take(),
-            value: replacement.or_else(|| m.value.take()),
-        });
+            key,
+            value,
+        }
     }
-    (floe_host::types::Batch { topics, events }, moved)
+}
+
+/// The component batch (WIT `batch`) of `messages`: topics interned in order of first
+/// appearance, payload bytes copied.
+pub fn batch_of<'a>(messages: impl IntoIterator<Item = &'a Message>) -> floe_host::types::Batch {
+    let mut topics = Topics::default();
+    let events = messages
+        .into_iter()
+        .map(|m| topics.event(m, m.key.clone(), m.value.clone()))
+        .collect();
+    floe_host::types::Batch {
+        topics: topics.names,
+        events,
+    }
+}
+
+/// The batch the components get, made by moving each picked message's key and value
+/// into it rather than copying them (a batch's bytes would otherwise be held twice
+/// while the components run): `picks` are (message index, replacement value: `Some` is
+/// the value the components get instead of the message's own, see [`crate::format`]).
+/// Whether each event's value was moved (not replaced) comes with it; [`give_back`]
+/// returns the bytes to their message.
+pub fn batch_taking(
+    messages: &mut [Message],
+    picks: Vec<(usize, Option<Vec<u8>>)>,
+) -> (floe_host::types::Batch, Vec<bool>) {
+    let mut topics = Topics::default();
+    let mut moved = Vec::with_capacity(picks.len());
+    let mut events = Vec::with_capacity(picks.len());
+    for (i, replacement) in picks {
+        let m = &mut messages[i];
+        moved.push(replacement.is_none());
+        let key = m.key.take();
+        let value = replacement.or_else(|| m.value.take());
+        events.push(topics.event(m, key, value));
+    }
+    let batch = floe_host::types::Batch {
+        topics: topics.names,
+        events,
+    };
+    (batch, moved)
 }
 
 /// Returns an event's key (and its value, when `value_moved`) to the message

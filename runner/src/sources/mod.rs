@@ -9,7 +9,7 @@ pub mod file;
 pub mod kafka;
 
 pub use floe_batch::format;
-pub use floe_batch::message::{Message, batch_of, batch_with_values};
+pub use floe_batch::message::{Message, batch_of};
 
 /// The next offset to consume per (topic, partition): what to commit once the batch
 /// that ends there is in the warehouse.
