@@ -142,7 +142,7 @@ impl KafkaSource {
             // Once the queue is full (a batch is processed), librdkafka waits this long
             // before it looks again whether it may fetch: its default of 1 s left the
             // next batch waiting for data after every batch (11.3k instead of 8.4k
-            // events/s in docs/benchmarks.md "Fetch backoff").
+            // events/s in docs/benchmarks.md "Fetch backoff and parallel component calls").
             ("fetch.queue.backoff.ms", "10".to_string()),
         ] {
             if !config.options.contains_key(key) {

@@ -40,37 +40,30 @@ pub(super) fn shares(
         if members.is_empty() {
             continue;
         }
-        // Events per topic of this chain, largest topic first (ties: topic order).
-        let mut topics: Vec<(u32, usize)> = Vec::new();
-        let topic_of = |i: usize| events[i].as_ref().map_or(0, |e| e.topic);
+        // Events per topic of this chain.
+        let topic_of = |i: usize| events[i].as_ref().map_or(0, |e| e.topic as usize);
+        let mut count = vec![0usize; batch.topics.len()];
         for &i in &members {
-            let t = topic_of(i);
-            match topics.iter_mut().find(|(topic, _)| *topic == t) {
-                Some((_, n)) => *n += 1,
-                None => topics.push((t, 1)),
-            }
+            count[topic_of(i)] += 1;
         }
+        let mut topics: Vec<usize> = (0..count.len()).filter(|&t| count[t] > 0).collect();
         let bins = parallelism.clamp(1, topics.len());
         if bins == 1 {
             out.push(share(&batch.topics, &mut events, chain, members));
             continue;
         }
-        topics.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Largest topic first (ties: topic order), each to the least loaded share.
+        topics.sort_by(|&a, &b| count[b].cmp(&count[a]).then(a.cmp(&b)));
         let mut load = vec![0usize; bins];
-        let mut bin_of_topic: Vec<(u32, usize)> = Vec::with_capacity(topics.len());
-        for (topic, n) in topics {
+        let mut bin_of = vec![0usize; count.len()];
+        for t in topics {
             let bin = (0..bins).min_by_key(|&b| (load[b], b)).unwrap_or(0);
-            load[bin] += n;
-            bin_of_topic.push((topic, bin));
+            load[bin] += count[t];
+            bin_of[t] = bin;
         }
         let mut parts: Vec<Vec<usize>> = vec![Vec::new(); bins];
         for i in members {
-            let t = topic_of(i);
-            let bin = bin_of_topic
-                .iter()
-                .find(|(topic, _)| *topic == t)
-                .map_or(0, |&(_, b)| b);
-            parts[bin].push(i);
+            parts[bin_of[topic_of(i)]].push(i);
         }
         out.extend(
             parts
