@@ -186,7 +186,7 @@ fi
 
 if ((stages)); then
   step "per-stage cost, WASM vs native (criterion)"
-  rm -rf "$TARGET_DIR/criterion/validate" "$TARGET_DIR/criterion/transform" "$TARGET_DIR/criterion/build_merge" "$TARGET_DIR/criterion/row_transform"
+  rm -rf "$TARGET_DIR/criterion/validate" "$TARGET_DIR/criterion/transform" "$TARGET_DIR/criterion/validate_and_transform" "$TARGET_DIR/criterion/build_merge" "$TARGET_DIR/criterion/row_transform"
   cut -d' ' -f1 /proc/loadavg >"$OUT/stages.load"
   "$CARGO" bench -p floe-host --bench stages 2>&1 | tee "$OUT/stages.log" >&2
 fi
@@ -341,7 +341,7 @@ if stages:
     print()
     print("| stage | batch (events) | records | WASM ns/record | native ns/record | WASM / native |")
     print("|---|---:|---:|---:|---:|---:|")
-    for stage in ["validate", "transform", "build_merge"]:
+    for stage in ["validate", "transform", "validate_and_transform", "build_merge"]:
         for n in [1000, 10000]:
             w, nat = est(stage, "wasm", n), est(stage, "native", n)
             if not w or not nat:

@@ -4,11 +4,12 @@
 //! MERGE; benchmarks can run [`transform_batch`] and [`build_merge`] natively).
 //!
 //! Everything here is a pure function of its input, compiles to `wasm32-unknown-unknown`
-//! without imports, and mirrors the WIT contract `floe:cdc@0.1.0` (`wit/floe.wit`)
+//! without imports, and mirrors the WIT contract `floe:cdc@0.2.0` (`wit/floe.wit`)
 //! with plain types ([`types`]).
 //!
 //! * [`validate`]: the default validation rules ([`validate_batch`]).
-//! * [`transform`]: Debezium envelopes to flat rows and table shapes ([`transform_batch`]);
+//! * [`transform`]: Debezium envelopes to flat rows and table shapes ([`transform_batch`];
+//!   [`validate_and_transform`] validates and transforms with one decode per event);
 //!   [`convert`]'s docs list how each Debezium/Connect type is written and typed.
 //! * [`merge`]: in-batch dedup and one parameterised MERGE per table ([`build_merge`]).
 //! * [`sql`]: quoting, types and `CREATE TABLE`.
@@ -32,6 +33,7 @@ pub use sql::{create_table_sql, qualified, quote_ident, sql_string_literal};
 pub use transform::{
     FROM_COLUMN, LSN_COLUMN, METADATA_COLUMNS, OP_COLUMN, SOURCE_TS_MS_COLUMN, UNAVAILABLE_COLUMN,
     UNAVAILABLE_PLACEHOLDER, UNAVAILABLE_PLACEHOLDER_BASE64, transform_batch,
+    validate_and_transform,
 };
 pub use types::{
     Bind, Column, DeleteMode, Error, Event, Failure, IdentifierCase, MergeInput, MergePlan, Op,

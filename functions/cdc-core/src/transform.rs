@@ -49,7 +49,9 @@ use serde_json::{Map, Value};
 
 use crate::convert::{self, Conv, EnvelopeSchema, RowSchema, SfType};
 use crate::envelope::{self, Change, Decoded};
-use crate::types::{Column, Error, Event, Failure, Op, Row, TableShape, Transformed, Truncate};
+use crate::types::{
+    Column, Error, Event, Failure, Op, Row, TableShape, Transformed, Truncate, Verdict,
+};
 
 /// Name of the metadata column holding the Debezium op code.
 pub const OP_COLUMN: &str = "__op";
@@ -80,6 +82,27 @@ pub const METADATA_COLUMNS: [(&str, &str); 3] = [
 /// Transforms a batch of events. `Err` only when the batch breaks the contract
 /// (more than `u32::MAX` events).
 pub fn transform_batch(events: &[Event<'_>]) -> Result<Transformed, Error> {
+    transform_events(events, None)
+}
+
+/// [`crate::validate_batch`] and [`transform_batch`] in one pass, each envelope decoded
+/// once: one verdict per event, and the transformer's answer for the accepted events
+/// (indexes into `events`). An event the validator rejects (its envelope does not
+/// decode) has its verdict and appears nowhere in the answer, exactly as if the
+/// accepted events alone had been transformed: a rejected event never relates to
+/// another one (it deletes no key, moves no key).
+pub fn validate_and_transform(events: &[Event<'_>]) -> Result<(Vec<Verdict>, Transformed), Error> {
+    let mut verdicts = vec![Verdict::Ok; events.len()];
+    let t = transform_events(events, Some(&mut verdicts))?;
+    Ok((verdicts, t))
+}
+
+/// [`transform_batch`]; with `verdicts`, an event whose envelope does not decode gets a
+/// rejection there instead of a failure in the answer.
+fn transform_events(
+    events: &[Event<'_>],
+    mut verdicts: Option<&mut Vec<Verdict>>,
+) -> Result<Transformed, Error> {
     if u32::try_from(events.len()).is_err() {
         return Err(Error::InvalidInput(format!(
             "{} events in one batch",
@@ -124,10 +147,13 @@ pub fn transform_batch(events: &[Event<'_>]) -> Result<Transformed, Error> {
                     });
                 }
             }
-            Err(reason) => t.out.failures.push(Failure {
-                event: index,
-                reason,
-            }),
+            Err(reason) => match verdicts.as_deref_mut() {
+                Some(verdicts) => verdicts[i] = Verdict::Rejected(reason),
+                None => t.out.failures.push(Failure {
+                    event: index,
+                    reason,
+                }),
+            },
         }
     }
     link_key_moves(&mut t.out.rows);

@@ -28,9 +28,10 @@
 //! accepted without a call; records floe cannot decode are rejected with the decoder's
 //! reason, so a user validator never sees them.
 //!
-//! The contract (WIT package `floe:cdc@0.1.0`, world `validator`) is versioned: a
-//! component built with this SDK version loads in every floe that speaks
-//! `floe:cdc@0.1.0`.
+//! The contract (WIT package `floe:cdc@0.2.0`, world `validator`) is versioned. World
+//! `validator` is unchanged since 0.1.0 (0.2.0 only added the built-ins' world
+//! `validating-transformer`), so a component built with this SDK loads in every floe
+//! that speaks `floe:cdc` 0.1.0 or 0.2.0.
 
 use floe_cdc_core::{Event, METADATA_COLUMNS, Verdict, transform_batch};
 use serde_json::{Map, Value};
@@ -63,7 +64,7 @@ macro_rules! column_getters {
 mod transform;
 
 /// The WIT package and version this SDK implements.
-pub const CONTRACT: &str = "floe:cdc@0.1.0";
+pub const CONTRACT: &str = "floe:cdc@0.2.0";
 
 /// One decoded row change.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use floe_host::{Host, HostError, Limits, MergeBuilder, RowTransform, Transformer, Validator};
+use floe_host::{
+    Host, HostError, Limits, MergeBuilder, RowTransform, Transformer, ValidatingTransformer,
+    Validator,
+};
 
 use crate::config::{ComponentRef, ComponentsConfig, OnFailure};
 
@@ -44,6 +47,10 @@ pub struct Chain {
     pub validators: Vec<Arc<Validator>>,
     pub transformer: Arc<Transformer>,
     pub transforms: Vec<Arc<RowTransform>>,
+    /// When the validators are exactly the built-in validator and the transformer is
+    /// the built-in one: both in one call (`validate-and-transform`), each envelope
+    /// parsed once. The host then calls it instead of `validators` and `transformer`.
+    pub fused: Option<Arc<ValidatingTransformer>>,
 }
 
 impl Components {
@@ -160,8 +167,10 @@ impl Components {
             } else {
                 None
             };
-            let validators = c
-                .validator_refs(cfg)
+            let validator_refs = c.validator_refs(cfg);
+            let builtins_only = validator_refs == [ComponentRef::Builtin]
+                && c.transformer_ref(cfg) == ComponentRef::Builtin;
+            let validators = validator_refs
                 .into_iter()
                 .map(|r| loader.load(&mut compiled_validators, "validator", r, Validator::new))
                 .collect::<Result<_, _>>()?;
@@ -183,11 +192,21 @@ impl Components {
                     )
                 })
                 .collect::<Result<_, _>>()?;
+            let fused = if builtins_only {
+                let fused = transformer.validating().ok_or_else(|| HostError::Load {
+                    component: transformer.name().to_owned(),
+                    message: "the built-in transformer does not export validate-and-transform: run `make components` (functions/build.sh), then rebuild".into(),
+                })?;
+                Some(Arc::new(fused))
+            } else {
+                None
+            };
             chains.push(Chain {
                 topics,
                 validators,
                 transformer,
                 transforms,
+                fused,
             });
         }
         let merge_ref = cfg.merge_builder_ref();
@@ -224,6 +243,9 @@ impl Components {
             }],
         };
         for chain in &c.chains {
+            if let Some(fused) = &chain.fused {
+                fused.validate_and_transform(&probe)?;
+            }
             for v in &chain.validators {
                 v.validate(&probe)?;
             }
@@ -324,6 +346,14 @@ mod tests {
         assert_eq!(c.chain_for("dbz.public.orders"), 1);
         assert_eq!(c.chains[0].transforms.len(), 1);
         assert!(c.chains[1].transforms.is_empty());
+        assert!(
+            c.chains[0].fused.is_none(),
+            "a chain with a user validator calls its components one by one"
+        );
+        assert!(
+            c.chains[1].fused.is_some(),
+            "the built-ins' chain calls validate-and-transform"
+        );
         assert!(
             Arc::ptr_eq(&c.chains[0].transformer, &c.chains[1].transformer),
             "the built-in transformer is compiled once for both chains"

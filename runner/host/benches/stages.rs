@@ -10,7 +10,8 @@
 //!   answer copied out;
 //! * `native`: the `floe-cdc-core` function the component wraps, on borrowed bytes.
 //!
-//! Stages: `validate` and `transform` over the whole batch (per record = per event),
+//! Stages: `validate`, `transform` and the built-ins' fused `validate_and_transform`
+//! over the whole batch (per record = per event),
 //! `build_merge` once per table over that table's transformed rows, as the pipeline does
 //! (per record = per row). Criterion's estimates land in
 //! `target/criterion/<stage>/<impl>/<events>/new/estimates.json`; dev/bench.sh turns
@@ -339,6 +340,9 @@ fn stages(c: &mut Criterion) {
         limits.clone(),
     )
     .expect("transformer");
+    let fused = transformer
+        .validating()
+        .expect("the built-in transformer exports validate-and-transform");
     let merge_builder =
         MergeBuilder::new(&host, "merge_builder", &component("merge_builder"), limits)
             .expect("merge builder");
@@ -432,6 +436,23 @@ fn stages(c: &mut Criterion) {
         });
         g.bench_with_input(BenchmarkId::new("native", n), &events, |b, events| {
             b.iter(|| core::transform_batch(events).expect("transform"))
+        });
+        g.finish();
+
+        // The built-ins' fused call: validate and transform with one parse per event,
+        // against validate then transform (the `validate` and `transform` groups).
+        let (fused_verdicts, fused_transformed) = fused
+            .validate_and_transform(&wit_batch)
+            .expect("wasm validate-and-transform");
+        assert!(fused_verdicts.iter().all(|v| matches!(v, wit::Verdict::Ok)));
+        assert_eq!(fused_transformed.rows.len(), wasm_transformed.rows.len());
+        let mut g = c.benchmark_group("validate_and_transform");
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::new("wasm", n), &wit_batch, |b, batch| {
+            b.iter(|| fused.validate_and_transform(batch).expect("fused"))
+        });
+        g.bench_with_input(BenchmarkId::new("native", n), &events, |b, events| {
+            b.iter(|| core::validate_and_transform(events).expect("fused"))
         });
         g.finish();
 

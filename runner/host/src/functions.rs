@@ -164,32 +164,35 @@ impl Validator {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_validate(&mut *store, batch)
         });
-        (result.and_then(|v| self.checked(batch, v)), usage)
+        (
+            result.and_then(|v| checked_verdicts(&self.0.name, batch, v)),
+            usage,
+        )
     }
+}
 
-    /// The contract checks of a validator's answer; reasons bounded.
-    fn checked(
-        &self,
-        batch: &Batch,
-        mut verdicts: Vec<Verdict>,
-    ) -> Result<Vec<Verdict>, HostError> {
-        if verdicts.len() != batch.events.len() {
-            return Err(contract(
-                &self.0.name,
-                format!(
-                    "{} verdicts for {} events",
-                    verdicts.len(),
-                    batch.events.len()
-                ),
-            ));
-        }
-        for v in &mut verdicts {
-            if let Verdict::Rejected(reason) = v {
-                *reason = bounded(std::mem::take(reason));
-            }
-        }
-        Ok(verdicts)
+/// The contract checks of a validator's answer: one verdict per event; reasons bounded.
+fn checked_verdicts(
+    name: &str,
+    batch: &Batch,
+    mut verdicts: Vec<Verdict>,
+) -> Result<Vec<Verdict>, HostError> {
+    if verdicts.len() != batch.events.len() {
+        return Err(contract(
+            name,
+            format!(
+                "{} verdicts for {} events",
+                verdicts.len(),
+                batch.events.len()
+            ),
+        ));
     }
+    for v in &mut verdicts {
+        if let Verdict::Rejected(reason) = v {
+            *reason = bounded(std::mem::take(reason));
+        }
+    }
+    Ok(verdicts)
 }
 
 /// A loaded transformer component (world `transformer`).
@@ -212,44 +215,113 @@ impl Transformer {
         &self.0.name
     }
 
+    /// The same component's `validate-and-transform` (world `validating-transformer`),
+    /// when it exports one, as floe's built-in transformer does; linked from the
+    /// compiled component, not compiled again.
+    pub fn validating(&self) -> Option<ValidatingTransformer> {
+        let instance_pre = self.0.pre.instance_pre().clone();
+        let pre = gen_::validating_transformer::ValidatingTransformerPre::new(instance_pre).ok()?;
+        Some(ValidatingTransformer(Loaded {
+            host: self.0.host.clone(),
+            name: self.0.name.clone(),
+            limits: self.0.limits.clone(),
+            pre,
+        }))
+    }
+
     /// Rows, truncates and per-event failures for the batch; every index in the answer
     /// is checked against the batch.
     pub fn transform(&self, batch: &Batch) -> Result<Transformed, HostError> {
-        let mut out = self.0.call(|pre, store| {
+        let out = self.0.call(|pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_transform(&mut *store, batch)
         })?;
-        let events = batch.events.len();
-        let tables = out.tables.len();
-        let bad_row = out
-            .rows
-            .iter()
-            .find(|r| r.event as usize >= events || r.table as usize >= tables);
-        if let Some(r) = bad_row {
-            return Err(contract(
-                &self.0.name,
-                format!(
-                    "row refers to event {} / table {} but the batch has {events} events and the answer {tables} tables",
-                    r.event, r.table
-                ),
-            ));
-        }
-        let bad_event = out
-            .failures
-            .iter()
-            .map(|f| f.event)
-            .chain(out.truncates.iter().map(|t| t.event))
-            .find(|&e| e as usize >= events);
-        if let Some(e) = bad_event {
-            return Err(contract(
-                &self.0.name,
-                format!("answer refers to event {e} but the batch has {events} events"),
-            ));
-        }
-        for f in &mut out.failures {
-            f.reason = bounded(std::mem::take(&mut f.reason));
-        }
-        Ok(out)
+        checked_transformed(&self.0.name, batch.events.len(), None, out)
+    }
+}
+
+/// The contract checks of a transformer's answer for a batch of `events` events:
+/// every index in range, none naming an event `verdicts` rejected; reasons bounded.
+fn checked_transformed(
+    name: &str,
+    events: usize,
+    verdicts: Option<&[Verdict]>,
+    mut out: Transformed,
+) -> Result<Transformed, HostError> {
+    let tables = out.tables.len();
+    let bad_row = out
+        .rows
+        .iter()
+        .find(|r| r.event as usize >= events || r.table as usize >= tables);
+    if let Some(r) = bad_row {
+        return Err(contract(
+            name,
+            format!(
+                "row refers to event {} / table {} but the batch has {events} events and the answer {tables} tables",
+                r.event, r.table
+            ),
+        ));
+    }
+    let mut indexes = (out.rows.iter().map(|r| r.event))
+        .chain(out.failures.iter().map(|f| f.event))
+        .chain(out.truncates.iter().map(|t| t.event));
+    if let Some(e) = indexes.clone().find(|&e| e as usize >= events) {
+        return Err(contract(
+            name,
+            format!("answer refers to event {e} but the batch has {events} events"),
+        ));
+    }
+    if let Some(verdicts) = verdicts
+        && let Some(e) = indexes.find(|&e| !matches!(verdicts[e as usize], Verdict::Ok))
+    {
+        return Err(contract(
+            name,
+            format!("answer refers to event {e}, which its verdict rejected"),
+        ));
+    }
+    for f in &mut out.failures {
+        f.reason = bounded(std::mem::take(&mut f.reason));
+    }
+    Ok(out)
+}
+
+/// The built-in validator and transformer in one component (world
+/// `validating-transformer`): each event's envelope is parsed once.
+pub struct ValidatingTransformer(
+    Loaded<gen_::validating_transformer::ValidatingTransformerPre<StoreState>>,
+);
+
+impl ValidatingTransformer {
+    pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
+        Loaded::new(
+            host,
+            name,
+            wasm,
+            limits,
+            gen_::validating_transformer::ValidatingTransformerPre::new,
+        )
+        .map(ValidatingTransformer)
+    }
+
+    /// The component's name, as given when loading.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// One verdict per event and the rows, truncates and failures of the accepted
+    /// events (indexes into `batch`), checked as [`Validator::validate`] and
+    /// [`Transformer::transform`] check theirs; no index names a rejected event.
+    pub fn validate_and_transform(
+        &self,
+        batch: &Batch,
+    ) -> Result<(Vec<Verdict>, Transformed), HostError> {
+        let (verdicts, out) = self.0.call(|pre, store| {
+            let instance = pre.instantiate(&mut *store)?;
+            instance.call_validate_and_transform(&mut *store, batch)
+        })?;
+        let verdicts = checked_verdicts(&self.0.name, batch, verdicts)?;
+        let out = checked_transformed(&self.0.name, batch.events.len(), Some(&verdicts), out)?;
+        Ok((verdicts, out))
     }
 }
 

@@ -1,7 +1,8 @@
 //! `floe-host`: the one crate in floe that owns wasmtime.
 //!
-//! It loads the four kinds of floe component (worlds `validator`, `transformer`,
-//! `row-transform` and `merge-builder` of `wit/floe.wit`) and calls them once per micro-batch inside a
+//! It loads the kinds of floe component (worlds `validator`, `transformer`,
+//! `validating-transformer` (the built-ins' fused call), `row-transform` and
+//! `merge-builder` of `wit/floe.wit`) and calls them once per micro-batch inside a
 //! sandbox. Nothing else in floe imports wasmtime: callers see plain data types
 //! ([`types`]) and [`HostError`].
 //!
@@ -27,7 +28,8 @@ mod wasi;
 pub use engine::{Host, Limits, precompile_portable, precompiled_name};
 pub use error::{HostError, TrapKind};
 pub use functions::{
-    MAX_REASON_BYTES, MergeBuilder, RowTransform, Transformer, Usage, Validator, bounded,
+    MAX_REASON_BYTES, MergeBuilder, RowTransform, Transformer, Usage, ValidatingTransformer,
+    Validator, bounded,
 };
 pub use wasi::{Capability, Grants, MAX_OUTPUT_BYTES};
 
@@ -49,6 +51,13 @@ mod gen_ {
         wasmtime::component::bindgen!({
             path: "../../wit",
             world: "transformer",
+            with: { "floe:cdc/types": super::validator::floe::cdc::types },
+        });
+    }
+    pub mod validating_transformer {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "validating-transformer",
             with: { "floe:cdc/types": super::validator::floe::cdc::types },
         });
     }

@@ -485,13 +485,18 @@ fn portable_precompiled_components_load_without_compiling() {
 #[test]
 fn the_c_example_validator_loads_and_runs() {
     let h = host();
-    let v = Validator::new(
-        &h,
-        "c-rules",
-        &example("example_c_validator"),
-        Limits::default(),
-    )
-    .unwrap();
+    let bytes = example("example_c_validator");
+    // Its bindings were generated from `floe:cdc@0.1.0` and are kept so: a component
+    // built against 0.1.0 must load and run in a floe that speaks 0.2.0.
+    let contract = |version: &str| {
+        let name = format!("floe:cdc/types@{version}");
+        bytes.windows(name.len()).any(|w| w == name.as_bytes())
+    };
+    assert!(
+        contract("0.1.0") && !contract("0.2.0"),
+        "the C example is a floe:cdc@0.1.0 component"
+    );
+    let v = Validator::new(&h, "c-rules", &bytes, Limits::default()).unwrap();
     let line = |id: i64, amount: &str| {
         (
             "dbz.public.orders".to_string(),

@@ -23,6 +23,8 @@ use crate::sinks::{LoadReport, Sink, SinkError};
 mod deliver;
 mod prepare;
 mod shares;
+#[cfg(test)]
+mod tests;
 
 /// Errors that stop processing: the warehouse refused for good (auth, SQL), or a
 /// component failed under `components.on_failure = "stop"`. Per-event problems never

@@ -158,7 +158,8 @@ impl<K: Sink> BatchProcessor<K> {
 
         // 1. validate: each event by its topic's chain, every validator of the chain in
         // order; the first rejection is the one reported. A failed call dead-letters
-        // the chain's events of this batch (not the other chains').
+        // the chain's events of this batch (not the other chains'). A chain of built-ins
+        // only (`Chain::fused`) is validated in step 2, by the call that transforms.
         let c = &self.components;
         let n = batch.events.len();
         let chain_of: Vec<usize> = batch
@@ -175,7 +176,14 @@ impl<K: Sink> BatchProcessor<K> {
         let verdicts = map_parallel(&parts, parallelism, |share| {
             // (member position in the share, its rejection), first rejection only.
             let mut out: Vec<Option<DeadLetter>> = (0..share.members.len()).map(|_| None).collect();
-            for v in &c.chains[share.chain].validators {
+            let chain = &c.chains[share.chain];
+            // A fused chain validates in step 2, in the same call that transforms.
+            let validators = if chain.fused.is_some() {
+                &[][..]
+            } else {
+                &chain.validators[..]
+            };
+            for v in validators {
                 match retry_once(|| v.validate(&share.input)) {
                     Ok(verdicts) => {
                         for (k, verdict) in verdicts.into_iter().enumerate() {
@@ -568,9 +576,10 @@ impl<K: Sink> BatchProcessor<K> {
     /// Step 2 of [`BatchProcessor::prepare`]: each share of `batch` (a chain's events of
     /// some topics, [`super::shares`]) through the chain's transformer and then its row
     /// transforms, shares in parallel, the answers merged into one in batch order
-    /// (event indexes into `batch`). Rows that failed, and every event of a share whose
-    /// component call failed, are dead-lettered here; the returned flags mark those
-    /// events as handled. `batch` is handed back, its events in order.
+    /// (event indexes into `batch`). A fused chain's share is validated and transformed
+    /// in one call. Rows that failed, events a fused call rejected, and every event of a
+    /// share whose component call failed, are dead-lettered here; the returned flags
+    /// mark those events as handled. `batch` is handed back, its events in order.
     fn transform_chains(
         &self,
         mut batch: Batch,
@@ -592,21 +601,37 @@ impl<K: Sink> BatchProcessor<K> {
         // Each share through its chain's transformer, then its row transforms, on its
         // own core: the answer and which component failed each of its failures, or the
         // failed call and its component.
+        // A fused chain's share is validated here too: its rejections (position in the
+        // share, reason) come back beside the answer.
         let answers = map_parallel(&parts, parallelism, |share| {
             let chain = &chains[share.chain];
-            let mut answer = retry_once(|| chain.transformer.transform(&share.input))
-                .map_err(|e| (e, chain.transformer.name()))?;
+            let mut rejected: Vec<(usize, String)> = Vec::new();
+            let mut answer = match &chain.fused {
+                Some(fused) => {
+                    let (verdicts, answer) =
+                        retry_once(|| fused.validate_and_transform(&share.input))
+                            .map_err(|e| (e, fused.name()))?;
+                    for (k, verdict) in verdicts.into_iter().enumerate() {
+                        if let Verdict::Rejected(reason) = verdict {
+                            rejected.push((k, reason));
+                        }
+                    }
+                    answer
+                }
+                None => retry_once(|| chain.transformer.transform(&share.input))
+                    .map_err(|e| (e, chain.transformer.name()))?,
+            };
             let mut failed_by: Vec<&str> = vec![chain.transformer.name(); answer.failures.len()];
             for t in &chain.transforms {
                 let next = retry_once(|| t.transform_rows(&answer)).map_err(|e| (e, t.name()))?;
                 failed_by.resize(next.failures.len(), t.name());
                 answer = next;
             }
-            Ok((answer, failed_by))
+            Ok((answer, failed_by, rejected))
         });
         for (share, answer) in parts.iter().zip(answers) {
             let members = &share.members;
-            let (answer, failed_by) = match answer {
+            let (answer, failed_by, rejected) = match answer {
                 Ok(a) => a,
                 Err((e, component)) => {
                     // A failed call dead-letters every event of the share.
@@ -629,6 +654,22 @@ impl<K: Sink> BatchProcessor<K> {
                     continue;
                 }
             };
+            if !rejected.is_empty() {
+                // Reported as the built-in validator would have: the fused call is its
+                // rules.
+                let validator = chains[share.chain].validators[0].name();
+                for (k, reason) in rejected {
+                    let i = members[k];
+                    handled[i] = true;
+                    dead.push(DeadLetter {
+                        index: original[i],
+                        category: rejection_type(&reason),
+                        stage: "validate",
+                        component: validator.to_owned(),
+                        reason,
+                    });
+                }
+            }
             for (f, component) in answer.failures.iter().zip(failed_by) {
                 let i = members[f.event as usize];
                 handled[i] = true;
