@@ -76,7 +76,9 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use indexmap::IndexMap;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::sql::{self, json_element_expr, json_field_expr, quote_ident, sql_string_literal};
@@ -290,52 +292,97 @@ pub fn dedup_carry_forward(rows: &[Row]) -> Result<Vec<(usize, Cow<'_, str>)>, E
     Ok(winners)
 }
 
-fn parse_object(data: &str) -> Result<Map<String, Value>, String> {
+/// A row's members in order, each value as written (not decoded): carrying values
+/// forward moves them as text. A repeated name keeps its first position and its last
+/// value, as a parsed object would.
+type RawObject<'a> = IndexMap<String, &'a RawValue>;
+
+fn parse_object(data: &str) -> Result<RawObject<'_>, String> {
     serde_json::from_str(data).map_err(|e| format!("data is not a JSON object: {e}"))
 }
 
-/// The `__unavailable` members of a parsed row, if any.
-fn unavailable_of(object: &Map<String, Value>) -> Option<&Map<String, Value>> {
-    object.get(UNAVAILABLE_COLUMN).and_then(Value::as_object)
+/// The `__unavailable` members of a row, if it has them as an object.
+fn unavailable_of(object: &RawObject<'_>) -> Option<Map<String, Value>> {
+    let raw = object.get(UNAVAILABLE_COLUMN)?;
+    match serde_json::from_str(raw.get()) {
+        Ok(Value::Object(members)) => Some(members),
+        _ => None,
+    }
 }
 
 /// `data` with its unavailable columns filled from `previous` where it has them;
-/// `None` when nothing could be filled.
+/// `None` when nothing could be filled. Values are copied as written; the members keep
+/// their order, filled columns the row did not name come last.
 fn carry_forward(data: &str, previous: &str) -> Result<Option<String>, String> {
-    let mut object = parse_object(data)?;
-    let Some(missing) = unavailable_of(&object) else {
+    let object = parse_object(data)?;
+    let Some(mut missing) = unavailable_of(&object) else {
         return Ok(None);
     };
-    let missing: Vec<String> = missing.keys().cloned().collect();
     if missing.is_empty() {
         return Ok(None);
     }
     let previous = parse_object(previous)?;
     let previous_missing = unavailable_of(&previous);
-    let mut filled = Vec::new();
-    for name in missing {
-        if previous_missing.is_some_and(|m| m.contains_key(&name)) {
+    let mut filled: IndexMap<&str, &RawValue> = IndexMap::new();
+    for name in missing.keys() {
+        if previous_missing
+            .as_ref()
+            .is_some_and(|m| m.contains_key(name))
+        {
             continue;
         }
-        if let Some(value) = previous.get(&name) {
-            object.insert(name.clone(), value.clone());
-            filled.push(name);
+        if let Some(value) = previous.get(name) {
+            filled.insert(name, value);
         }
     }
     if filled.is_empty() {
         return Ok(None);
     }
-    if let Some(Value::Object(list)) = object.get_mut(UNAVAILABLE_COLUMN) {
-        for name in &filled {
-            list.shift_remove(name);
-        }
-        if list.is_empty() {
-            object.shift_remove(UNAVAILABLE_COLUMN);
+    let filled: Vec<(String, &RawValue)> = (filled.into_iter())
+        .map(|(n, v)| (n.to_owned(), v))
+        .collect();
+    for (name, _) in &filled {
+        missing.shift_remove(name);
+    }
+    let still_missing = if missing.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::to_string(&missing)
+                .map_err(|e| format!("cannot re-serialise data: {e}"))?,
+        )
+    };
+    let mut out = String::with_capacity(data.len() + previous.len() / 2);
+    let mut member = |name: &str, value: &str| -> Result<(), String> {
+        out.push(if out.is_empty() { '{' } else { ',' });
+        let name =
+            serde_json::to_string(name).map_err(|e| format!("cannot re-serialise data: {e}"))?;
+        out.push_str(&name);
+        out.push(':');
+        out.push_str(value);
+        Ok(())
+    };
+    for (name, value) in &object {
+        if name == UNAVAILABLE_COLUMN {
+            if let Some(list) = &still_missing {
+                member(name, list)?;
+            }
+        } else if let Some((_, carried)) = filled.iter().find(|(n, _)| n == name) {
+            member(name, carried.get())?;
+        } else {
+            member(name, value.get())?;
         }
     }
-    serde_json::to_string(&object)
-        .map(Some)
-        .map_err(|e| format!("cannot re-serialise data: {e}"))
+    for (name, carried) in &filled {
+        if !object.contains_key(name) {
+            member(name, carried.get())?;
+        }
+    }
+    if out.is_empty() {
+        out.push('{');
+    }
+    out.push('}');
+    Ok(Some(out))
 }
 
 /// `data.__unavailable` as the MERGE reads it: absent, null, or an object.
@@ -939,6 +986,25 @@ mod tests {
             .into_iter()
             .map(|(i, d)| (i, serde_json::from_str(&d).unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn carried_values_keep_their_text_and_the_members_their_order() {
+        let previous = r#"{"id":"1","doc":{"a": 1,  "b":[1.50]},"big":"\u00e9t\u00e9","__op":"c","__lsn":"10"}"#;
+        let data = r#"{"id":"1","doc":null,"big":null,"note":null,"__op":"u","__lsn":"20","__unavailable":{"doc":true,"big":true,"note":true}}"#;
+        assert_eq!(
+            carry_forward(data, previous).unwrap().unwrap(),
+            r#"{"id":"1","doc":{"a": 1,  "b":[1.50]},"big":"\u00e9t\u00e9","note":null,"__op":"u","__lsn":"20","__unavailable":{"note":true}}"#
+        );
+        // A filled column the row did not name comes last; an emptied list goes.
+        let data = r#"{"id":"1","__op":"u","__lsn":"20","__unavailable":{"doc":true}}"#;
+        assert_eq!(
+            carry_forward(data, previous).unwrap().unwrap(),
+            r#"{"id":"1","__op":"u","__lsn":"20","doc":{"a": 1,  "b":[1.50]}}"#
+        );
+        // Nothing to fill from: no new data.
+        let data = r#"{"id":"1","__op":"u","__lsn":"20","__unavailable":{"other":true}}"#;
+        assert_eq!(carry_forward(data, previous).unwrap(), None);
     }
 
     #[test]
