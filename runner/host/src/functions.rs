@@ -286,23 +286,13 @@ fn checked_transformed(
 }
 
 /// The built-in validator and transformer in one component (world
-/// `validating-transformer`): each event's envelope is parsed once.
+/// `validating-transformer`): each event's envelope is parsed once. Made from a loaded
+/// [`Transformer`] by [`Transformer::validating`].
 pub struct ValidatingTransformer(
     Loaded<gen_::validating_transformer::ValidatingTransformerPre<StoreState>>,
 );
 
 impl ValidatingTransformer {
-    pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
-        Loaded::new(
-            host,
-            name,
-            wasm,
-            limits,
-            gen_::validating_transformer::ValidatingTransformerPre::new,
-        )
-        .map(ValidatingTransformer)
-    }
-
     /// The component's name, as given when loading.
     pub fn name(&self) -> &str {
         &self.0.name
