@@ -323,24 +323,17 @@ fn carry_forward(data: &str, previous: &str) -> Result<Option<String>, String> {
     }
     let previous = parse_object(previous)?;
     let previous_missing = unavailable_of(&previous);
-    let mut filled: IndexMap<&str, &RawValue> = IndexMap::new();
-    for name in missing.keys() {
-        if previous_missing
-            .as_ref()
-            .is_some_and(|m| m.contains_key(name))
-        {
-            continue;
-        }
-        if let Some(value) = previous.get(name) {
-            filled.insert(name, value);
-        }
-    }
+    let filled: Vec<(String, &RawValue)> = (missing.keys())
+        .filter(|name| {
+            !previous_missing
+                .as_ref()
+                .is_some_and(|m| m.contains_key(*name))
+        })
+        .filter_map(|name| previous.get(name).map(|value| (name.clone(), *value)))
+        .collect();
     if filled.is_empty() {
         return Ok(None);
     }
-    let filled: Vec<(String, &RawValue)> = (filled.into_iter())
-        .map(|(n, v)| (n.to_owned(), v))
-        .collect();
     for (name, _) in &filled {
         missing.shift_remove(name);
     }
