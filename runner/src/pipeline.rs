@@ -1,6 +1,7 @@
 //! The runner's loop: source -> [`BatchProcessor`] -> commit, with the broker circuit
 //! breaker, idle exit, hot reload of the components, metrics export and graceful
-//! shutdown.
+//! shutdown. A batch is loaded on a task of its own while the next one is consumed
+//! and prepared.
 //!
 //! It knows neither rdkafka nor HTTP: only [`Source`], [`Sink`] and the batch processor.
 //! A batch's offsets are committed only after the sink returned and its dead letters
@@ -15,7 +16,7 @@ pub use floe_batch::breaker::BreakerSettings;
 pub use floe_batch::processor::{ProcessError, Processed, ProcessorSettings, Summary};
 
 use floe_batch::breaker::{CircuitBreaker, shutdown_requested};
-use floe_batch::processor::BatchProcessor;
+use floe_batch::processor::{BatchProcessor, Delivery, PreparedBatch, Preparer};
 
 use crate::components::Components;
 use crate::config::SnowflakeConfig;
@@ -24,7 +25,7 @@ use crate::events::{
     BatchReceived, Breaker, CommitRefused, ComponentsReloaded, Stats, StatsSnapshot,
 };
 use crate::sinks::{Sink, SinkError};
-use crate::sources::{BatchLimits, Source, SourceBatch, SourceError};
+use crate::sources::{BatchLimits, InFlight, Source, SourceBatch, SourceError};
 
 /// Errors that stop a pipeline run. Per-event problems never do: they are logged and
 /// counted (and, later, dead-lettered).
@@ -147,16 +148,33 @@ impl Watched {
     }
 }
 
-/// One pipeline: a source, the batch processor (components, sink, dead letters) and
-/// the loop between them.
+/// One pipeline: a source, the batch processor's two halves (components; sink and
+/// dead letters) and the loop between them.
 pub struct Pipeline<S, K> {
     source: S,
-    processor: BatchProcessor<K>,
+    /// The components (CPU-bound), run on this task.
+    preparer: Preparer,
+    /// The sink and the dead letter queue, locked by the task that loads a batch while
+    /// this one consumes and prepares the next.
+    delivery: Arc<tokio::sync::Mutex<Delivery<K>>>,
+    /// The batch being loaded, if one is.
+    loading: Option<Loading>,
+    /// Where the source learns about the batch being loaded (rebalances).
+    in_flight: Option<Arc<InFlight>>,
+    stats: Arc<Stats>,
     settings: PipelineSettings,
     /// The broker circuit breaker (consumption and offset commits).
     broker: CircuitBreaker,
     /// Hot reload of the components, when configured.
     watched: Option<Watched>,
+}
+
+/// A batch handed to the load task: the task gives back the batch (its checkpoint is
+/// committed once it is loaded) and the outcome.
+struct Loading {
+    task: tokio::task::JoinHandle<(SourceBatch, Result<Processed, ProcessError>)>,
+    /// When the batch was received.
+    started: Instant,
 }
 
 impl PipelineSettings {
@@ -172,7 +190,7 @@ impl PipelineSettings {
     }
 }
 
-impl<S: Source, K: Sink> Pipeline<S, K> {
+impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
     pub fn new(
         source: S,
         sink: K,
@@ -181,10 +199,15 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         stats: Arc<Stats>,
     ) -> Self {
         let watched = settings.reload.clone().map(Watched::new);
-        let processor = BatchProcessor::new(sink, components, settings.processor(), stats);
+        let processor = BatchProcessor::new(sink, components, settings.processor(), stats.clone());
+        let (preparer, delivery) = processor.into_parts();
         Pipeline {
+            in_flight: source.in_flight(),
             source,
-            processor,
+            preparer,
+            delivery: Arc::new(tokio::sync::Mutex::new(delivery)),
+            loading: None,
+            stats,
             broker: CircuitBreaker::new(Breaker::Broker, settings.breaker, settings.load_attempts),
             settings,
             watched,
@@ -192,69 +215,100 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
     }
 
     /// Sends events that cannot be loaded to `dlq` instead of only logging them.
-    pub fn with_dead_letters(mut self, dlq: DeadLetterQueue) -> Self {
-        self.processor.set_dead_letters(dlq);
+    pub fn with_dead_letters(self, dlq: DeadLetterQueue) -> Self {
+        self.delivery_now().set_dead_letters(dlq);
         self
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
-        self.processor.stats()
+        &self.stats
     }
 
-    pub fn sink(&self) -> &K {
-        self.processor.sink()
+    /// The sink. Only between runs: panics while a batch is being loaded.
+    pub fn sink(&self) -> impl std::ops::Deref<Target = K> + '_ {
+        tokio::sync::MutexGuard::map(self.delivery_now(), |d| d.sink_mut())
     }
 
     pub fn source(&self) -> &S {
         &self.source
     }
 
+    /// The delivery half, when no load holds it (between runs, or before a load starts).
+    fn delivery_now(&self) -> tokio::sync::MutexGuard<'_, Delivery<K>> {
+        self.delivery.try_lock().expect("no batch is being loaded")
+    }
+
     /// Runs until the source is exhausted, the idle timeout passes, or `shutdown`
-    /// turns true. A batch in progress when shutdown is asked is finished and
-    /// committed first; a batch still being collected is dropped uncommitted (the
-    /// next run consumes it again).
+    /// turns true. Batch N is loaded (on its own task) while batch N+1 is consumed and
+    /// prepared; N+1 is loaded only after N is loaded and committed, so loads and
+    /// commits stay in order. At shutdown the batch being loaded is finished and
+    /// committed first, within `shutdown_timeout`; a batch still being collected or
+    /// prepared is dropped uncommitted (the next run consumes it again).
     pub async fn run(
         &mut self,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<StatsSnapshot, PipelineError> {
+        let ran = self.run_batches(shutdown.clone()).await;
+        // Whatever ended the loop, the batch being loaded is finished and committed.
+        let settled = self.settle(&shutdown).await;
+        ran?;
+        settled?;
+        self.export_metrics()?;
+        Ok(self.stats.snapshot())
+    }
+
+    async fn run_batches(
+        &mut self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), PipelineError> {
         let mut last_event = Instant::now();
         loop {
             if *shutdown.borrow() {
                 tracing::info!("shutdown requested; stopping");
-                break;
+                return Ok(());
+            }
+            // A load that ended while the last batch was consumed is committed first.
+            if self.loading.as_ref().is_some_and(|l| l.task.is_finished())
+                && !self.settle(&shutdown).await?
+            {
+                return Ok(());
             }
             self.reload_if_due();
             let next = tokio::select! {
                 b = self.source.next_batch(self.settings.limits) => b,
                 _ = shutdown.changed() => {
-                    tracing::info!("shutdown requested; in-flight batch left uncommitted");
-                    break;
+                    tracing::info!("shutdown requested; the batch being collected is left uncommitted");
+                    return Ok(());
                 }
             };
             let next = match next {
                 Ok(next) => {
-                    self.broker.success(self.processor.stats());
+                    self.broker.success(&self.stats);
                     next
                 }
                 Err(e) if e.is_retryable() => {
                     let error = e.to_string();
                     if !self
                         .broker
-                        .failure("consume", &error, self.processor.stats(), shutdown.clone())
+                        .failure("consume", &error, &self.stats, shutdown.clone())
                         .await
                     {
                         tracing::info!("shutdown requested; stopping");
-                        break;
+                        return Ok(());
                     }
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
-            let Some(batch) = next else {
+            let Some(mut batch) = next else {
                 tracing::info!("source exhausted");
-                break;
+                return Ok(());
             };
             if batch.messages.is_empty() {
+                // Nothing new: the batch being loaded is committed now, not held.
+                if !self.settle(&shutdown).await? {
+                    return Ok(());
+                }
                 if !self.source.is_ready() {
                     last_event = Instant::now();
                 }
@@ -262,33 +316,31 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
                     && last_event.elapsed() >= idle
                 {
                     tracing::info!(idle_secs = idle.as_secs_f64(), "idle; stopping");
-                    break;
+                    return Ok(());
                 }
                 continue;
             }
             last_event = Instant::now();
-            // A shutdown request gives the in-flight batch `shutdown_timeout` to finish
-            // (and commit); then it is abandoned uncommitted.
-            let timeout = self.settings.breaker.shutdown_timeout;
-            let stop = shutdown.clone();
-            let deadline = async move {
-                shutdown_requested(stop).await;
-                tokio::time::sleep(timeout).await;
-            };
-            let done = tokio::select! {
-                r = self.process_until(batch, shutdown.clone()) => r?,
-                _ = deadline => {
-                    tracing::warn!(timeout_ms = timeout.as_millis() as u64, "shutdown: the in-flight batch did not finish in time; abandoned uncommitted (the next run replays it)");
-                    false
-                }
-            };
-            self.export_metrics()?;
-            if !done {
-                break;
+            let started = Instant::now();
+            BatchReceived {
+                events: batch.messages.len(),
+                bytes: batch.bytes,
             }
+            .emit(&self.stats);
+            // While the previous batch loads on its own task.
+            let preparer = &mut self.preparer;
+            let prepared = tokio::task::block_in_place(|| preparer.prepare(&mut batch.messages));
+            // Loads (and commits) stay in order: the previous batch first.
+            let settled = self.settle(&shutdown).await?;
+            let prepared = prepared?;
+            // A shutdown asked while the previous batch loaded leaves this one
+            // unloaded and uncommitted: only the batch in flight is finished.
+            if !settled || *shutdown.borrow() {
+                tracing::info!("shutdown requested; the prepared batch is left uncommitted");
+                return Ok(());
+            }
+            self.start_load(batch, prepared, started, shutdown.clone());
         }
-        self.export_metrics()?;
-        Ok(self.processor.stats().snapshot())
     }
 
     /// Between batches: replaces the components when a reload is due and the new ones
@@ -305,55 +357,127 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         let cfg = watched.settings.components.clone();
         match tokio::task::block_in_place(|| Components::load_checked(&cfg)) {
             Ok(components) => {
-                self.processor.set_components(Arc::new(components));
+                self.preparer.set_components(Arc::new(components));
                 ComponentsReloaded {
                     trigger,
                     error: None,
                 }
-                .emit(self.processor.stats());
+                .emit(&self.stats);
             }
             Err(e) => ComponentsReloaded {
                 trigger,
                 error: Some(&e.to_string()),
             }
-            .emit(self.processor.stats()),
+            .emit(&self.stats),
         }
     }
 
-    /// Processes, loads and commits one batch.
-    pub async fn process(&mut self, batch: SourceBatch) -> Result<(), PipelineError> {
+    /// Processes, loads and commits one batch (after the one being loaded, if any).
+    pub async fn process(&mut self, mut batch: SourceBatch) -> Result<(), PipelineError> {
         let (_tx, rx) = tokio::sync::watch::channel(false);
-        self.process_until(batch, rx).await.map(|_| ())
-    }
-
-    /// [`Pipeline::process`]; while the warehouse or DLQ breaker is open, a shutdown
-    /// request abandons the batch uncommitted (`Ok(false)`).
-    async fn process_until(
-        &mut self,
-        mut batch: SourceBatch,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<bool, PipelineError> {
+        self.settle(&rx).await?;
         let started = Instant::now();
         BatchReceived {
             events: batch.messages.len(),
             bytes: batch.bytes,
         }
-        .emit(self.processor.stats());
-        let summary = match self
-            .processor
-            .process(&mut batch.messages, shutdown.clone())
-            .await?
-        {
-            Processed::Done(summary) => summary,
-            Processed::Stopped(_) => return Ok(false),
+        .emit(&self.stats);
+        let preparer = &mut self.preparer;
+        let prepared = tokio::task::block_in_place(|| preparer.prepare(&mut batch.messages))?;
+        self.start_load(batch, prepared, started, rx.clone());
+        self.settle(&rx).await.map(|_| ())
+    }
+
+    /// Hands `batch` to a task of its own that loads it and writes its dead letters.
+    fn start_load(
+        &mut self,
+        batch: SourceBatch,
+        prepared: PreparedBatch,
+        started: Instant,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        debug_assert!(self.loading.is_none(), "one load at a time");
+        if let Some(f) = &self.in_flight {
+            f.begin(batch.checkpoint.clone());
+        }
+        let delivery = self.delivery.clone();
+        let in_flight = self.in_flight.clone();
+        let task = tokio::spawn(async move {
+            // Free: the previous load was settled before this one started.
+            let mut delivery = delivery.lock_owned().await;
+            let outcome = (delivery.deliver(&batch.messages, prepared, shutdown)).await;
+            if let Some(f) = in_flight {
+                f.finish(matches!(outcome, Ok(Processed::Done(_))));
+            }
+            (batch, outcome)
+        });
+        self.loading = Some(Loading { task, started });
+    }
+
+    /// Waits for the batch being loaded (if any) and commits it. A shutdown request
+    /// gives it `shutdown_timeout` to finish; then it is abandoned uncommitted.
+    /// `Ok(false)`: the batch was left uncommitted because of a shutdown (the next run
+    /// replays it); the run should stop.
+    async fn settle(
+        &mut self,
+        shutdown: &tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, PipelineError> {
+        let Some(mut loading) = self.loading.take() else {
+            return Ok(true);
         };
-        if !self.commit(&batch.checkpoint, shutdown).await? {
+        let timeout = self.settings.breaker.shutdown_timeout;
+        let stop = shutdown.clone();
+        let deadline = async move {
+            shutdown_requested(stop).await;
+            tokio::time::sleep(timeout).await;
+        };
+        let joined = tokio::select! {
+            joined = &mut loading.task => joined,
+            _ = deadline => {
+                loading.task.abort();
+                // Until the task is gone it holds the sink.
+                let _ = (&mut loading.task).await;
+                self.end_in_flight();
+                tracing::warn!(timeout_ms = timeout.as_millis() as u64, "shutdown: the batch being loaded did not finish in time; abandoned uncommitted (the next run replays it)");
+                return Ok(false);
+            }
+        };
+        let (batch, outcome) = match joined {
+            Ok(joined) => joined,
+            Err(e) => {
+                self.end_in_flight();
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+                return Ok(false);
+            }
+        };
+        let summary = match outcome {
+            Ok(Processed::Done(summary)) => summary,
+            Ok(Processed::Stopped(_)) => {
+                self.end_in_flight();
+                return Ok(false);
+            }
+            Err(e) => {
+                self.end_in_flight();
+                return Err(e.into());
+            }
+        };
+        // A revoke during the load may have committed it already.
+        let committed = self.end_in_flight();
+        if !committed && !self.commit(&batch.checkpoint, shutdown.clone()).await? {
             return Ok(false);
         }
         summary
-            .committed(started.elapsed())
-            .emit(self.processor.stats());
+            .committed(loading.started.elapsed())
+            .emit(&self.stats);
+        self.export_metrics()?;
         Ok(true)
+    }
+
+    /// The pipeline is done with the batch in flight; whether the source committed it.
+    fn end_in_flight(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| f.end())
     }
 
     /// Commits the batch's offsets, riding out broker outages through the broker
@@ -369,22 +493,21 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         loop {
             match self.source.commit(checkpoint).await {
                 Ok(()) => {
-                    self.broker.success(self.processor.stats());
+                    self.broker.success(&self.stats);
                     return Ok(true);
                 }
                 Err(e) if e.is_group_refusal() => {
                     CommitRefused {
                         error: &e.to_string(),
                     }
-                    .emit(self.processor.stats());
+                    .emit(&self.stats);
                     return Ok(true);
                 }
                 Err(e) if e.is_retryable() => {
                     let error = e.to_string();
-                    let stats = self.processor.stats();
                     if !self
                         .broker
-                        .retry_batch("commit", &error, stats, shutdown.clone())
+                        .retry_batch("commit", &error, &self.stats, shutdown.clone())
                         .await
                     {
                         return Ok(false);
@@ -397,7 +520,7 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
 
     fn export_metrics(&self) -> Result<(), PipelineError> {
         if let Some(path) = &self.settings.metrics_json {
-            write_stats_json(path, &self.processor.stats().snapshot())?;
+            write_stats_json(path, &self.stats.snapshot())?;
         }
         Ok(())
     }
@@ -798,7 +921,8 @@ mod tests {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let snap = p.run(rx).await.unwrap();
         assert_eq!(snap.commits, 1, "{snap:?}");
-        let ids = &p.sink().request_ids;
+        let sink = p.sink();
+        let ids = &sink.request_ids;
         assert_eq!(ids.len(), 3, "{ids:?}");
         assert_eq!(
             ids[0].len(),
@@ -1080,7 +1204,8 @@ mod tests {
         assert_eq!((snap.commits, snap.rows_loaded), (1, 1), "{snap:?}");
         assert_eq!(p.sink().loaded, 1);
         // Every attempt and probe resubmitted the batch's statements under the same ids.
-        let ids = &p.sink().request_ids;
+        let sink = p.sink();
+        let ids = &sink.request_ids;
         assert_eq!(ids.len(), 6);
         assert!(!ids[0].is_empty());
         assert!(ids.iter().all(|a| *a == ids[0]), "{ids:?}");
@@ -1107,6 +1232,137 @@ mod tests {
         );
         assert_eq!((snap.commits, snap.breaker_opened), (0, 1), "{snap:?}");
         assert_eq!(snap.breaker_state, "open");
+    }
+
+    /// Counts the batches it hands out and records the checkpoints committed.
+    struct Recording {
+        inner: FileSource,
+        consumed: Arc<std::sync::atomic::AtomicUsize>,
+        commits: Arc<std::sync::Mutex<Vec<i64>>>,
+    }
+
+    impl Source for Recording {
+        async fn next_batch(
+            &mut self,
+            limits: BatchLimits,
+        ) -> Result<Option<SourceBatch>, SourceError> {
+            let b = self.inner.next_batch(limits).await?;
+            if b.as_ref().is_some_and(|b| !b.messages.is_empty()) {
+                self.consumed
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(b)
+        }
+
+        async fn commit(
+            &mut self,
+            checkpoint: &crate::sources::Checkpoint,
+        ) -> Result<(), SourceError> {
+            let next = checkpoint.next_offsets.values().copied().max().unwrap();
+            self.commits.lock().unwrap().push(next);
+            self.inner.commit(checkpoint).await
+        }
+    }
+
+    /// Takes `stall` per load; notes, per load, how many batches were committed when it
+    /// started and how many consumed when it ended.
+    struct Watching {
+        stall: Duration,
+        consumed: Arc<std::sync::atomic::AtomicUsize>,
+        commits: Arc<std::sync::Mutex<Vec<i64>>>,
+        /// (commits at start, batches consumed at end) per load.
+        seen: Vec<(usize, usize)>,
+    }
+
+    impl Sink for Watching {
+        async fn load(&mut self, _loads: &[TableLoad]) -> Result<LoadReport, SinkError> {
+            let committed = self.commits.lock().unwrap().len();
+            tokio::time::sleep(self.stall).await;
+            let consumed = self.consumed.load(std::sync::atomic::Ordering::SeqCst);
+            self.seen.push((committed, consumed));
+            Ok(LoadReport::default())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_batch_is_consumed_while_one_loads_and_loads_and_commits_keep_order() {
+        let consumed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let messages = (0..30).map(|i| insert("u", i, 100 + i, i)).collect();
+        let source = Recording {
+            inner: FileSource::from_messages(messages),
+            consumed: consumed.clone(),
+            commits: commits.clone(),
+        };
+        let sink = Watching {
+            stall: Duration::from_millis(300),
+            consumed,
+            commits: commits.clone(),
+            seen: Vec::new(),
+        };
+        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
+        let mut p = Pipeline::new(
+            source,
+            sink,
+            components,
+            settings(breaker(20, 1000)),
+            Stats::new(),
+        );
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.unwrap();
+        assert_eq!((snap.batches, snap.commits), (3, 3), "{snap:?}");
+        // Batches of 10: committed in order, each after its load.
+        assert_eq!(*commits.lock().unwrap(), vec![10, 20, 30]);
+        let seen = p.sink().seen.clone();
+        // Load k started after the k-1 batches before it were committed, and while it
+        // loaded the next batch was consumed (the last load has no next batch).
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        for (k, &(committed, consumed)) in seen.iter().enumerate() {
+            assert_eq!(
+                committed, k,
+                "load {k} started before the batches before it were committed: {seen:?}"
+            );
+            assert!(
+                consumed >= (k + 2).min(3),
+                "load {k}: the next batch was not consumed while it loaded: {seen:?}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_shutdown_the_batch_in_flight_is_committed_and_the_prepared_one_is_not() {
+        let consumed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let messages = (0..30).map(|i| insert("u", i, 100 + i, i)).collect();
+        let source = Recording {
+            inner: FileSource::from_messages(messages),
+            consumed: consumed.clone(),
+            commits: commits.clone(),
+        };
+        let sink = Watching {
+            stall: Duration::from_millis(600),
+            consumed: consumed.clone(),
+            commits: commits.clone(),
+            seen: Vec::new(),
+        };
+        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
+        let mut p = Pipeline::new(
+            source,
+            sink,
+            components,
+            settings(breaker(20, 10_000)),
+            Stats::new(),
+        );
+        // Asked while the first batch loads and the second is already consumed.
+        let rx = shutdown_after(300);
+        let snap = p.run(rx).await.unwrap();
+        assert!(
+            consumed.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+            "the second batch was not consumed during the first load"
+        );
+        assert_eq!(*commits.lock().unwrap(), vec![10], "{snap:?}");
+        assert_eq!(p.sink().seen.len(), 1, "the prepared batch was loaded");
+        assert_eq!(snap.commits, 1, "{snap:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,4 +26,6 @@ pub mod targets;
 
 pub use events::{Stats, StatsSnapshot};
 pub use message::Message;
-pub use processor::{BatchProcessor, Processed, ProcessorSettings, Summary};
+pub use processor::{
+    BatchProcessor, Delivery, PreparedBatch, Preparer, Processed, ProcessorSettings, Summary,
+};

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -13,7 +13,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{BatchLimits, Checkpoint, Message, Source, SourceBatch, SourceError};
+use super::{BatchLimits, Checkpoint, InFlight, Message, Source, SourceBatch, SourceError};
 use crate::config::KafkaConfig;
 
 /// Logs rebalances (partition assignment changes) as they happen, tracks whether this
@@ -22,6 +22,9 @@ use crate::config::KafkaConfig;
 pub struct FloeContext {
     assigned: Arc<AtomicBool>,
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
+    /// The batch loaded while the next one is consumed: a revoke waits for it and
+    /// commits it first.
+    in_flight: Arc<InFlight>,
     /// The `dlq.topic` template: topics it names are floe's own dead letters, which a
     /// broad topic pattern may match; their partitions are paused on assignment and
     /// never consumed.
@@ -36,19 +39,63 @@ impl FloeContext {
 
 impl ClientContext for FloeContext {}
 
+/// How long a revoke waits for the batch in flight to load (far below floe's
+/// `max.poll.interval.ms` of 15 minutes, which bounds how long the group waits for this
+/// member). A load that takes longer is left to the pipeline, whose commit the group
+/// then refuses: the new owner replays the batch.
+const REVOKE_WAIT: Duration = Duration::from_secs(120);
+
+impl FloeContext {
+    /// Waits for the batch in flight (if any) and commits its offsets.
+    fn commit_in_flight(&self, consumer: &rdkafka::consumer::BaseConsumer<Self>) {
+        let wait = || self.in_flight.wait_loaded(REVOKE_WAIT);
+        // The callback runs inside a poll on a runtime worker; the load runs on
+        // another task, which must keep running while this one blocks.
+        let checkpoint = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            Ok(_) => None,
+            Err(_) => wait(),
+        };
+        let Some(checkpoint) = checkpoint else {
+            return;
+        };
+        match offsets(&checkpoint).and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync)) {
+            Ok(()) => tracing::info!(
+                partitions = checkpoint.next_offsets.len(),
+                "the batch loaded during the rebalance is committed before its partitions go"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "committing the batch loaded during the rebalance failed; the partitions' new owner replays it")
+            }
+        }
+    }
+}
+
+/// The offsets to commit for `checkpoint`.
+fn offsets(checkpoint: &Checkpoint) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in &checkpoint.next_offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+    }
+    Ok(tpl)
+}
+
 impl ConsumerContext for FloeContext {
     fn pre_rebalance(
         &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &Rebalance<'_>,
     ) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                // Every loaded batch is committed before the next poll (and rebalance
-                // callbacks only run inside a poll), so nothing loaded is left
-                // uncommitted here. The messages of these partitions in the batch
-                // being collected are dropped: their new owner consumes them from the
-                // committed offset, in order.
+                // Rebalance callbacks only run inside a poll, and the pipeline polls
+                // while at most one batch is loaded and uncommitted: the one in
+                // flight. It is waited for and committed here, before the partitions
+                // go, so no new owner loads it a second time alongside this one. The
+                // messages of these partitions in the batch being collected are
+                // dropped: their new owner consumes them from the committed offset,
+                // in order.
+                self.commit_in_flight(consumer);
                 tracing::info!(
                     partitions = tpl.count(),
                     "kafka partitions revoked; loaded offsets are committed"
@@ -104,6 +151,8 @@ pub struct KafkaSource {
     dlq_template: String,
     assigned: Arc<AtomicBool>,
     revoked: Arc<Mutex<Vec<(String, i32)>>>,
+    /// Shared with the rebalance callback (see [`FloeContext`]).
+    in_flight: Arc<InFlight>,
     topics: HashMap<String, Arc<str>>,
 }
 
@@ -159,9 +208,11 @@ impl KafkaSource {
         }
         let assigned = Arc::new(AtomicBool::new(false));
         let revoked = Arc::new(Mutex::new(Vec::new()));
+        let in_flight = Arc::new(InFlight::default());
         let consumer: StreamConsumer<FloeContext> = cc.create_with_context(FloeContext {
             assigned: assigned.clone(),
             revoked: revoked.clone(),
+            in_flight: in_flight.clone(),
             dlq_template: dlq_template.to_owned(),
         })?;
         let subscription: Vec<String> = if config.topics.is_empty() {
@@ -183,6 +234,7 @@ impl KafkaSource {
             dlq_template: dlq_template.to_owned(),
             assigned,
             revoked,
+            in_flight,
             topics: HashMap::new(),
         })
     }
@@ -263,6 +315,10 @@ impl Source for KafkaSource {
         self.assigned.load(Ordering::Relaxed)
     }
 
+    fn in_flight(&self) -> Option<Arc<InFlight>> {
+        Some(self.in_flight.clone())
+    }
+
     async fn next_batch(
         &mut self,
         limits: BatchLimits,
@@ -318,10 +374,7 @@ impl Source for KafkaSource {
         if checkpoint.is_empty() {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in &checkpoint.next_offsets {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-        }
+        let tpl = offsets(checkpoint)?;
         let consumer = &self.consumer;
         tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?;
         tracing::debug!(

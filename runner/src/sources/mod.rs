@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod file;
+pub mod in_flight;
 pub mod kafka;
+
+pub use in_flight::InFlight;
 
 pub use floe_batch::format;
 pub use floe_batch::message::{Message, batch_of};
@@ -142,6 +145,13 @@ pub trait Source: Send {
         &mut self,
         limits: BatchLimits,
     ) -> impl Future<Output = Result<Option<SourceBatch>, SourceError>> + Send;
+
+    /// Where the pipeline announces the batch it loads while it consumes the next one,
+    /// for a source whose partitions a rebalance can take away ([`InFlight`]). `None`:
+    /// nothing can be taken away (files).
+    fn in_flight(&self) -> Option<std::sync::Arc<InFlight>> {
+        None
+    }
 
     /// Durably records that everything before `checkpoint` is loaded.
     fn commit(

@@ -14,7 +14,7 @@ use crate::events::{
 use crate::message::Message;
 use crate::sinks::{LoadReport, Sink, TableLoad};
 
-use super::{BatchProcessor, ProcessError};
+use super::{Delivery, ProcessError};
 
 /// Exponential backoff with jitter (200 ms to 30 s) over `attempts` attempts.
 struct Retry {
@@ -53,7 +53,7 @@ impl Retry {
     }
 }
 
-impl<K: Sink> BatchProcessor<K> {
+impl<K: Sink> Delivery<K> {
     /// Loads with retries; when they are exhausted by transient errors, the breaker
     /// opens (see [`BreakerSettings`]). `None`: shutdown was asked while it was open.
     pub(super) async fn load_with_breaker(
@@ -61,7 +61,7 @@ impl<K: Sink> BatchProcessor<K> {
         loads: &[TableLoad],
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Option<LoadReport>, ProcessError> {
-        let settings = self.settings.breaker;
+        let settings = self.breaker;
         let mut result = self.load_with_retry(loads).await;
         let mut open_for = settings.open_for;
         let mut opened = false;
@@ -111,7 +111,7 @@ impl<K: Sink> BatchProcessor<K> {
     }
 
     /// Logs and counts `letters` (events of `messages`), then writes them durably
-    /// ([`BatchProcessor::process`] does this for the letters of a batch it loaded; a
+    /// ([`Delivery::deliver`] does this for the letters of a batch it loaded; a
     /// caller uses it for letters an [`Unfinished`] batch left unwritten). `Ok(false)`:
     /// `stop` turned true while the DLQ was failing.
     pub async fn write_dead_letters(
@@ -183,7 +183,7 @@ impl<K: Sink> BatchProcessor<K> {
         if loads.is_empty() {
             return Ok(Default::default());
         }
-        let mut retry = Retry::new(self.settings.load_attempts);
+        let mut retry = Retry::new(self.load_attempts);
         loop {
             match self.sink.load(loads).await {
                 Ok(r) => return Ok(r),

@@ -148,9 +148,20 @@ impl Unfinished {
     }
 }
 
-/// The per-batch work over one sink and one dead letter queue (see the module docs).
+/// The per-batch work over one sink and one dead letter queue (see the module docs):
+/// a [`Preparer`] (the components, CPU-bound) and a [`Delivery`] (the sink and the dead
+/// letter queue, I/O-bound), one after the other. The runner's loop splits them
+/// ([`BatchProcessor::into_parts`]) to prepare the next batch while one is delivered.
 pub struct BatchProcessor<K> {
-    sink: K,
+    preparer: Preparer,
+    delivery: Delivery<K>,
+}
+
+/// The CPU-bound half of the per-batch work: formats, chains of components, target
+/// naming, truncate ordering and MERGE plans ([`Preparer::prepare`]). Its state (which
+/// target each source owns, truncate LSNs) carries from batch to batch, so batches must
+/// be prepared in the order they are delivered.
+pub struct Preparer {
     components: Arc<Components>,
     settings: ProcessorSettings,
     stats: Arc<Stats>,
@@ -160,10 +171,31 @@ pub struct BatchProcessor<K> {
     truncated_below: HashMap<Vec<String>, i64>,
     /// Which target each source's rows go to, and which source owns each target.
     targets: crate::targets::Targets,
+}
+
+/// The I/O-bound half: loads (retried; behind the warehouse breaker) and dead letters
+/// (behind the DLQ breaker) of a [`PreparedBatch`] ([`Delivery::deliver`]).
+pub struct Delivery<K> {
+    sink: K,
+    stats: Arc<Stats>,
+    /// Attempts of a retryable warehouse error before the warehouse breaker opens.
+    load_attempts: usize,
+    /// The warehouse and DLQ circuit breaker settings.
+    breaker: BreakerSettings,
     /// Where events that cannot be loaded go.
     dlq: DeadLetterQueue,
     /// The dead letter queue's circuit breaker.
     dlq_breaker: CircuitBreaker,
+}
+
+/// A batch the components went through, ready for [`Delivery::deliver`].
+pub struct PreparedBatch(prepare::Prepared);
+
+impl PreparedBatch {
+    /// Time the batch spent in the components.
+    pub fn wasm(&self) -> Duration {
+        self.0.wasm
+    }
 }
 
 impl<K: Sink> BatchProcessor<K> {
@@ -176,23 +208,92 @@ impl<K: Sink> BatchProcessor<K> {
         let targets = crate::targets::Targets::new(&settings.target);
         let dlq_breaker =
             CircuitBreaker::new(Breaker::Dlq, settings.breaker, settings.load_attempts);
-        BatchProcessor {
+        let delivery = Delivery {
             sink,
-            components,
-            settings,
-            stats,
-            truncated_below: HashMap::new(),
-            targets,
+            stats: stats.clone(),
+            load_attempts: settings.load_attempts,
+            breaker: settings.breaker,
             dlq: DeadLetterQueue::Log,
             dlq_breaker,
+        };
+        BatchProcessor {
+            preparer: Preparer {
+                components,
+                settings,
+                stats,
+                truncated_below: HashMap::new(),
+                targets,
+            },
+            delivery,
         }
+    }
+
+    /// The two halves, to run them side by side (batch N delivered while batch N+1 is
+    /// prepared). Batches must still be prepared, and delivered, in order.
+    pub fn into_parts(self) -> (Preparer, Delivery<K>) {
+        (self.preparer, self.delivery)
     }
 
     /// Sends events that cannot be loaded to `dlq` instead of only logging them.
     pub fn set_dead_letters(&mut self, dlq: DeadLetterQueue) {
-        self.dlq = dlq;
+        self.delivery.set_dead_letters(dlq);
     }
 
+    /// Replaces the components (hot reload) for the next batch.
+    pub fn set_components(&mut self, components: Arc<Components>) {
+        self.preparer.set_components(components);
+    }
+
+    pub fn components(&self) -> &Arc<Components> {
+        self.preparer.components()
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetterQueue {
+        self.delivery.dead_letters()
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.preparer.stats
+    }
+
+    pub fn sink(&self) -> &K {
+        self.delivery.sink()
+    }
+
+    pub fn sink_mut(&mut self) -> &mut K {
+        self.delivery.sink_mut()
+    }
+
+    /// Logs, counts and writes `letters` durably (see [`Delivery::write_dead_letters`]).
+    pub async fn write_dead_letters(
+        &mut self,
+        messages: &[Message],
+        letters: &[DeadLetter],
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, ProcessError> {
+        (self.delivery)
+            .write_dead_letters(messages, letters, stop)
+            .await
+    }
+
+    /// Processes one batch: components, loads (retried; behind the warehouse breaker
+    /// while the warehouse fails), dead letters (behind the DLQ breaker). Returns once
+    /// every event's outcome is durable ([`Processed::Done`]), or when `stop` turns
+    /// true while the warehouse or the DLQ is failing ([`Processed::Stopped`]).
+    /// Non-retryable warehouse errors and `on_failure = "stop"` are errors.
+    pub async fn process(
+        &mut self,
+        messages: &mut [Message],
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Processed, ProcessError> {
+        // `prepare` is synchronous: it gives the messages' bytes back before any await
+        // point at which this future could be dropped.
+        let prepared = tokio::task::block_in_place(|| self.preparer.prepare(messages))?;
+        self.delivery.deliver(messages, prepared, stop).await
+    }
+}
+
+impl Preparer {
     /// Replaces the components (hot reload) for the next batch.
     pub fn set_components(&mut self, components: Arc<Components>) {
         self.components = components;
@@ -200,6 +301,34 @@ impl<K: Sink> BatchProcessor<K> {
 
     pub fn components(&self) -> &Arc<Components> {
         &self.components
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Runs the components over a batch (CPU-bound: call it where blocking is fine).
+    /// The messages' keys and values are moved into the components' batch and given
+    /// back before this returns (`messages` is as it was). An error only under
+    /// `components.on_failure = "stop"`, when a component call failed.
+    pub fn prepare(&mut self, messages: &mut [Message]) -> Result<PreparedBatch, ProcessError> {
+        let prepared = self.prepare_batch(messages);
+        if self.components.on_failure == OnFailure::Stop
+            && let Some(failed) = prepared.dead.iter().find(|d| d.category == "wasm-trap")
+        {
+            return Err(ProcessError::ComponentFailed(format!(
+                "{}: {}",
+                failed.component, failed.reason
+            )));
+        }
+        Ok(PreparedBatch(prepared))
+    }
+}
+
+impl<K: Sink> Delivery<K> {
+    /// Sends events that cannot be loaded to `dlq` instead of only logging them.
+    pub fn set_dead_letters(&mut self, dlq: DeadLetterQueue) {
+        self.dlq = dlq;
     }
 
     pub fn dead_letters(&self) -> &DeadLetterQueue {
@@ -218,28 +347,18 @@ impl<K: Sink> BatchProcessor<K> {
         &mut self.sink
     }
 
-    /// Processes one batch: components, loads (retried; behind the warehouse breaker
-    /// while the warehouse fails), dead letters (behind the DLQ breaker). Returns once
-    /// every event's outcome is durable ([`Processed::Done`]), or when `stop` turns
-    /// true while the warehouse or the DLQ is failing ([`Processed::Stopped`]).
-    /// Non-retryable warehouse errors and `on_failure = "stop"` are errors.
-    pub async fn process(
+    /// Loads a prepared batch of `messages` (retried; behind the warehouse breaker while
+    /// the warehouse fails) and writes its dead letters (behind the DLQ breaker).
+    /// Returns once every event's outcome is durable ([`Processed::Done`]), or when
+    /// `stop` turns true while the warehouse or the DLQ is failing
+    /// ([`Processed::Stopped`]). Non-retryable warehouse errors are errors.
+    pub async fn deliver(
         &mut self,
-        messages: &mut [Message],
+        messages: &[Message],
+        prepared: PreparedBatch,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Processed, ProcessError> {
-        // `prepare` is synchronous: it gives the messages' bytes back before any await
-        // point at which this future could be dropped.
-        let mut prepared = tokio::task::block_in_place(|| self.prepare(messages));
-        let messages: &[Message] = messages;
-        if self.components.on_failure == OnFailure::Stop
-            && let Some(failed) = prepared.dead.iter().find(|d| d.category == "wasm-trap")
-        {
-            return Err(ProcessError::ComponentFailed(format!(
-                "{}: {}",
-                failed.component, failed.reason
-            )));
-        }
+        let PreparedBatch(mut prepared) = prepared;
         let load_started = Instant::now();
         let Some(report) = self
             .load_with_breaker(&prepared.loads, stop.clone())

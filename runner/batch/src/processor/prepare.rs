@@ -14,9 +14,9 @@ use crate::config::{DeleteMode, IdentifierCase, TruncateMode};
 use crate::dlq::DeadLetter;
 use crate::events::{ComponentFailed, Position, ToastValueUnknown, TruncateIgnored};
 use crate::message::{Message, batch_taking, give_back};
-use crate::sinks::{Sink, TableLoad, Truncation};
+use crate::sinks::{TableLoad, Truncation};
 
-use super::BatchProcessor;
+use super::Preparer;
 use super::shares::{map_parallel, restore, shares};
 
 /// A batch after the components ran: what to load and what it amounted to.
@@ -99,11 +99,9 @@ fn rejection_type(reason: &str) -> &'static str {
     }
 }
 
-impl<K: Sink> BatchProcessor<K> {
-    /// Runs the components over a batch (CPU-bound; called on a blocking section).
-    /// The messages' keys and values are moved into the components' batch and given
-    /// back before this returns (`messages` is as it was).
-    pub(super) fn prepare(&mut self, messages: &mut [Message]) -> Prepared {
+impl Preparer {
+    /// [`Preparer::prepare`] without the `on_failure` check.
+    pub(super) fn prepare_batch(&mut self, messages: &mut [Message]) -> Prepared {
         let wasm_started = Instant::now();
         let mut dead: Vec<DeadLetter> = Vec::new();
         // Message index of each event of the batch.
@@ -573,7 +571,7 @@ impl<K: Sink> BatchProcessor<K> {
         }
     }
 
-    /// Step 2 of [`BatchProcessor::prepare`]: each share of `batch` (a chain's events of
+    /// Step 2 of [`Preparer::prepare`]: each share of `batch` (a chain's events of
     /// some topics, [`super::shares`]) through the chain's transformer and then its row
     /// transforms, shares in parallel, the answers merged into one in batch order
     /// (event indexes into `batch`). A fused chain's share is validated and transformed

@@ -87,7 +87,7 @@ fn messages(variant: &str) -> (Vec<Message>, usize) {
 /// random per batch, so only its position is compared.
 fn outcome(p: &mut BatchProcessor<NullSink>, batch: &mut [Message]) -> String {
     let before = batch.to_vec();
-    let prepared = p.prepare(batch);
+    let prepared = p.preparer.prepare_batch(batch);
     assert_eq!(
         batch,
         &before[..],
