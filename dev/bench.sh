@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # floe benchmarks (`make bench`); what is measured and the last results: docs/benchmarks.md.
 #
-#   dev/bench.sh [--changes N] [--skip-build] [--no-stages] [--no-sink]
+#   dev/bench.sh [--changes N] [--skip-build] [--no-stages] [--no-sink] [--no-freshness]
 #
 # 1. Builds the components, floe and raw_consume (release profile).
 # 2. Starts a private dev stack from clean: its own run dir ($FLOE_RUN_DIR, default
@@ -9,10 +9,16 @@
 #    (default: the standard 29092 / 28080 / 25433, so set other ones while a dev stack runs).
 # 3. Applies N (default 90000) changes with dev/workload.sh on a fresh database: ~103k
 #    Debezium messages on dbz.public.customers and dbz.public.orders; waits until all of
-#    them are in tansu, then stops Debezium and PostgreSQL so they leave the CPU alone.
+#    them are in tansu.
+# 3b. Freshness: floe (default settings) loads a table of its own into fakesnow while
+#    PostgreSQL takes a steady FLOE_BENCH_FRESH_RATE (default 2000) inserts/s for
+#    FLOE_BENCH_FRESH_SECS (default 60) through real Debezium; the `freshness` binary
+#    polls the target and reports p50/p99 from PostgreSQL commit to row visible. Then
+#    Debezium and PostgreSQL are stopped so they leave the CPU alone.
 # 4. Consumes those topics three times, each with a fresh consumer group, each under
 #    /usr/bin/time -v (peak RSS): raw librdkafka (raw_consume), floe --sink none,
-#    floe -> fakesnow.
+#    floe -> fakesnow. floe loads a batch while it consumes and prepares the next: the
+#    summary shows its processing and loading time per event beside the wall time.
 # 5. Runs the criterion bench of the stages, WASM vs native (runner/host/benches/stages.rs).
 # 6. Prints the results as markdown tables (also in $FLOE_BENCH_OUT/summary.md, default
 #    target/bench/, with every raw output beside it).
@@ -34,8 +40,9 @@ changes=90000
 build=1
 stages=1
 sink=1
+freshness=1
 usage() {
-  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 while (($#)); do
@@ -45,6 +52,7 @@ while (($#)); do
     --skip-build) build=0; shift ;;
     --no-stages) stages=0; shift ;;
     --no-sink) sink=0; shift ;;
+    --no-freshness) freshness=0; shift ;;
     -h|--help) usage ;;
     *) echo "bench: unknown argument '$1'" >&2; usage ;;
   esac
@@ -55,6 +63,9 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="${FLOE_BENCH_OUT:-$TARGET_DIR/bench}"
 FLOE_BIN="$TARGET_DIR/release/floe"
 RAW_BIN="$TARGET_DIR/release/raw_consume"
+FRESH_BIN="$TARGET_DIR/release/freshness"
+FRESH_RATE="${FLOE_BENCH_FRESH_RATE:-2000}"
+FRESH_SECS="${FLOE_BENCH_FRESH_SECS:-60}"
 TOPICS=(dbz.public.customers dbz.public.orders)
 # floe --exit-when-idle: counted while floe owns partitions, so the group join (15 s on
 # tansu here) is not in it; longer than batch.max_wait_ms (5 s), so the last batch is in.
@@ -95,12 +106,15 @@ trap 'exit 143' TERM
 if ((build)); then
   step "build: components, floe and raw_consume (release)"
   "$ROOT/functions/build.sh"
-  "$CARGO" build --release -p floe --bin floe -p floe-integration-tests --bin raw_consume
+  "$CARGO" build --release -p floe --bin floe -p floe-integration-tests --bin raw_consume --bin freshness
   if ((stages)); then
     "$CARGO" bench -p floe-host --bench stages --no-run
   fi
 fi
-[[ -x "$FLOE_BIN" && -x "$RAW_BIN" ]] || die "$FLOE_BIN or $RAW_BIN is missing (run without --skip-build)"
+[[ -x "$FLOE_BIN" && -x "$RAW_BIN" && -x "$FRESH_BIN" ]] ||
+  die "$FLOE_BIN, $RAW_BIN or $FRESH_BIN is missing (run without --skip-build)"
+[[ "$FRESH_RATE" =~ ^[1-9][0-9]*$ && "$FRESH_SECS" =~ ^[1-9][0-9]*$ ]] ||
+  die "FLOE_BENCH_FRESH_RATE and FLOE_BENCH_FRESH_SECS must be positive integers"
 
 step "private stack: kafka $FLOE_KAFKA_PORT, snowflake $FLOE_SNOWFLAKE_PORT, postgres $FLOE_PG_PORT, run dir $FLOE_RUN_DIR"
 stack_started=1
@@ -117,7 +131,66 @@ say "waiting until tansu holds all $expected messages (a draining consumer, not 
 "$RAW_BIN" --brokers "$FLOE_KAFKA_BROKERS" --topics "$(IFS=,; echo "${TOPICS[*]}")" \
   --count "$expected" --idle-secs 120 --start-timeout-secs 300 >"$OUT/drain.json" ||
   die "Debezium forwarded only $(sed 's/.*"events":\([0-9]*\).*/\1/' "$OUT/drain.json") of $expected messages"
-say "all $expected messages are in tansu; stopping Debezium and PostgreSQL for the measurements"
+say "all $expected messages are in tansu"
+
+if ((freshness)); then
+  step "freshness: $FRESH_RATE inserts/s for $FRESH_SECS s, PostgreSQL commit -> row visible in fakesnow"
+  PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$FLOE_PG_PORT" -U postgres -d floe)
+  fresh_table='"BENCH"."CDC"."DBZ_PUBLIC_FRESH"'
+  "${PSQL[@]}" -c "CREATE TABLE public.fresh (id bigserial PRIMARY KEY, v integer, note text)"
+  cat >"$OUT/freshness.toml" <<EOF
+[source.kafka]
+brokers = "$FLOE_KAFKA_BROKERS"
+group_id = "bench-freshness-$(date +%s%N)"
+topics = ["dbz.public.fresh"]
+
+[sink.snowflake]
+account_url = "$FLOE_SNOWFLAKE_URL"
+database = "BENCH"
+schema = "CDC"
+EOF
+  # floe joins its group and loads one warm-up row (id 1) before the measured inserts.
+  "${PSQL[@]}" -c "INSERT INTO public.fresh (v, note) VALUES (0, 'warm-up')"
+  FLOE_LOG=info "$FLOE_BIN" --config "$OUT/freshness.toml" --log-format json \
+    run --sink snowflake --metrics-json "$OUT/freshness.metrics.json" \
+    >"$OUT/freshness.floe.out" 2>"$OUT/freshness.floe.err" &
+  fresh_floe=$!
+  "$FRESH_BIN" --table "$fresh_table" --rows 1 --poll-ms 200 >"$OUT/freshness.warmup.json" || {
+    kill -TERM "$fresh_floe" 2>/dev/null || true
+    die "floe did not load the warm-up row (see $OUT/freshness.floe.err)"
+  }
+  # Ticks of 50 ms, each one transaction of rate/20 inserts, paced by the clock.
+  per_tick=$(( (FRESH_RATE + 19) / 20 ))
+  ticks=$(( (FRESH_RATE * FRESH_SECS + per_tick - 1) / per_tick ))
+  total=$((per_tick * ticks))
+  cut -d' ' -f1 /proc/loadavg >"$OUT/freshness.load"
+  "${PSQL[@]}" >"$OUT/freshness.gen.out" 2>&1 <<EOF &
+DO \$\$
+DECLARE
+  started timestamptz := clock_timestamp();
+BEGIN
+  FOR i IN 1..$ticks LOOP
+    INSERT INTO public.fresh (v, note) SELECT i, md5(g::text) FROM generate_series(1, $per_tick) g;
+    COMMIT;
+    PERFORM pg_sleep(GREATEST(0, extract(epoch FROM started + i * interval '50 milliseconds' - clock_timestamp())));
+  END LOOP;
+  RAISE NOTICE 'generated % rows in % s', $total, round(extract(epoch FROM clock_timestamp() - started)::numeric, 2);
+END
+\$\$;
+EOF
+  gen=$!
+  rc=0
+  "$FRESH_BIN" --table "$fresh_table" --rows "$total" --above-id 1 --poll-ms 100 \
+    >"$OUT/freshness.out" 2>"$OUT/freshness.err" || rc=$?
+  wait "$gen" || say "the insert generator failed (see $OUT/freshness.gen.out)"
+  kill -TERM "$fresh_floe" 2>/dev/null || true
+  wait "$fresh_floe" || true
+  echo "$rc" >"$OUT/freshness.rc"
+  ((rc == 0)) || say "freshness exited $rc (see $OUT/freshness.err)"
+  say "freshness: $(cat "$OUT/freshness.out")"
+fi
+
+say "stopping Debezium and PostgreSQL for the measurements"
 "$DEV_DIR/stack.sh" stop debezium postgres >"$OUT/stack-stop-load.log" 2>&1
 
 machine() {
@@ -312,16 +385,44 @@ for label, name, f in rows:
 print()
 print("floe's own statistics (the JSON it prints at exit), per event consumed:")
 print()
-print("| run | batches | WASM stages (µs/event) | warehouse load (µs/event) | whole batch (µs/event) |")
-print("|---|---:|---:|---:|---:|")
-for label, name, _ in rows[1:]:
+print("| run | batches | WASM stages (µs/event) | warehouse load (µs/event) | whole batch (µs/event) "
+      "| wall (µs/event, window) | overlap |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+# overlap: the share of the smaller of processing and loading that ran beside the other,
+# (processing + loading - wall) / min(processing, loading); 0% when they follow one another.
+for label, name, f in rows[1:]:
     try:
         st = json.loads(read(name, "out"))
         n, b = st["events_consumed"], st["batches"]
-        per = lambda k: f"{st[k] * b * 1000 / n:,.1f}"
-        print(f"| {label} | {b} | {per('avg_wasm_ms')} | {per('avg_load_ms')} | {per('avg_batch_ms')} |")
+        per = lambda k: st[k] * b * 1000 / n
+        wasm, load = per("avg_wasm_ms"), per("avg_load_ms")
+        events, _, window, _, _ = f()
+        wall = window * 1e6 / events if events and window else None
+        overlap = None
+        if wall is not None and min(wasm, load) > 0:
+            overlap = max(0.0, min(1.0, (wasm + load - wall) / min(wasm, load)))
+        print(f"| {label} | {b} | {wasm:,.1f} | {load:,.1f} | {per('avg_batch_ms'):,.1f} "
+              f"| {fmt(wall, ',.1f')} | {'–' if overlap is None else format(overlap, '.0%')} |")
     except Exception:
-        print(f"| {label} | – | – | – | – |")
+        print(f"| {label} | – | – | – | – | – | – |")
+
+fresh = read("freshness", "out")
+if fresh is not None:
+    print()
+    try:
+        fr = json.loads(fresh)
+        print(f"Freshness, PostgreSQL commit to row visible in fakesnow (floe at default settings, "
+              f"`batch.max_wait_ms` 5,000; {fr['rows']:,} inserts at a steady rate; polled every "
+              f"{fr['poll_ms']} ms, query mean {fr['query_ms_mean']} ms; load avg before: "
+              f"{(read('freshness', 'load') or '?').strip()}):")
+        print()
+        print("| rows | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | status |")
+        print("|---:|---:|---:|---:|---:|---|")
+        status = "ok" if fr.get("complete") else "incomplete"
+        print(f"| {fr['rows']:,} | {fr['p50_ms']:,} | {fr['p90_ms']:,} | {fr['p99_ms']:,} | "
+              f"{fr['max_ms']:,} | {status} |")
+    except Exception:
+        print("Freshness: no result (see freshness.err)")
 
 if stages:
     def est(stage, impl, n):

@@ -1,0 +1,181 @@
+//! `freshness`: how long a change takes from its PostgreSQL commit to being visible in the
+//! warehouse, the freshness step of `make bench` (dev/bench.sh, docs/benchmarks.md).
+//!
+//! Polls one target table that only ever receives inserts with increasing `"ID"`s: every
+//! `--poll-ms` it asks for the rows with an id above the highest seen so far, and for each
+//! new row takes "now" minus its `"__SOURCE_TS_MS"` (Debezium's `source.ts_ms`, the
+//! PostgreSQL commit time) as the row's latency. Now is taken when the answer arrives, so a
+//! latency is high by at most one poll interval plus one query (the `poll` figures in the
+//! output give both). Stops after `--rows` rows or when none arrived for `--idle-secs`
+//! after the first, and prints one JSON object on stdout:
+//!
+//! ```json
+//! {"rows": 120000, "p50_ms": 3100, "p90_ms": 5200, "p99_ms": 5900, "max_ms": 6300,
+//!  "mean_ms": 3050.2, "polls": 812, "poll_ms": 100, "query_ms_mean": 21.4,
+//!  "query_ms_max": 180, "complete": true}
+//! ```
+//!
+//! Both clocks are this machine's (PostgreSQL runs beside it), so no clock skew enters.
+//! Exits 1 when fewer than `--rows` rows were seen.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::Parser;
+use floe_snowflake::{Auth, Client, ConnectOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "freshness",
+    about = "Commit-to-visible latency of the rows of an insert-only table"
+)]
+struct Args {
+    /// The emulator's (or account's) base URL.
+    #[arg(
+        long,
+        env = "FLOE_SNOWFLAKE_URL",
+        default_value = "http://127.0.0.1:17080"
+    )]
+    account_url: String,
+    /// The target table, quoted as it must appear in SQL, e.g. `"BENCH"."CDC"."T"`.
+    #[arg(long)]
+    table: String,
+    /// Rows to wait for.
+    #[arg(long)]
+    rows: u64,
+    /// Only rows with a higher id count (e.g. rows loaded before the measured ones).
+    #[arg(long)]
+    above_id: Option<i64>,
+    /// Poll interval.
+    #[arg(long, default_value_t = 100)]
+    poll_ms: u64,
+    /// Stop when no new row arrived for this long after the first one.
+    #[arg(long, default_value_t = 60.0)]
+    idle_secs: f64,
+    /// Give up when no row arrived this long after start.
+    #[arg(long, default_value_t = 300.0)]
+    start_timeout_secs: f64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The `q`-quantile of sorted values (nearest rank).
+fn quantile(sorted: &[i64], q: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let client = Client::connect(ConnectOptions {
+        account_url: args.account_url.clone(),
+        account: "floe".into(),
+        user: "floe".into(),
+        auth: Auth::Password("floe".to_string().into()),
+        database: None,
+        schema: None,
+        warehouse: None,
+        role: None,
+        request_timeout: Duration::from_secs(60),
+        session_parameters: Default::default(),
+    })
+    .await
+    .context("login to the warehouse")?;
+
+    let started = Instant::now();
+    let mut last_new: Option<Instant> = None;
+    let mut max_id: i64 = args.above_id.unwrap_or(i64::MIN);
+    let mut latencies: Vec<i64> = Vec::with_capacity(args.rows as usize);
+    let (mut polls, mut query_total, mut query_max) = (0u64, Duration::ZERO, Duration::ZERO);
+    let poll = Duration::from_millis(args.poll_ms);
+    while (latencies.len() as u64) < args.rows {
+        match last_new {
+            Some(t) if t.elapsed().as_secs_f64() > args.idle_secs => break,
+            None if started.elapsed().as_secs_f64() > args.start_timeout_secs => break,
+            _ => {}
+        }
+        let sql = format!(
+            r#"SELECT "ID", "__SOURCE_TS_MS" FROM {} WHERE "ID" > {max_id}"#,
+            args.table
+        );
+        let asked = Instant::now();
+        // The table appears with floe's first load; until then the query fails.
+        let answer = client.execute(&sql, &[]).await;
+        let took = asked.elapsed();
+        let seen_at = now_ms();
+        polls += 1;
+        query_total += took;
+        query_max = query_max.max(took);
+        if let Ok(answer) = answer {
+            let before = latencies.len();
+            for row in answer.rows {
+                let field = |i: usize| -> anyhow::Result<i64> {
+                    row.get(i)
+                        .and_then(|v| v.as_deref())
+                        .context("a NULL id or source time")?
+                        .parse::<i64>()
+                        .context("a non-integer id or source time")
+                };
+                let (id, source_ts) = (field(0)?, field(1)?);
+                max_id = max_id.max(id);
+                latencies.push(seen_at - source_ts);
+            }
+            if latencies.len() > before {
+                last_new = Some(Instant::now());
+            }
+        }
+        tokio::time::sleep(poll.saturating_sub(took)).await;
+    }
+
+    let complete = latencies.len() as u64 >= args.rows;
+    let mean = if latencies.is_empty() {
+        0.0
+    } else {
+        latencies.iter().sum::<i64>() as f64 / latencies.len() as f64
+    };
+    latencies.sort_unstable();
+    let out = serde_json::json!({
+        "rows": latencies.len(),
+        "p50_ms": quantile(&latencies, 0.50),
+        "p90_ms": quantile(&latencies, 0.90),
+        "p99_ms": quantile(&latencies, 0.99),
+        "max_ms": latencies.last().copied().unwrap_or(0),
+        "mean_ms": (mean * 10.0).round() / 10.0,
+        "polls": polls,
+        "poll_ms": args.poll_ms,
+        "query_ms_mean": if polls == 0 { 0.0 } else {
+            (query_total.as_secs_f64() * 1000.0 / polls as f64 * 10.0).round() / 10.0
+        },
+        "query_ms_max": query_max.as_millis() as u64,
+        "complete": complete,
+    });
+    println!("{out}");
+    if !complete {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(quantile(&v, 0.5), 50);
+        assert_eq!(quantile(&v, 0.99), 99);
+        assert_eq!(quantile(&v, 1.0), 100);
+        assert_eq!(quantile(&[7], 0.99), 7);
+        assert_eq!(quantile(&[], 0.5), 0);
+    }
+}
