@@ -386,7 +386,7 @@ print()
 print("floe's own statistics (the JSON it prints at exit), per event consumed:")
 print()
 print("| run | batches | WASM stages (µs/event) | warehouse load (µs/event) | whole batch (µs/event) "
-      "| wall (µs/event, window) | overlap |")
+      "| wall (µs/event, steady) | overlap |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 # overlap: the share of the smaller of processing and loading that ran beside the other,
 # (processing + loading - wall) / min(processing, loading); 0% when they follow one another.
@@ -396,8 +396,8 @@ for label, name, f in rows[1:]:
         n, b = st["events_consumed"], st["batches"]
         per = lambda k: st[k] * b * 1000 / n
         wasm, load = per("avg_wasm_ms"), per("avg_load_ms")
-        events, _, window, _, _ = f()
-        wall = window * 1e6 / events if events and window else None
+        _, _, _, rate_steady, _ = f()
+        wall = 1e6 / rate_steady if rate_steady else None
         overlap = None
         if wall is not None and min(wasm, load) > 0:
             overlap = max(0.0, min(1.0, (wasm + load - wall) / min(wasm, load)))

@@ -172,9 +172,17 @@ pub struct Pipeline<S, K> {
 /// A batch handed to the load task: the task gives back the batch (its checkpoint is
 /// committed once it is loaded) and the outcome.
 struct Loading {
-    task: tokio::task::JoinHandle<(SourceBatch, Result<Processed, ProcessError>)>,
+    task: tokio::task::JoinHandle<Loaded>,
     /// When the batch was received.
     started: Instant,
+}
+
+/// What a load's task hands back.
+struct Loaded {
+    batch: SourceBatch,
+    outcome: Result<Processed, ProcessError>,
+    /// The task committed the batch itself ([`InFlight::commit_loaded`]) and reported it.
+    committed: bool,
 }
 
 impl PipelineSettings {
@@ -402,14 +410,29 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
         }
         let delivery = self.delivery.clone();
         let in_flight = self.in_flight.clone();
+        let stats = self.stats.clone();
         let task = tokio::spawn(async move {
             // Free: the previous load was settled before this one started.
             let mut delivery = delivery.lock_owned().await;
             let outcome = (delivery.deliver(&batch.messages, prepared, shutdown)).await;
+            drop(delivery);
+            let mut committed = false;
             if let Some(f) = in_flight {
                 f.finish(matches!(outcome, Ok(Processed::Done(_))));
+                // Committed now, not when the pipeline next looks: it may be collecting
+                // the next batch for up to `batch.max_wait_ms`.
+                if let Ok(Processed::Done(summary)) = &outcome
+                    && f.commit_loaded()
+                {
+                    summary.committed(started.elapsed()).emit(&stats);
+                    committed = true;
+                }
             }
-            (batch, outcome)
+            Loaded {
+                batch,
+                outcome,
+                committed,
+            }
         });
         self.loading = Some(Loading { task, started });
     }
@@ -442,7 +465,11 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
                 return Ok(false);
             }
         };
-        let (batch, outcome) = match joined {
+        let Loaded {
+            batch,
+            outcome,
+            committed: reported,
+        } = match joined {
             Ok(joined) => joined,
             Err(e) => {
                 self.end_in_flight();
@@ -463,14 +490,16 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
                 return Err(e.into());
             }
         };
-        // A revoke during the load may have committed it already.
+        // The load's task, or a revoke during the load, may have committed it already.
         let committed = self.end_in_flight();
         if !committed && !self.commit(&batch.checkpoint, shutdown.clone()).await? {
             return Ok(false);
         }
-        summary
-            .committed(loading.started.elapsed())
-            .emit(&self.stats);
+        if !reported {
+            summary
+                .committed(loading.started.elapsed())
+                .emit(&self.stats);
+        }
         self.export_metrics()?;
         Ok(true)
     }
@@ -1327,6 +1356,95 @@ mod tests {
                 "load {k}: the next batch was not consumed while it loaded: {seen:?}"
             );
         }
+    }
+
+    /// Hands out batches of a file source, each after the first only after `collect`
+    /// (a slow topic); commits from the load's task, noting per commit how many batches
+    /// it had handed out then.
+    /// (offset committed up to, batches handed out then) per commit.
+    type SlowCommits = Arc<std::sync::Mutex<Vec<(i64, usize)>>>;
+
+    struct Slow {
+        inner: FileSource,
+        collect: Duration,
+        handed_out: Arc<std::sync::atomic::AtomicUsize>,
+        in_flight: Arc<InFlight>,
+    }
+
+    impl Slow {
+        fn new(messages: Vec<Message>, collect: Duration) -> (Slow, SlowCommits) {
+            let handed_out = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let in_flight = Arc::new(InFlight::default());
+            let (h, c) = (handed_out.clone(), commits.clone());
+            in_flight.set_commit_now(Box::new(move |cp: &crate::sources::Checkpoint| {
+                let next = cp.next_offsets.values().copied().max().unwrap();
+                let n = h.load(std::sync::atomic::Ordering::SeqCst);
+                c.lock().unwrap().push((next, n));
+                Ok(())
+            }));
+            let source = Slow {
+                inner: FileSource::from_messages(messages),
+                collect,
+                handed_out,
+                in_flight,
+            };
+            (source, commits)
+        }
+    }
+
+    impl Source for Slow {
+        async fn next_batch(
+            &mut self,
+            limits: BatchLimits,
+        ) -> Result<Option<SourceBatch>, SourceError> {
+            if self.handed_out.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                tokio::time::sleep(self.collect).await;
+            }
+            let b = self.inner.next_batch(limits).await?;
+            if b.as_ref().is_some_and(|b| !b.messages.is_empty()) {
+                self.handed_out
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(b)
+        }
+
+        async fn commit(
+            &mut self,
+            checkpoint: &crate::sources::Checkpoint,
+        ) -> Result<(), SourceError> {
+            self.inner.commit(checkpoint).await
+        }
+
+        fn in_flight(&self) -> Option<Arc<InFlight>> {
+            Some(self.in_flight.clone())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_loaded_batch_is_committed_while_the_next_one_is_still_collected() {
+        let messages = (0..20).map(|i| insert("u", i, 100 + i, i)).collect();
+        let (source, commits) = Slow::new(messages, Duration::from_millis(800));
+        let sink = Watching {
+            stall: Duration::from_millis(100),
+            consumed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            commits: Arc::new(std::sync::Mutex::new(Vec::new())),
+            seen: Vec::new(),
+        };
+        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
+        let mut p = Pipeline::new(
+            source,
+            sink,
+            components,
+            settings(breaker(20, 1000)),
+            Stats::new(),
+        );
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.unwrap();
+        assert_eq!((snap.batches, snap.commits), (2, 2), "{snap:?}");
+        // The first batch (offsets up to 10) was committed from its load, while the
+        // second was still being collected (only one batch handed out then).
+        assert_eq!(*commits.lock().unwrap(), vec![(10, 1), (20, 2)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,17 +11,35 @@
 //! waits for it ([`InFlight::wait_loaded`]) and commits its offsets before the
 //! partitions go. The pipeline then skips its own commit of that batch
 //! ([`InFlight::end`] says so).
+//!
+//! A source that can commit from any thread (Kafka) also gives a [`CommitNow`]: the
+//! load's task then commits the batch the moment it is loaded
+//! ([`InFlight::commit_loaded`]), instead of when the pipeline next looks, which can be
+//! up to `batch.max_wait_ms` later while it collects the next batch from a slow topic.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::Checkpoint;
 
+/// Commits a checkpoint's offsets on behalf of the source, from the load's task.
+pub type CommitNow = Box<dyn Fn(&Checkpoint) -> Result<(), String> + Send + Sync>;
+
 /// See the module docs. Shared by the pipeline, the load task and the source.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct InFlight {
     state: Mutex<Option<Loading>>,
     changed: Condvar,
+    commit_now: OnceLock<CommitNow>,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("state", &self.state)
+            .field("commit_now", &self.commit_now.get().is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -36,6 +54,43 @@ struct Loading {
 impl InFlight {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Loading>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets the load's task commit a loaded batch at once (see the module docs). Set
+    /// once, by the source; later calls are ignored.
+    pub fn set_commit_now(&self, commit: CommitNow) {
+        let _ = self.commit_now.set(commit);
+    }
+
+    /// Called by the load's task after [`InFlight::finish`]: commits the loaded batch
+    /// through the source's [`CommitNow`], when it has one and nobody committed the
+    /// batch yet. Returns whether it committed it (then neither a revoke nor the
+    /// pipeline commits it again). A failed commit is left to the pipeline, which
+    /// retries it through its broker breaker.
+    pub fn commit_loaded(&self) -> bool {
+        let Some(commit) = self.commit_now.get() else {
+            return false;
+        };
+        let checkpoint = {
+            let mut state = self.lock();
+            match state.as_mut() {
+                Some(l) if l.loaded == Some(true) && !l.committed => {
+                    l.committed = true;
+                    l.checkpoint.clone()
+                }
+                _ => return false,
+            }
+        };
+        match commit(&checkpoint) {
+            Ok(()) => true,
+            Err(error) => {
+                if let Some(l) = self.lock().as_mut() {
+                    l.committed = false;
+                }
+                tracing::debug!(%error, "committing the batch from its load failed; the pipeline commits it");
+                false
+            }
+        }
     }
 
     /// A load of the batch that ends at `checkpoint` starts.
@@ -96,7 +151,7 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     fn checkpoint(next: i64) -> Checkpoint {
         let mut c = Checkpoint::default();
@@ -131,6 +186,56 @@ mod tests {
         // A second revoke does not commit it again, and the pipeline skips its commit.
         assert_eq!(f.wait_loaded(Duration::from_secs(1)), None);
         assert!(f.end());
+    }
+
+    /// An InFlight whose [`CommitNow`] records the offsets it committed, or fails.
+    fn committing(fail: bool) -> (InFlight, Arc<Mutex<Vec<i64>>>) {
+        let f = InFlight::default();
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let d = done.clone();
+        f.set_commit_now(Box::new(move |c: &Checkpoint| {
+            if fail {
+                return Err("refused".into());
+            }
+            d.lock().unwrap().extend(c.next_offsets.values().copied());
+            Ok(())
+        }));
+        (f, done)
+    }
+
+    #[test]
+    fn a_loaded_batch_is_committed_by_its_load_once() {
+        let (f, done) = committing(false);
+        f.begin(checkpoint(9));
+        assert!(!f.commit_loaded(), "not loaded yet");
+        f.finish(true);
+        assert!(f.commit_loaded());
+        assert!(!f.commit_loaded(), "committed once");
+        // A revoke now has nothing to commit; the pipeline skips its commit.
+        assert_eq!(f.wait_loaded(Duration::from_secs(1)), None);
+        assert!(f.end());
+        assert_eq!(*done.lock().unwrap(), vec![9]);
+    }
+
+    #[test]
+    fn a_failed_load_or_commit_leaves_the_commit_to_the_pipeline() {
+        let (f, done) = committing(false);
+        f.begin(checkpoint(4));
+        f.finish(false);
+        assert!(!f.commit_loaded());
+        assert!(!f.end());
+        assert!(done.lock().unwrap().is_empty());
+
+        let (f, _) = committing(true);
+        f.begin(checkpoint(5));
+        f.finish(true);
+        assert!(!f.commit_loaded());
+        assert!(!f.end(), "the pipeline commits it");
+        // Without a CommitNow nothing is committed from the load.
+        let f = InFlight::default();
+        f.begin(checkpoint(6));
+        f.finish(true);
+        assert!(!f.commit_loaded());
     }
 
     #[test]

@@ -146,7 +146,8 @@ impl ConsumerContext for FloeContext {
 
 /// A Kafka consumer-group source.
 pub struct KafkaSource {
-    consumer: StreamConsumer<FloeContext>,
+    /// Shared (weakly) with the load's task, which commits a loaded batch through it.
+    consumer: Arc<StreamConsumer<FloeContext>>,
     /// The `dlq.topic` template (see [`FloeContext`]).
     dlq_template: String,
     assigned: Arc<AtomicBool>,
@@ -228,6 +229,26 @@ impl KafkaSource {
         };
         let refs: Vec<&str> = subscription.iter().map(String::as_str).collect();
         consumer.subscribe(&refs)?;
+        let consumer = Arc::new(consumer);
+        // Weak: the consumer's context holds `in_flight`, which holds this.
+        let weak = Arc::downgrade(&consumer);
+        in_flight.set_commit_now(Box::new(move |checkpoint: &Checkpoint| {
+            let consumer = weak.upgrade().ok_or("the consumer is closed")?;
+            let tpl = offsets(checkpoint).map_err(|e| e.to_string())?;
+            let commit = || consumer.commit(&tpl, CommitMode::Sync);
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(commit)
+                }
+                _ => commit(),
+            }
+            .map_err(|e| e.to_string())?;
+            tracing::debug!(
+                partitions = checkpoint.next_offsets.len(),
+                "kafka offsets committed as the batch was loaded"
+            );
+            Ok(())
+        }));
         tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?subscription, "kafka source subscribed");
         Ok(KafkaSource {
             consumer,

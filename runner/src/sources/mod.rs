@@ -9,7 +9,7 @@ pub mod file;
 pub mod in_flight;
 pub mod kafka;
 
-pub use in_flight::InFlight;
+pub use in_flight::{CommitNow, InFlight};
 
 pub use floe_batch::format;
 pub use floe_batch::message::{Message, batch_of};

@@ -1,10 +1,11 @@
 //! `freshness`: how long a change takes from its PostgreSQL commit to being visible in the
 //! warehouse, the freshness step of `make bench` (dev/bench.sh, docs/benchmarks.md).
 //!
-//! Polls one target table that only ever receives inserts with increasing `"ID"`s: every
-//! `--poll-ms` it asks for the rows with an id above the highest seen so far, and for each
-//! new row takes "now" minus its `"__SOURCE_TS_MS"` (Debezium's `source.ts_ms`, the
-//! PostgreSQL commit time) as the row's latency. Now is taken when the answer arrives, so a
+//! Polls one target table that only ever receives inserts with ids `--above-id + 1, + 2,
+//! ...` (a sequence): every `--poll-ms` it asks for the rows above the highest id up to
+//! which every row was seen (rows of different Kafka partitions become visible out of id
+//! order), and for each row not seen before takes "now" minus its `"__SOURCE_TS_MS"`
+//! (Debezium's `source.ts_ms`, the PostgreSQL commit time) as the row's latency. Now is taken when the answer arrives, so a
 //! latency is high by at most one poll interval plus one query (the `poll` figures in the
 //! output give both). Stops after `--rows` rows or when none arrived for `--idle-secs`
 //! after the first, and prints one JSON object on stdout:
@@ -43,7 +44,8 @@ struct Args {
     /// Rows to wait for.
     #[arg(long)]
     rows: u64,
-    /// Only rows with a higher id count (e.g. rows loaded before the measured ones).
+    /// The measured rows' ids start right above this one (rows before them, e.g. a
+    /// warm-up row, are not counted).
     #[arg(long)]
     above_id: Option<i64>,
     /// Poll interval.
@@ -93,7 +95,9 @@ async fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut last_new: Option<Instant> = None;
-    let mut max_id: i64 = args.above_id.unwrap_or(i64::MIN);
+    // Every id up to `contiguous` was seen; `seen` holds the ones seen above it.
+    let mut contiguous: i64 = args.above_id.unwrap_or(0);
+    let mut seen: std::collections::HashSet<i64> = std::collections::HashSet::new();
     let mut latencies: Vec<i64> = Vec::with_capacity(args.rows as usize);
     let (mut polls, mut query_total, mut query_max) = (0u64, Duration::ZERO, Duration::ZERO);
     let poll = Duration::from_millis(args.poll_ms);
@@ -104,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             _ => {}
         }
         let sql = format!(
-            r#"SELECT "ID", "__SOURCE_TS_MS" FROM {} WHERE "ID" > {max_id}"#,
+            r#"SELECT "ID", "__SOURCE_TS_MS" FROM {} WHERE "ID" > {contiguous}"#,
             args.table
         );
         let asked = Instant::now();
@@ -126,8 +130,12 @@ async fn main() -> anyhow::Result<()> {
                         .context("a non-integer id or source time")
                 };
                 let (id, source_ts) = (field(0)?, field(1)?);
-                max_id = max_id.max(id);
-                latencies.push(seen_at - source_ts);
+                if seen.insert(id) {
+                    latencies.push(seen_at - source_ts);
+                }
+            }
+            while seen.remove(&(contiguous + 1)) {
+                contiguous += 1;
             }
             if latencies.len() > before {
                 last_new = Some(Instant::now());
