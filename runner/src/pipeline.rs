@@ -711,15 +711,18 @@ mod tests {
         }
     }
 
-    fn pipeline(sink: FlakySink, breaker: BreakerSettings) -> Pipeline<FileSource, FlakySink> {
+    /// A pipeline over `source` and `sink` with the built-in components.
+    fn built<S: Source, K: Sink + 'static>(
+        source: S,
+        sink: K,
+        breaker: BreakerSettings,
+    ) -> Pipeline<S, K> {
         let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
-        Pipeline::new(
-            FileSource::from_messages(vec![message()]),
-            sink,
-            components,
-            settings(breaker),
-            Stats::new(),
-        )
+        Pipeline::new(source, sink, components, settings(breaker), Stats::new())
+    }
+
+    fn pipeline(sink: FlakySink, breaker: BreakerSettings) -> Pipeline<FileSource, FlakySink> {
+        built(FileSource::from_messages(vec![message()]), sink, breaker)
     }
 
     fn healthy() -> FlakySink {
@@ -1149,14 +1152,7 @@ mod tests {
             refuse,
             committed: 0,
         };
-        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
-        Pipeline::new(
-            source,
-            healthy(),
-            components,
-            settings(breaker),
-            Stats::new(),
-        )
+        built(source, healthy(), breaker)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1329,14 +1325,7 @@ mod tests {
             commits: commits.clone(),
             seen: Vec::new(),
         };
-        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
-        let mut p = Pipeline::new(
-            source,
-            sink,
-            components,
-            settings(breaker(20, 1000)),
-            Stats::new(),
-        );
+        let mut p = built(source, sink, breaker(20, 1000));
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let snap = p.run(rx).await.unwrap();
         assert_eq!((snap.batches, snap.commits), (3, 3), "{snap:?}");
@@ -1431,14 +1420,7 @@ mod tests {
             commits: Arc::new(std::sync::Mutex::new(Vec::new())),
             seen: Vec::new(),
         };
-        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
-        let mut p = Pipeline::new(
-            source,
-            sink,
-            components,
-            settings(breaker(20, 1000)),
-            Stats::new(),
-        );
+        let mut p = built(source, sink, breaker(20, 1000));
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let snap = p.run(rx).await.unwrap();
         assert_eq!((snap.batches, snap.commits), (2, 2), "{snap:?}");
@@ -1463,14 +1445,7 @@ mod tests {
             commits: commits.clone(),
             seen: Vec::new(),
         };
-        let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
-        let mut p = Pipeline::new(
-            source,
-            sink,
-            components,
-            settings(breaker(20, 10_000)),
-            Stats::new(),
-        );
+        let mut p = built(source, sink, breaker(20, 10_000));
         // Asked while the first batch loads and the second is already consumed.
         let rx = shutdown_after(300);
         let snap = p.run(rx).await.unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use floe::config::{Config, SinkKind, SourceKind};
 use floe::{RunOptions, Stats, StatsSnapshot};
-use floe_snowflake::{Auth, Client, ConnectOptions};
+use floe_snowflake::Client;
 
 /// A required environment variable (set by `dev/stack.sh env`, i.e. by `make test`).
 pub fn env(name: &str) -> String {
@@ -37,20 +37,9 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub async fn snowflake() -> Client {
-    Client::connect(ConnectOptions {
-        account_url: env("FLOE_SNOWFLAKE_URL"),
-        account: "floe".into(),
-        user: "floe".into(),
-        auth: Auth::Password("floe".to_string().into()),
-        database: None,
-        schema: None,
-        warehouse: None,
-        role: None,
-        request_timeout: Duration::from_secs(60),
-        session_parameters: Default::default(),
-    })
-    .await
-    .expect("login to the emulator")
+    floe_integration_tests::emulator(&env("FLOE_SNOWFLAKE_URL"))
+        .await
+        .expect("login to the emulator")
 }
 
 /// Rows of a query, NULL as `<NULL>`. A transient error (the emulator closing an idle

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Parser;
-use floe_snowflake::{Auth, Client, ConnectOptions};
 
 #[derive(Parser)]
 #[command(
@@ -78,20 +77,9 @@ fn quantile(sorted: &[i64], q: f64) -> i64 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let client = Client::connect(ConnectOptions {
-        account_url: args.account_url.clone(),
-        account: "floe".into(),
-        user: "floe".into(),
-        auth: Auth::Password("floe".to_string().into()),
-        database: None,
-        schema: None,
-        warehouse: None,
-        role: None,
-        request_timeout: Duration::from_secs(60),
-        session_parameters: Default::default(),
-    })
-    .await
-    .context("login to the warehouse")?;
+    let client = floe_integration_tests::emulator(&args.account_url)
+        .await
+        .context("login to the emulator")?;
 
     let started = Instant::now();
     let mut last_new: Option<Instant> = None;
