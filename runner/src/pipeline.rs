@@ -1259,11 +1259,44 @@ mod tests {
         assert_eq!(snap.breaker_state, "open");
     }
 
-    /// Counts the batches it hands out and records the checkpoints committed.
+    /// Counts the batches it hands out and records the checkpoints committed. Each
+    /// batch after the first is handed out only after `collect` (a slow topic).
     struct Recording {
         inner: FileSource,
         consumed: Arc<std::sync::atomic::AtomicUsize>,
         commits: Arc<std::sync::Mutex<Vec<i64>>>,
+        collect: Duration,
+        in_flight: Option<Arc<InFlight>>,
+    }
+
+    /// (offset committed up to, batches handed out then) per commit from a load.
+    type LoadCommits = Arc<std::sync::Mutex<Vec<(i64, usize)>>>;
+
+    impl Recording {
+        fn new(messages: Vec<Message>) -> Recording {
+            Recording {
+                inner: FileSource::from_messages(messages),
+                consumed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                commits: Arc::new(std::sync::Mutex::new(Vec::new())),
+                collect: Duration::ZERO,
+                in_flight: None,
+            }
+        }
+
+        /// Lets the load's task commit (like the Kafka source); returns its commits.
+        fn committing_from_loads(&mut self) -> LoadCommits {
+            let commits = LoadCommits::default();
+            let in_flight = Arc::new(InFlight::default());
+            let (consumed, c) = (self.consumed.clone(), commits.clone());
+            in_flight.set_commit_now(Box::new(move |cp: &crate::sources::Checkpoint| {
+                let next = cp.next_offsets.values().copied().max().unwrap();
+                let n = consumed.load(std::sync::atomic::Ordering::SeqCst);
+                c.lock().unwrap().push((next, n));
+                Ok(())
+            }));
+            self.in_flight = Some(in_flight);
+            commits
+        }
     }
 
     impl Source for Recording {
@@ -1271,6 +1304,9 @@ mod tests {
             &mut self,
             limits: BatchLimits,
         ) -> Result<Option<SourceBatch>, SourceError> {
+            if self.consumed.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                tokio::time::sleep(self.collect).await;
+            }
             let b = self.inner.next_batch(limits).await?;
             if b.as_ref().is_some_and(|b| !b.messages.is_empty()) {
                 self.consumed
@@ -1286,6 +1322,10 @@ mod tests {
             let next = checkpoint.next_offsets.values().copied().max().unwrap();
             self.commits.lock().unwrap().push(next);
             self.inner.commit(checkpoint).await
+        }
+
+        fn in_flight(&self) -> Option<Arc<InFlight>> {
+            self.in_flight.clone()
         }
     }
 
@@ -1311,14 +1351,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_next_batch_is_consumed_while_one_loads_and_loads_and_commits_keep_order() {
-        let consumed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
         let messages = (0..30).map(|i| insert("u", i, 100 + i, i)).collect();
-        let source = Recording {
-            inner: FileSource::from_messages(messages),
-            consumed: consumed.clone(),
-            commits: commits.clone(),
-        };
+        let source = Recording::new(messages);
+        let (consumed, commits) = (source.consumed.clone(), source.commits.clone());
         let sink = Watching {
             stall: Duration::from_millis(300),
             consumed,
@@ -1347,73 +1382,12 @@ mod tests {
         }
     }
 
-    /// Hands out batches of a file source, each after the first only after `collect`
-    /// (a slow topic); commits from the load's task, noting per commit how many batches
-    /// it had handed out then.
-    /// (offset committed up to, batches handed out then) per commit.
-    type SlowCommits = Arc<std::sync::Mutex<Vec<(i64, usize)>>>;
-
-    struct Slow {
-        inner: FileSource,
-        collect: Duration,
-        handed_out: Arc<std::sync::atomic::AtomicUsize>,
-        in_flight: Arc<InFlight>,
-    }
-
-    impl Slow {
-        fn new(messages: Vec<Message>, collect: Duration) -> (Slow, SlowCommits) {
-            let handed_out = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let in_flight = Arc::new(InFlight::default());
-            let (h, c) = (handed_out.clone(), commits.clone());
-            in_flight.set_commit_now(Box::new(move |cp: &crate::sources::Checkpoint| {
-                let next = cp.next_offsets.values().copied().max().unwrap();
-                let n = h.load(std::sync::atomic::Ordering::SeqCst);
-                c.lock().unwrap().push((next, n));
-                Ok(())
-            }));
-            let source = Slow {
-                inner: FileSource::from_messages(messages),
-                collect,
-                handed_out,
-                in_flight,
-            };
-            (source, commits)
-        }
-    }
-
-    impl Source for Slow {
-        async fn next_batch(
-            &mut self,
-            limits: BatchLimits,
-        ) -> Result<Option<SourceBatch>, SourceError> {
-            if self.handed_out.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-                tokio::time::sleep(self.collect).await;
-            }
-            let b = self.inner.next_batch(limits).await?;
-            if b.as_ref().is_some_and(|b| !b.messages.is_empty()) {
-                self.handed_out
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            Ok(b)
-        }
-
-        async fn commit(
-            &mut self,
-            checkpoint: &crate::sources::Checkpoint,
-        ) -> Result<(), SourceError> {
-            self.inner.commit(checkpoint).await
-        }
-
-        fn in_flight(&self) -> Option<Arc<InFlight>> {
-            Some(self.in_flight.clone())
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_loaded_batch_is_committed_while_the_next_one_is_still_collected() {
         let messages = (0..20).map(|i| insert("u", i, 100 + i, i)).collect();
-        let (source, commits) = Slow::new(messages, Duration::from_millis(800));
+        let mut source = Recording::new(messages);
+        source.collect = Duration::from_millis(800);
+        let commits = source.committing_from_loads();
         let sink = Watching {
             stall: Duration::from_millis(100),
             consumed: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -1431,14 +1405,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_shutdown_the_batch_in_flight_is_committed_and_the_prepared_one_is_not() {
-        let consumed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
         let messages = (0..30).map(|i| insert("u", i, 100 + i, i)).collect();
-        let source = Recording {
-            inner: FileSource::from_messages(messages),
-            consumed: consumed.clone(),
-            commits: commits.clone(),
-        };
+        let source = Recording::new(messages);
+        let (consumed, commits) = (source.consumed.clone(), source.commits.clone());
         let sink = Watching {
             stall: Duration::from_millis(600),
             consumed: consumed.clone(),

@@ -59,7 +59,7 @@ impl FloeContext {
         let Some(checkpoint) = checkpoint else {
             return;
         };
-        match offsets(&checkpoint).and_then(|tpl| consumer.commit(&tpl, CommitMode::Sync)) {
+        match commit_sync(consumer, &checkpoint) {
             Ok(()) => tracing::info!(
                 partitions = checkpoint.next_offsets.len(),
                 "the batch loaded during the rebalance is committed before its partitions go"
@@ -78,6 +78,21 @@ fn offsets(checkpoint: &Checkpoint) -> Result<TopicPartitionList, KafkaError> {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
     }
     Ok(tpl)
+}
+
+/// Commits `checkpoint`'s offsets and waits for the broker's answer: from the pipeline,
+/// from the load's task and from the rebalance callback. On a multi-thread runtime the
+/// wait leaves the worker's other tasks to the other workers.
+fn commit_sync<C: Consumer<FloeContext>>(
+    consumer: &C,
+    checkpoint: &Checkpoint,
+) -> Result<(), KafkaError> {
+    let tpl = offsets(checkpoint)?;
+    let commit = || consumer.commit(&tpl, CommitMode::Sync);
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(commit),
+        _ => commit(),
+    }
 }
 
 impl ConsumerContext for FloeContext {
@@ -234,15 +249,7 @@ impl KafkaSource {
         let weak = Arc::downgrade(&consumer);
         in_flight.set_commit_now(Box::new(move |checkpoint: &Checkpoint| {
             let consumer = weak.upgrade().ok_or("the consumer is closed")?;
-            let tpl = offsets(checkpoint).map_err(|e| e.to_string())?;
-            let commit = || consumer.commit(&tpl, CommitMode::Sync);
-            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                    tokio::task::block_in_place(commit)
-                }
-                _ => commit(),
-            }
-            .map_err(|e| e.to_string())?;
+            commit_sync(&*consumer, checkpoint).map_err(|e| e.to_string())?;
             tracing::debug!(
                 partitions = checkpoint.next_offsets.len(),
                 "kafka offsets committed as the batch was loaded"
@@ -395,9 +402,7 @@ impl Source for KafkaSource {
         if checkpoint.is_empty() {
             return Ok(());
         }
-        let tpl = offsets(checkpoint)?;
-        let consumer = &self.consumer;
-        tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?;
+        commit_sync(&*self.consumer, checkpoint)?;
         tracing::debug!(
             partitions = checkpoint.next_offsets.len(),
             "kafka offsets committed"

@@ -191,13 +191,6 @@ pub struct Delivery<K> {
 /// A batch the components went through, ready for [`Delivery::deliver`].
 pub struct PreparedBatch(prepare::Prepared);
 
-impl PreparedBatch {
-    /// Time the batch spent in the components.
-    pub fn wasm(&self) -> Duration {
-        self.0.wasm
-    }
-}
-
 impl<K: Sink> BatchProcessor<K> {
     pub fn new(
         sink: K,
@@ -303,10 +296,6 @@ impl Preparer {
         &self.components
     }
 
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
-    }
-
     /// Runs the components over a batch (CPU-bound: call it where blocking is fine).
     /// The messages' keys and values are moved into the components' batch and given
     /// back before this returns (`messages` is as it was). An error only under
@@ -333,10 +322,6 @@ impl<K: Sink> Delivery<K> {
 
     pub fn dead_letters(&self) -> &DeadLetterQueue {
         &self.dlq
-    }
-
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
     }
 
     pub fn sink(&self) -> &K {
