@@ -112,9 +112,11 @@ pub struct KafkaConfig {
     pub session_timeout_ms: u64,
     /// Back-pressure: at most this many bytes of fetched messages wait in the consumer
     /// while a batch loads (librdkafka's `queued.max.messages.kbytes`; fetches are
-    /// sized to a quarter of it). floe holds one batch at a time, so its message memory
-    /// stays within `batch.max_bytes` (times ~3 while the batch is decoded and turned
-    /// into rows) plus this, however slow the warehouse is. Default 16 MiB.
+    /// sized to a quarter of it). floe holds two batches at a time (one loading, its
+    /// values' repeated schemas kept once; one being consumed and prepared), so its
+    /// message memory stays within twice `batch.max_bytes` (the one being prepared
+    /// about three times while it is decoded and turned into rows) plus this, however
+    /// slow the warehouse is. Default 16 MiB.
     #[serde(default = "default_max_prefetch_bytes")]
     pub max_prefetch_bytes: usize,
     /// Extra librdkafka settings, passed through as-is (e.g. `security.protocol`,

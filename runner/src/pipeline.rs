@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub use floe_batch::breaker::BreakerSettings;
 pub use floe_batch::processor::{ProcessError, Processed, ProcessorSettings, Summary};
 
+use floe_batch::Retained;
 use floe_batch::breaker::{CircuitBreaker, shutdown_requested};
 use floe_batch::processor::{BatchProcessor, Delivery, PreparedBatch, Preparer};
 
@@ -169,8 +170,8 @@ pub struct Pipeline<S, K> {
     watched: Option<Watched>,
 }
 
-/// A batch handed to the load task: the task gives back the batch (its checkpoint is
-/// committed once it is loaded) and the outcome.
+/// A batch handed to the load task: the task gives back its checkpoint (committed once
+/// the batch is loaded) and the outcome; the messages are dropped on the task.
 struct Loading {
     task: tokio::task::JoinHandle<Loaded>,
     /// When the batch was received.
@@ -179,7 +180,8 @@ struct Loading {
 
 /// What a load's task hands back.
 struct Loaded {
-    batch: SourceBatch,
+    /// Where the batch ends, committed once it is loaded.
+    checkpoint: crate::sources::Checkpoint,
     outcome: Result<Processed, ProcessError>,
     /// The task committed the batch itself ([`InFlight::commit_loaded`]) and reported it.
     committed: bool,
@@ -411,11 +413,19 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
         let delivery = self.delivery.clone();
         let in_flight = self.in_flight.clone();
         let stats = self.stats.clone();
+        // Kept for the dead letter queue while the next batch is consumed and prepared:
+        // each topic's repeated schema once (see floe_batch::retained).
+        let messages = Retained::compact(batch.messages);
+        let checkpoint = batch.checkpoint;
         let task = tokio::spawn(async move {
             // Free: the previous load was settled before this one started.
             let mut delivery = delivery.lock_owned().await;
-            let outcome = (delivery.deliver(&batch.messages, prepared, shutdown)).await;
+            let outcome = (delivery.deliver(&messages, prepared, shutdown)).await;
             drop(delivery);
+            // Past delivery the messages are not needed (a stopped delivery is replayed
+            // whole): they go now, not when the pipeline next looks, which may be after
+            // the next batch is collected and prepared (two batches at once).
+            drop(messages);
             let mut committed = false;
             if let Some(f) = in_flight {
                 f.finish(matches!(outcome, Ok(Processed::Done(_))));
@@ -429,7 +439,7 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
                 }
             }
             Loaded {
-                batch,
+                checkpoint,
                 outcome,
                 committed,
             }
@@ -466,7 +476,7 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
             }
         };
         let Loaded {
-            batch,
+            checkpoint,
             outcome,
             committed: reported,
         } = match joined {
@@ -492,7 +502,7 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
         };
         // The load's task, or a revoke during the load, may have committed it already.
         let committed = self.end_in_flight();
-        if !committed && !self.commit(&batch.checkpoint, shutdown.clone()).await? {
+        if !committed && !self.commit(&checkpoint, shutdown.clone()).await? {
             return Ok(false);
         }
         if !reported {
@@ -962,6 +972,71 @@ mod tests {
             "the truncate's id and the MERGE's: {ids:?}"
         );
         assert!(ids.iter().all(|a| *a == ids[0]), "{ids:?}");
+    }
+
+    /// Refuses every load of `table` for its data; loads the others.
+    struct Refusing {
+        table: &'static str,
+        loaded: Vec<String>,
+    }
+
+    impl Sink for Refusing {
+        async fn load(&mut self, loads: &[TableLoad]) -> Result<LoadReport, SinkError> {
+            let mut report = LoadReport::default();
+            for (i, l) in loads.iter().enumerate() {
+                if l.source_table == self.table {
+                    report.refuse(i, l, "schema", "refused by the test".into());
+                } else {
+                    self.loaded.push(l.source_table.clone());
+                }
+            }
+            Ok(report)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_tables_events_reach_the_dlq_byte_for_byte_from_a_loading_batch() {
+        // Real Debezium values with their schemas, which a loading batch keeps once per
+        // topic (floe_batch::retained): the letters must still be the messages as they
+        // came.
+        let dir = std::env::temp_dir().join(format!("floe-refused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dlq = dir.join("dlq.jsonl");
+        let _ = std::fs::remove_file(&dlq);
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/debezium-fixtures/schemas_precise");
+        let mut messages = Vec::new();
+        for file in [
+            "crud_replica_identity_default.jsonl",
+            "crud_replica_identity_full.jsonl",
+        ] {
+            messages.extend(crate::sources::file::read_file(&fixtures.join(file)).unwrap());
+        }
+        for (i, m) in messages.iter_mut().enumerate() {
+            m.offset = i as i64;
+        }
+        type Kept = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+        let want: Vec<Kept> = (messages.iter())
+            .filter(|m| &*m.topic == "dbz.public.customers" && m.value.is_some())
+            .map(|m| (m.offset, m.key.clone(), m.value.clone()))
+            .collect();
+        assert!(want.len() >= 3, "{}", want.len());
+        let sink = Refusing {
+            table: "public.customers",
+            loaded: Vec::new(),
+        };
+        let mut p = built(FileSource::from_messages(messages), sink, breaker(20, 1000))
+            .with_dead_letters(DeadLetterQueue::File { path: dlq.clone() });
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let snap = p.run(rx).await.unwrap();
+        assert_eq!(snap.dead_letters as usize, want.len(), "{snap:?}");
+        assert_eq!(p.sink().loaded, vec!["public.customers_full".to_string()]);
+        let letters = crate::sources::file::read_file(&dlq).unwrap();
+        let got: Vec<Kept> = (letters.iter())
+            .map(|l| (l.offset, l.key.clone(), l.value.clone()))
+            .collect();
+        assert_eq!(got, want);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@ pub mod fixture;
 pub mod format;
 pub mod message;
 pub mod processor;
+pub mod retained;
 pub mod sinks;
 pub mod targets;
 
@@ -29,3 +30,4 @@ pub use message::Message;
 pub use processor::{
     BatchProcessor, Delivery, PreparedBatch, Preparer, Processed, ProcessorSettings, Summary,
 };
+pub use retained::Retained;

@@ -18,6 +18,7 @@ use crate::dlq::{DeadLetter, DeadLetterQueue, DlqError};
 use crate::events::{BatchCommitted, Breaker, Stats};
 use crate::format::Formats;
 use crate::message::Message;
+use crate::retained::Retained;
 use crate::sinks::{LoadReport, Sink, SinkError};
 
 mod deliver;
@@ -282,7 +283,9 @@ impl<K: Sink> BatchProcessor<K> {
         // `prepare` is synchronous: it gives the messages' bytes back before any await
         // point at which this future could be dropped.
         let prepared = tokio::task::block_in_place(|| self.preparer.prepare(messages))?;
-        self.delivery.deliver(messages, prepared, stop).await
+        (self.delivery)
+            .deliver(&Retained::borrowed(messages), prepared, stop)
+            .await
     }
 }
 
@@ -339,7 +342,7 @@ impl<K: Sink> Delivery<K> {
     /// ([`Processed::Stopped`]). Non-retryable warehouse errors are errors.
     pub async fn deliver(
         &mut self,
-        messages: &[Message],
+        messages: &Retained<'_>,
         prepared: PreparedBatch,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Processed, ProcessError> {
@@ -376,8 +379,9 @@ impl<K: Sink> Delivery<K> {
                     reason: r.reason.clone(),
                 }));
         }
+        let (letter_messages, letters) = messages.letters(&prepared.dead);
         if !self
-            .write_dead_letters(messages, &prepared.dead, stop)
+            .write_dead_letters(&letter_messages, &letters, stop)
             .await?
         {
             return Ok(Processed::Stopped(Unfinished {
