@@ -37,7 +37,46 @@ impl FloeContext {
     }
 }
 
-impl ClientContext for FloeContext {}
+impl ClientContext for FloeContext {
+    /// librdkafka's client-level errors, at the level they deserve: a topic that does
+    /// not exist yet (Debezium creates a table's topic with its first change) is part
+    /// of starting up, a broker that cannot be reached is retried by librdkafka and
+    /// ridden out by the broker breaker; the rest need a person.
+    fn error(&self, error: KafkaError, reason: &str) {
+        match client_error_kind(&error) {
+            ClientErrorKind::TopicNotYet => tracing::info!(
+                error = %error, reason,
+                "a subscribed topic does not exist yet; it is consumed as soon as it appears (Debezium creates a table's topic with the table's first change)"
+            ),
+            ClientErrorKind::BrokerUnreachable => tracing::warn!(
+                error = %error, reason,
+                "kafka broker unreachable; librdkafka reconnects"
+            ),
+            ClientErrorKind::Other => tracing::error!(error = %error, reason, "kafka client error"),
+        }
+    }
+}
+
+/// What a librdkafka client error means for the operator.
+#[derive(Debug, PartialEq, Eq)]
+enum ClientErrorKind {
+    /// A subscribed topic does not exist (yet).
+    TopicNotYet,
+    /// Brokers down or a connection lost: transient.
+    BrokerUnreachable,
+    Other,
+}
+
+fn client_error_kind(error: &KafkaError) -> ClientErrorKind {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic) => ClientErrorKind::TopicNotYet,
+        Some(C::AllBrokersDown | C::BrokerTransportFailure | C::Resolve) => {
+            ClientErrorKind::BrokerUnreachable
+        }
+        _ => ClientErrorKind::Other,
+    }
+}
 
 /// How long a revoke waits for the batch in flight to load (far below floe's
 /// `max.poll.interval.ms` of 15 minutes, which bounds how long the group waits for this
@@ -368,7 +407,8 @@ impl Source for KafkaSource {
                 Ok(Ok(m)) => m,
                 Ok(Err(e)) if is_fatal(&e) => return Err(e.into()),
                 Ok(Err(e)) if is_benign(&e) => {
-                    tracing::warn!(error = %e, "kafka consume warning");
+                    // The client's error callback has said so at info (FloeContext::error).
+                    tracing::debug!(error = %e, "a subscribed topic does not exist yet");
                     continue;
                 }
                 // A transient broker error ends the batch: what was collected is
@@ -408,5 +448,41 @@ impl Source for KafkaSource {
             "kafka offsets committed"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::RDKafkaErrorCode as C;
+
+    #[test]
+    fn start_up_and_broker_conditions_are_not_logged_as_errors() {
+        let kind = |e| client_error_kind(&e);
+        // What `make demo` logged at ERROR while Debezium's topics were being created.
+        assert_eq!(
+            kind(KafkaError::Global(C::UnknownTopicOrPartition)),
+            ClientErrorKind::TopicNotYet
+        );
+        assert_eq!(
+            kind(KafkaError::MessageConsumption(C::UnknownTopic)),
+            ClientErrorKind::TopicNotYet
+        );
+        assert_eq!(
+            kind(KafkaError::Global(C::AllBrokersDown)),
+            ClientErrorKind::BrokerUnreachable
+        );
+        assert_eq!(
+            kind(KafkaError::Global(C::BrokerTransportFailure)),
+            ClientErrorKind::BrokerUnreachable
+        );
+        assert_eq!(
+            kind(KafkaError::Global(C::SaslAuthenticationFailed)),
+            ClientErrorKind::Other
+        );
+        assert_eq!(
+            kind(KafkaError::Global(C::TopicAuthorizationFailed)),
+            ClientErrorKind::Other
+        );
     }
 }
