@@ -17,7 +17,7 @@ use crate::decode::{arrow, json_rows};
 use crate::error::truncate;
 use crate::jwt::KeyPairSigner;
 use crate::protocol::{self, Chunk, LoginData, QueryData, QueryReply, RenewData};
-use crate::{Auth, Bind, ColumnMeta, ConnectOptions, Error, QueryResult, Secret};
+use crate::{Auth, Bind, BindRef, ColumnMeta, ConnectOptions, Error, QueryResult, Secret};
 
 const CLIENT_APP_ID: &str = "floe";
 const CLIENT_APP_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -134,7 +134,8 @@ impl Client {
     /// Polls a statement Snowflake reports as still running, downloads result chunks, and on
     /// session expiry renews the session (or logs in again) and resubmits once.
     pub async fn execute(&self, sql: &str, binds: &[Bind]) -> Result<QueryResult, Error> {
-        self.execute_as(sql, binds, &RequestId::new()).await
+        let binds: Vec<BindRef<'_>> = binds.iter().map(Bind::borrowed).collect();
+        self.execute_as(sql, &binds, &RequestId::new()).await
     }
 
     /// [`execute`](Self::execute) under a caller-held request id: every submission of
@@ -147,7 +148,7 @@ impl Client {
     pub async fn execute_as(
         &self,
         sql: &str,
-        binds: &[Bind],
+        binds: &[BindRef<'_>],
         request: &RequestId,
     ) -> Result<QueryResult, Error> {
         let inner = &self.inner;
@@ -391,7 +392,7 @@ impl Inner {
     }
 
     /// Submits a statement, resubmitting once after renewing an expired session.
-    async fn run(&self, body: &Value, request_id: &RequestId) -> Result<QueryData, Error> {
+    async fn run(&self, body: &QueryBody<'_>, request_id: &RequestId) -> Result<QueryData, Error> {
         let mut renewed = false;
         loop {
             let (token, generation) = self.token().await;
@@ -635,31 +636,62 @@ impl Default for RequestId {
     }
 }
 
-fn query_body(sql: &str, binds: &[Bind], sequence_id: u64) -> Value {
+/// A query request's body, borrowing the statement and its binds: a MERGE's bind holds
+/// the batch's rows for one table, serialised straight from the plan into the request.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QueryBody<'a> {
+    sql_text: &'a str,
+    async_exec: bool,
+    sequence_id: u64,
+    query_submission_time: u64,
+    is_internal: bool,
+    #[serde(skip_serializing_if = "Bindings::is_empty")]
+    bindings: Bindings<'a>,
+}
+
+/// Positional binds as Snowflake takes them: `{"1": {"type": .., "value": ..}, ..}`.
+struct Bindings<'a>(&'a [BindRef<'a>]);
+
+impl Bindings<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl serde::Serialize for Bindings<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        #[derive(serde::Serialize)]
+        struct One<'a> {
+            #[serde(rename = "type")]
+            data_type: &'a str,
+            value: Option<&'a str>,
+        }
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (i, bind) in self.0.iter().enumerate() {
+            let one = One {
+                data_type: bind.data_type,
+                value: bind.value,
+            };
+            map.serialize_entry(&(i + 1).to_string(), &one)?;
+        }
+        map.end()
+    }
+}
+
+fn query_body<'a>(sql: &'a str, binds: &'a [BindRef<'a>], sequence_id: u64) -> QueryBody<'a> {
     let submitted_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let mut body = json!({
-        "sqlText": sql,
-        "asyncExec": false,
-        "sequenceId": sequence_id,
-        "querySubmissionTime": submitted_ms,
-        "isInternal": false,
-    });
-    if !binds.is_empty() {
-        let bindings: Map<String, Value> = binds
-            .iter()
-            .enumerate()
-            .map(|(i, bind)| {
-                (
-                    (i + 1).to_string(),
-                    json!({"type": bind.data_type, "value": bind.value}),
-                )
-            })
-            .collect();
-        body["bindings"] = Value::Object(bindings);
+    QueryBody {
+        sql_text: sql,
+        async_exec: false,
+        sequence_id,
+        query_submission_time: submitted_ms,
+        is_internal: false,
+        bindings: Bindings(binds),
     }
-    body
 }
 
 /// Headers for chunk downloads: `chunkHeaders`, else the SSE-C key `qrmk`.

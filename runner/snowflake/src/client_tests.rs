@@ -299,6 +299,8 @@ async fn password_login_statement_with_binds_and_close() {
     let body = first.json();
     assert_eq!(body["sqlText"], "INSERT INTO t (a, b) VALUES (?, ?)");
     assert_eq!(body["asyncExec"], false);
+    assert_eq!(body["isInternal"], false);
+    assert!(body["querySubmissionTime"].as_u64().unwrap() > 1_700_000_000_000);
     assert_eq!(body["sequenceId"], 1);
     assert_eq!(
         body["bindings"],

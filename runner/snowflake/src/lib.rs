@@ -78,7 +78,7 @@ mod protocol;
 
 pub use client::{Client, RequestId};
 pub use error::Error;
-pub use options::{Auth, Bind, ConnectOptions, Secret};
+pub use options::{Auth, Bind, BindRef, ConnectOptions, Secret};
 
 /// Metadata of one result column (from `rowtype`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -114,7 +114,25 @@ pub struct Bind {
     pub value: Option<String>,
 }
 
+/// A [`Bind`] borrowed: what a statement's request is built from, so a caller holding
+/// its values elsewhere (a MERGE plan's row array, several MiB) need not copy them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindRef<'a> {
+    /// Snowflake binding type.
+    pub data_type: &'a str,
+    /// The value as text, `None` for NULL.
+    pub value: Option<&'a str>,
+}
+
 impl Bind {
+    /// This bind, borrowed.
+    pub fn borrowed(&self) -> BindRef<'_> {
+        BindRef {
+            data_type: &self.data_type,
+            value: self.value.as_deref(),
+        }
+    }
+
     /// A `TEXT` bind; Snowflake converts it to the column's type.
     pub fn text(value: impl Into<String>) -> Self {
         Bind {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use floe_snowflake::{Auth, Bind, Client, ConnectOptions};
+use floe_snowflake::{Auth, BindRef, Client, ConnectOptions};
 
 use super::schema::{self, Fit, TargetType};
 use super::{LoadReport, Sink, SinkError, TableLoad, Truncation, core_shape};
@@ -281,17 +281,19 @@ impl Sink for SnowflakeSink {
             report.columns_added += ensured.columns_added;
             report.columns_widened += ensured.columns_widened;
             for (i, st) in load.plan.statements.iter().enumerate() {
-                let binds: Vec<Bind> = st
-                    .binds
-                    .iter()
-                    .map(|b| Bind {
-                        data_type: b.data_type.clone(),
-                        value: b.value.clone(),
+                // Borrowed: a MERGE's bind holds the table's rows of the whole batch.
+                let binds: Vec<BindRef<'_>> = (st.binds.iter())
+                    .map(|b| BindRef {
+                        data_type: &b.data_type,
+                        value: b.value.as_deref(),
                     })
                     .collect();
                 let executed = match load.requests.get(i) {
                     Some(request) => self.client.execute_as(&st.sql, &binds, request).await,
-                    None => self.client.execute(&st.sql, &binds).await,
+                    None => {
+                        let request = floe_snowflake::RequestId::new();
+                        self.client.execute_as(&st.sql, &binds, &request).await
+                    }
                 };
                 let res = match executed {
                     Ok(res) => res,
