@@ -83,7 +83,8 @@ impl<'a> Retained<'a> {
     }
 
     /// Bytes of message values held (shared prefixes counted once).
-    pub fn value_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn value_bytes(&self) -> usize {
         let own: usize = (self.messages.iter())
             .map(|m| m.value.as_ref().map_or(0, Vec::len))
             .sum();
