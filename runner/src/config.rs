@@ -211,13 +211,19 @@ impl BatchConfig {
         Duration::from_millis(self.max_wait_ms)
     }
 }
-/// Statistics export.
+/// Statistics and metrics export.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Write the pipeline statistics as JSON to this file after every batch and at exit.
     #[serde(default)]
     pub json_path: Option<PathBuf>,
+    /// Serve `/metrics` (Prometheus text), `/healthz`, `/readyz` and `/stats` (the
+    /// statistics JSON) over HTTP on this address, e.g. `0.0.0.0:9464`. Off when unset
+    /// (the default). The endpoints have no authentication: bind them to an address
+    /// only your scrapers and probes reach.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod dlq;
 pub mod pipeline;
 pub mod sources;
+pub mod telemetry;
 
 // The per-batch work lives in floe-batch (shared with the Lambda); these paths stay.
 pub use floe_batch::{components, events, sinks, targets};

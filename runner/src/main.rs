@@ -235,9 +235,26 @@ async fn run() -> anyhow::Result<()> {
                 );
                 std::process::exit(130);
             });
+            // The meter provider first: the run's instruments come from it.
+            let telemetry = floe::telemetry::Telemetry::install(&config.metrics)?;
             let stats = Stats::new();
-            let snapshot = floe::run(&config, &options, rx, stats).await?;
-            println!("{}", serde_json::to_string_pretty(&snapshot)?);
+            let endpoints = match config.metrics.listen {
+                Some(addr) => Some(
+                    floe::telemetry::Endpoints::serve(
+                        addr,
+                        stats.clone(),
+                        telemetry.registry().cloned(),
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let ran = floe::run(&config, &options, rx, stats).await;
+            if let Some(endpoints) = endpoints {
+                endpoints.stop();
+            }
+            telemetry.shutdown();
+            println!("{}", serde_json::to_string_pretty(&ran?)?);
             Ok(())
         }
         Command::Plan { files, binds } => {

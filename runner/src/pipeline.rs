@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub use floe_batch::breaker::BreakerSettings;
@@ -130,7 +131,6 @@ impl Watched {
 
     /// Why a reload is due now, if it is (files are looked at most once a second).
     fn due(&mut self) -> Option<&'static str> {
-        use std::sync::atomic::Ordering;
         if self.settings.requested.swap(false, Ordering::Relaxed) {
             return Some("sighup");
         }
@@ -258,7 +258,12 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
         &mut self,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<StatsSnapshot, PipelineError> {
+        // The sink is connected (made before the pipeline) and the run starts: ready
+        // as soon as the source owns partitions (`/readyz`).
+        self.stats.sink_ready.store(true, Ordering::Relaxed);
         let ran = self.run_batches(shutdown.clone()).await;
+        self.stats.sink_ready.store(false, Ordering::Relaxed);
+        self.stats.source_ready.store(false, Ordering::Relaxed);
         // Whatever ended the loop, the batch being loaded is finished and committed.
         let settled = self.settle(&shutdown).await;
         ran?;
@@ -291,6 +296,7 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
                     return Ok(());
                 }
             };
+            (self.stats.source_ready).store(self.source.is_ready(), Ordering::Relaxed);
             let next = match next {
                 Ok(next) => {
                     self.broker.success(&self.stats);

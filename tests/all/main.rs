@@ -17,5 +17,6 @@ mod schema_change;
 mod shutdown;
 mod sources;
 mod support;
+mod telemetry;
 mod user_components;
 mod variants;

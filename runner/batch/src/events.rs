@@ -3,10 +3,13 @@
 //! `error_type` and the stage that raised them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
 use serde::Serialize;
+
+use crate::metrics::Instruments;
 
 /// Counters of one pipeline run, shared between the pipeline and the exporters.
 #[derive(Debug, Default)]
@@ -57,6 +60,12 @@ pub struct Stats {
     first_event: std::sync::OnceLock<Instant>,
     /// When the last batch was committed, in µs after `first_event`.
     last_commit_micros: AtomicU64,
+    /// The metrics the events record (OpenTelemetry; exported as the binary chose).
+    pub instruments: Instruments,
+    /// The source can deliver events (a Kafka consumer owns partitions).
+    pub source_ready: AtomicBool,
+    /// The sink is connected (a warehouse session is up) and the pipeline runs.
+    pub sink_ready: AtomicBool,
 }
 
 /// A point-in-time copy of [`Stats`], for JSON export and the final summary.
@@ -144,10 +153,48 @@ pub struct OpsSnapshot {
 }
 
 impl Stats {
+    /// Counters recording into the global meter provider's instruments.
     pub fn new() -> Arc<Stats> {
         let s = Stats::default();
         s.started.get_or_init(Instant::now);
         Arc::new(s)
+    }
+
+    /// Counters recording into `meter`'s instruments.
+    pub fn with_meter(meter: &opentelemetry::metrics::Meter) -> Arc<Stats> {
+        let s = Stats {
+            instruments: Instruments::new(meter),
+            ..Stats::default()
+        };
+        s.started.get_or_init(Instant::now);
+        Arc::new(s)
+    }
+
+    /// Whether the pipeline can do its work now: the source owns partitions, the
+    /// warehouse session is up and no circuit breaker is open or probing. `Err` says
+    /// what is missing.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.sink_ready.load(Relaxed) {
+            return Err("the sink is not connected (or the pipeline is not running)".into());
+        }
+        if !self.source_ready.load(Relaxed) {
+            return Err("the source owns no partitions yet".into());
+        }
+        for (breaker, state) in [
+            (Breaker::Warehouse, &self.breaker_state),
+            (Breaker::Broker, &self.broker_breaker_state),
+            (Breaker::Dlq, &self.dlq_breaker_state),
+        ] {
+            let state = state.load(Relaxed);
+            if state != BreakerState::Closed as u64 {
+                return Err(format!(
+                    "the {} circuit breaker is {}",
+                    breaker.name(),
+                    BreakerState::name(state)
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -248,6 +295,10 @@ impl BatchReceived {
         stats.first_event.get_or_init(Instant::now);
         stats.events_consumed.fetch_add(self.events as u64, Relaxed);
         stats.bytes_consumed.fetch_add(self.bytes as u64, Relaxed);
+        let m = &stats.instruments;
+        m.events_consumed.add(self.events as u64, &[]);
+        m.bytes_consumed.add(self.bytes as u64, &[]);
+        m.batch_size.record(self.events as u64, &[]);
         tracing::debug!(events = self.events, bytes = self.bytes, "batch received");
     }
 }
@@ -271,6 +322,13 @@ impl EventDropped<'_> {
         } else {
             stats.events_failed.fetch_add(1, Relaxed);
         }
+        stats.instruments.events_dropped.add(
+            1,
+            &[
+                KeyValue::new("category", self.error_type),
+                KeyValue::new("stage", self.stage),
+            ],
+        );
         tracing::warn!(
             topic = self.position.topic,
             partition = self.position.partition,
@@ -344,10 +402,12 @@ impl BreakerChanged<'_> {
             Breaker::Dlq => (&stats.dlq_breaker_state, &stats.dlq_breaker_opened),
         };
         state.store(self.state as u64, Relaxed);
+        stats.instruments.breaker(self.breaker, self.state);
         let breaker = self.breaker.name();
         match self.state {
             BreakerState::Open => {
                 opened.fetch_add(1, Relaxed);
+                (stats.instruments.breaker_openings).add(1, &[KeyValue::new("breaker", breaker)]);
                 tracing::error!(
                     breaker,
                     state = "open",
@@ -389,6 +449,13 @@ impl BrokerError<'_> {
             Breaker::Dlq => stats.dlq_errors.fetch_add(1, Relaxed),
             _ => stats.broker_errors.fetch_add(1, Relaxed),
         };
+        stats.instruments.broker_errors.add(
+            1,
+            &[
+                KeyValue::new("breaker", self.breaker.name()),
+                KeyValue::new("operation", self.operation),
+            ],
+        );
         tracing::warn!(
             error_type = "kafka",
             breaker = self.breaker.name(),
@@ -409,6 +476,7 @@ pub struct CommitRefused<'a> {
 impl CommitRefused<'_> {
     pub fn emit(&self, stats: &Stats) {
         stats.commits_refused.fetch_add(1, Relaxed);
+        stats.instruments.commits_refused.add(1, &[]);
         tracing::warn!(
             error = self.error,
             "offset commit refused by the consumer group (partitions reassigned); their new owner replays the batch"
@@ -429,6 +497,8 @@ impl ComponentsReloaded<'_> {
         match self.error {
             None => {
                 stats.components_reloaded.fetch_add(1, Relaxed);
+                (stats.instruments.component_reloads)
+                    .add(1, &[KeyValue::new("outcome", "replaced")]);
                 tracing::info!(
                     trigger = self.trigger,
                     "components reloaded; the next batch uses them"
@@ -436,6 +506,8 @@ impl ComponentsReloaded<'_> {
             }
             Some(error) => {
                 stats.component_reloads_failed.fetch_add(1, Relaxed);
+                (stats.instruments.component_reloads)
+                    .add(1, &[KeyValue::new("outcome", "refused")]);
                 tracing::error!(
                     trigger = self.trigger,
                     error,
@@ -458,6 +530,8 @@ impl DeadLettersWritten<'_> {
     pub fn emit(&self, stats: &Stats) {
         stats.dead_letters.fetch_add(self.count as u64, Relaxed);
         stats.dead_letters_cut.fetch_add(self.cut as u64, Relaxed);
+        (stats.instruments.dead_letters).add(self.count as u64, &[]);
+        (stats.instruments.dead_letters_cut).add(self.cut as u64, &[]);
         if self.cut > 0 {
             tracing::warn!(count = self.count, cut = self.cut, queue = %self.queue.describe(), "dead letters written; some were too large for the dead letter queue and were cut (original size and SHA-256 in their floe.original.* headers)");
         } else {
@@ -478,6 +552,7 @@ pub struct ToastValueUnknown<'a> {
 impl ToastValueUnknown<'_> {
     pub fn emit(&self, stats: &Stats) {
         stats.toast_values_unknown.fetch_add(1, Relaxed);
+        stats.instruments.toast_values_unknown.add(1, &[]);
         tracing::warn!(
             topic = self.position.topic,
             partition = self.position.partition,
@@ -499,6 +574,7 @@ pub struct TruncateIgnored<'a> {
 impl TruncateIgnored<'_> {
     pub fn emit(&self, stats: &Stats) {
         stats.truncates_ignored.fetch_add(1, Relaxed);
+        stats.instruments.truncates_ignored.add(1, &[]);
         tracing::warn!(
             topic = self.position.topic,
             partition = self.position.partition,
@@ -541,6 +617,7 @@ pub struct LoadRetry<'a> {
 impl LoadRetry<'_> {
     pub fn emit(&self, stats: &Stats) {
         stats.load_retries.fetch_add(1, Relaxed);
+        stats.instruments.load_retries.add(1, &[]);
         tracing::warn!(
             attempt = self.attempt,
             delay_ms = self.delay.as_millis() as u64,
@@ -552,7 +629,7 @@ impl LoadRetry<'_> {
 }
 
 /// A batch is in the warehouse and its offsets are committed.
-pub struct BatchCommitted {
+pub struct BatchCommitted<'a> {
     pub events: usize,
     pub rows: u64,
     pub tables: usize,
@@ -568,9 +645,11 @@ pub struct BatchCommitted {
     pub wasm: Duration,
     pub load: Duration,
     pub total: Duration,
+    /// The statements the load ran.
+    pub executed: &'a [crate::sinks::Executed],
 }
 
-impl BatchCommitted {
+impl BatchCommitted<'_> {
     pub fn emit(&self, stats: &Stats) {
         stats.batches.fetch_add(1, Relaxed);
         stats.commits.fetch_add(1, Relaxed);
@@ -602,6 +681,7 @@ impl BatchCommitted {
         stats
             .batch_micros_total
             .fetch_add(self.total.as_micros() as u64, Relaxed);
+        self.record(&stats.instruments);
         tracing::info!(
             events = self.events,
             rows = self.rows,
@@ -612,6 +692,52 @@ impl BatchCommitted {
             total_ms = self.total.as_millis() as u64,
             "batch committed"
         );
+    }
+}
+
+impl BatchCommitted<'_> {
+    fn record(&self, m: &Instruments) {
+        m.batches_committed.add(1, &[]);
+        m.batch_duration.record(self.total.as_secs_f64(), &[]);
+        m.components_duration.record(self.wasm.as_secs_f64(), &[]);
+        m.load_duration.record(self.load.as_secs_f64(), &[]);
+        for (change, n) in [
+            ("table_created", self.tables_created),
+            ("table_truncated", self.tables_truncated),
+            ("column_added", self.columns_added),
+            ("column_widened", self.columns_widened),
+        ] {
+            if n > 0 {
+                m.schema_changes.add(n, &[KeyValue::new("change", change)]);
+            }
+        }
+        for st in self.executed {
+            m.statements.add(1, &[KeyValue::new("kind", st.kind)]);
+            m.statement_duration.record(
+                st.duration.as_secs_f64(),
+                &[
+                    KeyValue::new("db.system.name", "snowflake"),
+                    KeyValue::new("db.operation.name", st.kind),
+                    KeyValue::new("db.collection.name", st.table.clone()),
+                    KeyValue::new("status", if st.ok { "ok" } else { "error" }),
+                ],
+            );
+            for (op, n) in [
+                ("insert", st.inserted),
+                ("update", st.updated),
+                ("delete", st.deleted),
+            ] {
+                if n > 0 {
+                    m.rows_loaded.add(
+                        n,
+                        &[
+                            KeyValue::new("table", st.table.clone()),
+                            KeyValue::new("op", op),
+                        ],
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod events;
 pub mod fixture;
 pub mod format;
 pub mod message;
+pub mod metrics;
 pub mod processor;
 pub mod retained;
 pub mod sinks;

@@ -92,7 +92,7 @@ pub struct Summary {
 impl Summary {
     /// The event that says the batch is acknowledged (offsets committed, or the
     /// invocation answered), `total` after it was received.
-    pub fn committed(&self, total: Duration) -> BatchCommitted {
+    pub fn committed(&self, total: Duration) -> BatchCommitted<'_> {
         let report = &self.report;
         BatchCommitted {
             events: self.events,
@@ -110,6 +110,7 @@ impl Summary {
             wasm: self.wasm,
             load: self.load,
             total,
+            executed: &report.executed,
         }
     }
 }

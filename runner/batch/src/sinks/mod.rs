@@ -75,6 +75,43 @@ pub struct LoadReport {
     /// Loads the warehouse refused for their data, not for a transient reason; their
     /// rows go to the dead letter queue, the batch's other loads were applied.
     pub refused: Vec<Refused>,
+    /// Every statement the load ran, in order (for the metrics: statements by kind,
+    /// their durations, rows by table and operation).
+    pub executed: Vec<Executed>,
+}
+
+/// One warehouse statement a load ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    /// The target table, `DATABASE.SCHEMA.TABLE` as configured.
+    pub table: String,
+    /// The statement's kind: [`statement_kind`] of its SQL.
+    pub kind: &'static str,
+    pub duration: std::time::Duration,
+    /// Whether the warehouse ran it.
+    pub ok: bool,
+    /// Rows the warehouse reported inserted / updated / deleted.
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+}
+
+/// A statement's kind for the metrics: its first SQL keyword in lower case, from a
+/// fixed set (`other` for anything else), so the label's values stay bounded.
+pub fn statement_kind(sql: &str) -> &'static str {
+    const KINDS: [&str; 11] = [
+        "merge", "insert", "update", "delete", "create", "alter", "truncate", "select", "describe",
+        "show", "drop",
+    ];
+    let word = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    KINDS
+        .into_iter()
+        .find(|k| word.eq_ignore_ascii_case(k))
+        .unwrap_or("other")
 }
 
 impl LoadReport {

@@ -2,12 +2,15 @@
 //! (`floe-snowflake`), creating the database, schema and missing tables first.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use floe_snowflake::{Auth, BindRef, Client, ConnectOptions};
+use floe_snowflake::{Auth, BindRef, Client, ConnectOptions, QueryResult, RequestId};
 
 use super::schema::{self, Fit, TargetType};
-use super::{LoadReport, Sink, SinkError, TableLoad, Truncation, core_shape};
+use super::{
+    Executed, LoadReport, Sink, SinkError, TableLoad, Truncation, core_shape, statement_kind,
+};
 use crate::config::{IdentifierCase, SnowflakeConfig};
 
 pub fn core_case(case: IdentifierCase) -> floe_cdc_core::IdentifierCase {
@@ -24,6 +27,8 @@ pub struct SnowflakeSink {
     /// Tables known to exist this run, with their columns (target identifiers) and
     /// column types.
     known_tables: HashMap<Vec<String>, HashMap<String, TargetType>>,
+    /// The statements of the load running now, for its report.
+    executed: Mutex<Vec<Executed>>,
 }
 
 impl SnowflakeSink {
@@ -64,6 +69,7 @@ impl SnowflakeSink {
             client,
             cfg: cfg.clone(),
             known_tables: HashMap::new(),
+            executed: Mutex::default(),
         };
         if cfg.create_tables {
             let db = floe_cdc_core::sql::quote_ident(
@@ -90,6 +96,48 @@ impl SnowflakeSink {
         &self.client
     }
 
+    /// Runs one statement of a load on `table` (under `request` when given) and notes
+    /// it for the load's report.
+    async fn run(
+        &self,
+        table: &[String],
+        sql: &str,
+        binds: &[BindRef<'_>],
+        request: Option<&RequestId>,
+    ) -> Result<QueryResult, floe_snowflake::Error> {
+        let started = Instant::now();
+        let res = match request {
+            Some(request) => self.client.execute_as(sql, binds, request).await,
+            None => self.client.execute_as(sql, binds, &RequestId::new()).await,
+        };
+        let counted = |n: Option<u64>| n.unwrap_or(0);
+        let ok = res.as_ref().ok();
+        let executed = Executed {
+            table: table.join("."),
+            kind: statement_kind(sql),
+            duration: started.elapsed(),
+            ok: ok.is_some(),
+            inserted: counted(ok.and_then(|r| r.rows_inserted)),
+            updated: counted(ok.and_then(|r| r.rows_updated)),
+            deleted: counted(ok.and_then(|r| r.rows_deleted)),
+        };
+        self.executed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(executed);
+        res
+    }
+
+    /// The statements run since the last call.
+    fn take_executed(&self) -> Vec<Executed> {
+        std::mem::take(
+            &mut *self
+                .executed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
     /// The columns (identifiers) of a target table with their types; empty when it
     /// does not exist.
     async fn target_columns(
@@ -103,7 +151,7 @@ impl SnowflakeSink {
             floe_cdc_core::sql_string_literal(&target[1]),
             floe_cdc_core::sql_string_literal(&target[2]),
         );
-        match self.client.execute(&columns_sql, &[]).await {
+        match self.run(target, &columns_sql, &[], None).await {
             Ok(res) => Ok(res
                 .rows
                 .into_iter()
@@ -164,8 +212,7 @@ impl SnowflakeSink {
             _ => format!("TRUNCATE TABLE {table}"),
         };
         let res = self
-            .client
-            .execute_as(&sql, &[], &truncation.request)
+            .run(&load.target, &sql, &[], Some(&truncation.request))
             .await?;
         report.statements += 1;
         report.tables_truncated += 1;
@@ -196,7 +243,7 @@ impl SnowflakeSink {
             let ddl =
                 floe_cdc_core::sql::create_table_sql(&load.target, &core_shape(&load.shape), case)
                     .map_err(invalid)?;
-            self.client.execute(&ddl, &[]).await?;
+            self.run(&load.target, &ddl, &[], None).await?;
             let existing = self.target_columns(&load.target).await?;
             tracing::info!(table = %load.target.join("."), columns = existing.len(), "target table ensured");
             self.known_tables.insert(load.target.clone(), existing);
@@ -214,7 +261,7 @@ impl SnowflakeSink {
                     let sql = format!(
                         "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {quoted} {data_type}"
                     );
-                    self.client.execute(&sql, &[]).await?;
+                    self.run(&load.target, &sql, &[], None).await?;
                     tracing::info!(table = %load.target.join("."), column = %ident, data_type = %data_type, "target column added");
                     done.columns_added += 1;
                 }
@@ -230,7 +277,7 @@ impl SnowflakeSink {
                         let sql = format!(
                             "ALTER TABLE {table} ALTER COLUMN {quoted} SET DATA TYPE {wider}"
                         );
-                        self.client.execute(&sql, &[]).await?;
+                        self.run(&load.target, &sql, &[], None).await?;
                         tracing::info!(table = %load.target.join("."), column = %ident, data_type = %wider, "target column widened");
                         done.columns_widened += 1;
                     }
@@ -263,6 +310,8 @@ struct Ensured {
 impl Sink for SnowflakeSink {
     async fn load(&mut self, loads: &[TableLoad]) -> Result<LoadReport, SinkError> {
         let mut report = LoadReport::default();
+        // A failed attempt's statements are not reported (its error is).
+        self.take_executed();
         for (index, load) in loads.iter().enumerate() {
             if let Some(truncation) = &load.truncate {
                 self.truncate(load, truncation, &mut report).await?;
@@ -288,13 +337,8 @@ impl Sink for SnowflakeSink {
                         value: b.value.as_deref(),
                     })
                     .collect();
-                let executed = match load.requests.get(i) {
-                    Some(request) => self.client.execute_as(&st.sql, &binds, request).await,
-                    None => {
-                        let request = floe_snowflake::RequestId::new();
-                        self.client.execute_as(&st.sql, &binds, &request).await
-                    }
-                };
+                let request = load.requests.get(i).map(|r| &**r);
+                let executed = self.run(&load.target, &st.sql, &binds, request).await;
                 let res = match executed {
                     Ok(res) => res,
                     // A data error (Snowflake's 100xxx: a value it cannot convert or
@@ -317,6 +361,7 @@ impl Sink for SnowflakeSink {
                 report.rows_deleted += res.rows_deleted.unwrap_or(0);
             }
         }
+        report.executed = self.take_executed();
         Ok(report)
     }
 }

@@ -1,0 +1,345 @@
+//! The OpenTelemetry instruments the internal events record into ([`crate::events`]):
+//! the one place where floe's metrics are named, typed and described. The binaries
+//! choose where they go (a Prometheus registry served at `/metrics`, OTLP, both or
+//! neither) by the meter provider they install before the pipeline's [`Stats`] is
+//! made; without one, recording costs a no-op call.
+//!
+//! The names follow OpenTelemetry's conventions (dotted, unit apart); Prometheus shows
+//! them with underscores, the unit as a suffix and `_total` on counters
+//! (`floe.rows.loaded` → `floe_rows_loaded_total`). `docs/operating.md` lists them.
+//!
+//! [`Stats`]: crate::events::Stats
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+
+use crate::events::{Breaker, BreakerState};
+
+/// Seconds: from a fast statement to a slow batch.
+const SECONDS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Events per batch.
+const EVENTS: [f64; 10] = [
+    1.0, 10.0, 100.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0,
+];
+
+/// floe's instruments, made once per run from one meter.
+#[derive(Debug, Clone)]
+pub struct Instruments {
+    pub events_consumed: Counter<u64>,
+    pub bytes_consumed: Counter<u64>,
+    pub batch_size: Histogram<u64>,
+    pub batch_duration: Histogram<f64>,
+    pub components_duration: Histogram<f64>,
+    pub load_duration: Histogram<f64>,
+    pub batches_committed: Counter<u64>,
+    pub rows_loaded: Counter<u64>,
+    pub events_dropped: Counter<u64>,
+    pub dead_letters: Counter<u64>,
+    pub dead_letters_cut: Counter<u64>,
+    pub load_retries: Counter<u64>,
+    pub breaker_state: Gauge<u64>,
+    pub breaker_openings: Counter<u64>,
+    pub broker_errors: Counter<u64>,
+    pub statements: Counter<u64>,
+    pub statement_duration: Histogram<f64>,
+    pub schema_changes: Counter<u64>,
+    pub component_reloads: Counter<u64>,
+    pub commits_refused: Counter<u64>,
+    pub truncates_ignored: Counter<u64>,
+    pub toast_values_unknown: Counter<u64>,
+}
+
+impl Default for Instruments {
+    /// Instruments of the global meter provider (a no-op until a binary installs one).
+    fn default() -> Self {
+        Instruments::new(&opentelemetry::global::meter("floe"))
+    }
+}
+
+impl Instruments {
+    pub fn new(meter: &Meter) -> Instruments {
+        let counter = |name: &'static str, unit: &'static str, description: &'static str| {
+            meter
+                .u64_counter(name)
+                .with_unit(unit)
+                .with_description(description)
+                .build()
+        };
+        let seconds = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(SECONDS.to_vec())
+                .build()
+        };
+        let instruments = Instruments {
+            events_consumed: counter(
+                "floe.events.consumed",
+                "{event}",
+                "Change events (messages) taken from the source into batches.",
+            ),
+            bytes_consumed: counter(
+                "floe.bytes.consumed",
+                "By",
+                "Bytes of the consumed messages (keys, values and headers).",
+            ),
+            batch_size: meter
+                .u64_histogram("floe.batch.size")
+                .with_unit("{event}")
+                .with_description("Events per batch.")
+                .with_boundaries(EVENTS.to_vec())
+                .build(),
+            batch_duration: seconds(
+                "floe.batch.duration",
+                "From a batch's cut to its acknowledgement (offsets committed): components, load, dead letters and commit.",
+            ),
+            components_duration: seconds(
+                "floe.components.duration",
+                "Time a batch spent in the WebAssembly components (validation, transformation, MERGE building).",
+            ),
+            load_duration: seconds(
+                "floe.load.duration",
+                "Time a batch's warehouse load took, retries included.",
+            ),
+            batches_committed: counter(
+                "floe.batches.committed",
+                "{batch}",
+                "Batches loaded (or dead-lettered) and acknowledged.",
+            ),
+            rows_loaded: counter(
+                "floe.rows.loaded",
+                "{row}",
+                "Rows the warehouse reported inserted, updated or deleted, by target table and operation.",
+            ),
+            events_dropped: counter(
+                "floe.events.dropped",
+                "{event}",
+                "Events not loaded (dead-lettered), by category (parse, validation, wasm-trap, schema, warehouse, ...) and stage.",
+            ),
+            dead_letters: counter(
+                "floe.dead_letters.written",
+                "{letter}",
+                "Dead letters written durably (or logged, with dlq.kind = log).",
+            ),
+            dead_letters_cut: counter(
+                "floe.dead_letters.cut",
+                "{letter}",
+                "Dead letters too large for the dead letter queue, written in their bounded form.",
+            ),
+            load_retries: counter(
+                "floe.load.retries",
+                "{retry}",
+                "Warehouse loads retried after a transient error.",
+            ),
+            breaker_state: meter
+                .u64_gauge("floe.breaker.state")
+                .with_description(
+                    "A circuit breaker's state: 0 closed, 1 open (consumption paused), 2 half-open (probing).",
+                )
+                .build(),
+            breaker_openings: counter(
+                "floe.breaker.openings",
+                "{opening}",
+                "Times a circuit breaker opened.",
+            ),
+            broker_errors: counter(
+                "floe.broker.errors",
+                "{error}",
+                "Transient broker errors while consuming, committing or writing dead letters (each retried).",
+            ),
+            statements: counter(
+                "floe.warehouse.statements",
+                "{statement}",
+                "Warehouse statements executed, by kind (merge, create, alter, truncate, delete, describe, ...).",
+            ),
+            statement_duration: seconds(
+                "db.client.operation.duration",
+                "Duration of a warehouse statement (OpenTelemetry's database client convention).",
+            ),
+            schema_changes: counter(
+                "floe.schema.changes",
+                "{change}",
+                "Target schema changes: table_created, column_added, column_widened, table_truncated.",
+            ),
+            component_reloads: counter(
+                "floe.components.reloads",
+                "{reload}",
+                "Component reloads (SIGHUP or a changed file), by outcome: replaced or refused.",
+            ),
+            commits_refused: counter(
+                "floe.commits.refused",
+                "{commit}",
+                "Offset commits the consumer group refused (partitions reassigned during the load).",
+            ),
+            truncates_ignored: counter(
+                "floe.truncates.ignored",
+                "{event}",
+                "TRUNCATE events seen and, as configured, not applied.",
+            ),
+            toast_values_unknown: counter(
+                "floe.toast.unknown",
+                "{row}",
+                "New rows lacking an unchanged TOASTed value nothing in their batch had (loaded as NULL).",
+            ),
+        };
+        // Every breaker's series exists from the start, closed.
+        for breaker in [Breaker::Warehouse, Breaker::Broker, Breaker::Dlq] {
+            instruments.breaker(breaker, BreakerState::Closed);
+        }
+        instruments
+    }
+
+    /// Records a breaker's new state.
+    pub fn breaker(&self, breaker: Breaker, state: BreakerState) {
+        self.breaker_state
+            .record(state as u64, &[KeyValue::new("breaker", breaker.name())]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::SdkMeterProvider;
+    use prometheus::Encoder as _;
+
+    use crate::events::{
+        BatchCommitted, BatchReceived, Breaker, BreakerChanged, BreakerState, EventDropped,
+        Position, Stats,
+    };
+    use crate::sinks::Executed;
+
+    /// The Prometheus text of what `record` did to a fresh set of instruments.
+    fn exposition(record: impl FnOnce(&Stats)) -> String {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()
+            .unwrap();
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let stats = Stats::with_meter(&provider.meter("floe"));
+        record(&stats);
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        String::from_utf8(text).unwrap()
+    }
+
+    fn statement(table: &str, kind: &'static str, ok: bool, rows: [u64; 3]) -> Executed {
+        Executed {
+            table: table.into(),
+            kind,
+            duration: Duration::from_millis(30),
+            ok,
+            inserted: rows[0],
+            updated: rows[1],
+            deleted: rows[2],
+        }
+    }
+
+    #[test]
+    fn a_known_batch_reads_back_as_prometheus_metrics() {
+        let text = exposition(|stats| {
+            BatchReceived {
+                events: 12,
+                bytes: 4_000,
+            }
+            .emit(stats);
+            EventDropped {
+                position: Position {
+                    topic: "dbz.public.t",
+                    partition: 0,
+                    offset: 3,
+                },
+                error_type: "validation",
+                stage: "validate",
+                reason: "id missing",
+            }
+            .emit(stats);
+            BreakerChanged {
+                breaker: Breaker::Warehouse,
+                state: BreakerState::Open,
+                error: Some("down"),
+                open_for: Some(Duration::from_secs(1)),
+            }
+            .emit(stats);
+            let executed = [
+                statement("DB.S.T", "create", true, [0, 0, 0]),
+                statement("DB.S.T", "merge", false, [0, 0, 0]),
+                statement("DB.S.T", "merge", true, [7, 3, 1]),
+                statement("DB.S.U", "merge", true, [2, 0, 0]),
+            ];
+            BatchCommitted {
+                events: 12,
+                rows: 13,
+                tables: 2,
+                skipped: 0,
+                statements: 4,
+                inserted: 9,
+                updated: 3,
+                deleted: 1,
+                tables_created: 1,
+                tables_truncated: 0,
+                columns_added: 2,
+                columns_widened: 0,
+                wasm: Duration::from_millis(40),
+                load: Duration::from_millis(90),
+                total: Duration::from_millis(150),
+                executed: &executed,
+            }
+            .emit(stats);
+        });
+        let has = |line: &str| {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line `{line}` in:\n{text}"
+            )
+        };
+        has("floe_events_consumed_total 12");
+        has("floe_bytes_consumed_bytes_total 4000");
+        has("floe_batch_size_count 1");
+        has("floe_batch_size_sum 12");
+        has(r#"floe_events_dropped_total{category="validation",stage="validate"} 1"#);
+        has(r#"floe_breaker_state{breaker="warehouse"} 1"#);
+        has(r#"floe_breaker_state{breaker="broker"} 0"#);
+        has(r#"floe_breaker_openings_total{breaker="warehouse"} 1"#);
+        has("floe_batches_committed_total 1");
+        has("floe_batch_duration_seconds_sum 0.15");
+        has(r#"floe_rows_loaded_total{op="insert",table="DB.S.T"} 7"#);
+        has(r#"floe_rows_loaded_total{op="update",table="DB.S.T"} 3"#);
+        has(r#"floe_rows_loaded_total{op="delete",table="DB.S.T"} 1"#);
+        has(r#"floe_rows_loaded_total{op="insert",table="DB.S.U"} 2"#);
+        has(r#"floe_warehouse_statements_total{kind="merge"} 3"#);
+        has(r#"floe_warehouse_statements_total{kind="create"} 1"#);
+        has(r#"floe_schema_changes_total{change="table_created"} 1"#);
+        has(r#"floe_schema_changes_total{change="column_added"} 2"#);
+        has(
+            r#"db_client_operation_duration_seconds_count{db_collection_name="DB.S.T",db_operation_name="merge",db_system_name="snowflake",status="error"} 1"#,
+        );
+        has(
+            r#"db_client_operation_duration_seconds_count{db_collection_name="DB.S.T",db_operation_name="merge",db_system_name="snowflake",status="ok"} 1"#,
+        );
+    }
+
+    #[test]
+    fn statement_kinds_are_a_bounded_set() {
+        use crate::sinks::statement_kind;
+        assert_eq!(statement_kind("MERGE INTO t USING ..."), "merge");
+        assert_eq!(statement_kind("  alter TABLE t ADD COLUMN c"), "alter");
+        assert_eq!(
+            statement_kind("CREATE TABLE IF NOT EXISTS t (..)"),
+            "create"
+        );
+        assert_eq!(statement_kind("SELECT COLUMN_NAME FROM x"), "select");
+        assert_eq!(statement_kind("GRANT ALL ON t TO r"), "other");
+        assert_eq!(statement_kind(""), "other");
+    }
+}
