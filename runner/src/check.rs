@@ -113,7 +113,7 @@ pub fn check(
     let name = component.display().to_string();
     let started = Instant::now();
     let kind = match Validator::new(&host, &name, &bytes, limits.clone()) {
-        Ok(v) => Kind::Validator(v),
+        Ok(v) => Kind::Validator(Box::new(v)),
         Err(as_validator) => match RowTransform::new(&host, &name, &bytes, limits.clone()) {
             Ok(t) => {
                 // The rows a transform gets come from the configured transformer.
@@ -223,7 +223,7 @@ pub fn check(
 
 /// What `floe check` runs.
 enum Kind {
-    Validator(Validator),
+    Validator(Box<Validator>),
     /// The configured transformer, then the component.
     Transform(Box<(Transformer, RowTransform)>),
 }

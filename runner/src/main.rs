@@ -131,18 +131,26 @@ enum DlqCommand {
     },
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr (filtered by `FLOE_LOG` or `RUST_LOG`, `info` by default) and, when
+/// `traces` exports, floe's trace spans to the OTLP exporter (whatever the log level).
+fn init_tracing(format: LogFormat, traces: &floe::telemetry::Traces) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, fmt};
     let filter = EnvFilter::try_from_env("FLOE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let logged = filter.and(filter_fn(floe::telemetry::logged));
+    let logs = match format {
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(logged))
+        .with(traces.layer())
+        .init();
 }
 
 fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -182,7 +190,19 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // Spans go over OTLP for `floe run` only; the other commands just log.
+    let otlp = match &cli.command {
+        Command::Run { .. } => floe::telemetry::Otlp::from_env()?,
+        _ => floe::telemetry::Otlp::default(),
+    };
+    let traces = floe::telemetry::Traces::install(&otlp)?;
+    init_tracing(cli.log_format, &traces);
+    let ran = command(cli, &otlp).await;
+    traces.shutdown().await;
+    ran
+}
+
+async fn command(cli: Cli, otlp: &floe::telemetry::Otlp) -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             sink,
@@ -236,7 +256,7 @@ async fn run() -> anyhow::Result<()> {
                 std::process::exit(130);
             });
             // The meter provider first: the run's instruments come from it.
-            let telemetry = floe::telemetry::Telemetry::install(&config.metrics)?;
+            let telemetry = floe::telemetry::Telemetry::install(&config.metrics, otlp)?;
             let stats = Stats::new();
             let endpoints = match config.metrics.listen {
                 Some(addr) => Some(
@@ -253,7 +273,7 @@ async fn run() -> anyhow::Result<()> {
             if let Some(endpoints) = endpoints {
                 endpoints.stop();
             }
-            telemetry.shutdown();
+            telemetry.shutdown().await;
             println!("{}", serde_json::to_string_pretty(&ran?)?);
             Ok(())
         }

@@ -19,6 +19,9 @@ pub use floe_batch::processor::{ProcessError, Processed, ProcessorSettings, Summ
 use floe_batch::Retained;
 use floe_batch::breaker::{CircuitBreaker, shutdown_requested};
 use floe_batch::processor::{BatchProcessor, Delivery, PreparedBatch, Preparer};
+use floe_batch::trace;
+use tracing::Instrument as _;
+use tracing::instrument::WithSubscriber as _;
 
 use crate::components::Components;
 use crate::config::SnowflakeConfig;
@@ -176,6 +179,8 @@ struct Loading {
     task: tokio::task::JoinHandle<Loaded>,
     /// When the batch was received.
     started: Instant,
+    /// The batch's trace span (its commit's parent).
+    span: tracing::Span,
 }
 
 /// What a load's task hands back.
@@ -343,11 +348,16 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
                 bytes: batch.bytes,
             }
             .emit(&self.stats);
+            let span = self.batch_span(&batch);
             // While the previous batch loads on its own task.
             let preparer = &mut self.preparer;
-            let prepared = tokio::task::block_in_place(|| preparer.prepare(&mut batch.messages));
+            let prepared = span
+                .in_scope(|| tokio::task::block_in_place(|| preparer.prepare(&mut batch.messages)));
             // Loads (and commits) stay in order: the previous batch first.
             let settled = self.settle(&shutdown).await?;
+            if let Err(e) = &prepared {
+                trace::failed(&span, e.error_type(), e);
+            }
             let prepared = prepared?;
             // A shutdown asked while the previous batch loaded leaves this one
             // unloaded and uncommitted: only the batch in flight is finished.
@@ -355,8 +365,15 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
                 tracing::info!("shutdown requested; the prepared batch is left uncommitted");
                 return Ok(());
             }
-            self.start_load(batch, prepared, started, shutdown.clone());
+            self.start_load(batch, prepared, started, span, shutdown.clone());
         }
+    }
+
+    /// The trace span of `batch`, linked to its records' own traces.
+    fn batch_span(&self, batch: &SourceBatch) -> tracing::Span {
+        let span = trace::batch_span(&batch.messages, self.source.consumer_group(), batch.bytes);
+        trace::link_records(&span, &batch.messages);
+        span
     }
 
     /// Between batches: replaces the components when a reload is due and the new ones
@@ -398,9 +415,11 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
             bytes: batch.bytes,
         }
         .emit(&self.stats);
+        let span = self.batch_span(&batch);
         let preparer = &mut self.preparer;
-        let prepared = tokio::task::block_in_place(|| preparer.prepare(&mut batch.messages))?;
-        self.start_load(batch, prepared, started, rx.clone());
+        let prepared = span
+            .in_scope(|| tokio::task::block_in_place(|| preparer.prepare(&mut batch.messages)))?;
+        self.start_load(batch, prepared, started, span, rx.clone());
         self.settle(&rx).await.map(|_| ())
     }
 
@@ -410,6 +429,7 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
         batch: SourceBatch,
         prepared: PreparedBatch,
         started: Instant,
+        span: tracing::Span,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         debug_assert!(self.loading.is_none(), "one load at a time");
@@ -423,34 +443,46 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
         // each topic's repeated schema once (see floe_batch::retained).
         let messages = Retained::compact(batch.messages);
         let checkpoint = batch.checkpoint;
-        let task = tokio::spawn(async move {
-            // Free: the previous load was settled before this one started.
-            let mut delivery = delivery.lock_owned().await;
-            let outcome = (delivery.deliver(&messages, prepared, shutdown)).await;
-            drop(delivery);
-            // Past delivery the messages are not needed (a stopped delivery is replayed
-            // whole): they go now, not when the pipeline next looks, which may be after
-            // the next batch is collected and prepared (two batches at once).
-            drop(messages);
-            let mut committed = false;
-            if let Some(f) = in_flight {
-                f.finish(matches!(outcome, Ok(Processed::Done(_))));
-                // Committed now, not when the pipeline next looks: it may be collecting
-                // the next batch for up to `batch.max_wait_ms`.
-                if let Ok(Processed::Done(summary)) = &outcome
-                    && f.commit_loaded()
-                {
-                    summary.committed(started.elapsed()).emit(&stats);
-                    committed = true;
+        let batch_span = span.clone();
+        let task = tokio::spawn(
+            async move {
+                // Free: the previous load was settled before this one started.
+                let mut delivery = delivery.lock_owned().await;
+                let outcome = (delivery.deliver(&messages, prepared, shutdown)).await;
+                drop(delivery);
+                // Past delivery the messages are not needed (a stopped delivery is replayed
+                // whole): they go now, not when the pipeline next looks, which may be after
+                // the next batch is collected and prepared (two batches at once).
+                drop(messages);
+                let mut committed = false;
+                if let Some(f) = in_flight {
+                    f.finish(matches!(outcome, Ok(Processed::Done(_))));
+                    // Committed now, not when the pipeline next looks: it may be collecting
+                    // the next batch for up to `batch.max_wait_ms`.
+                    if let Ok(Processed::Done(_)) = &outcome {
+                        committed = trace::commit_span(&batch_span).in_scope(|| f.commit_loaded());
+                    }
+                    if let (Ok(Processed::Done(summary)), true) = (&outcome, committed) {
+                        summary.committed(started.elapsed()).emit(&stats);
+                    }
+                }
+                if let Err(e) = &outcome {
+                    trace::failed(&batch_span, e.error_type(), e);
+                }
+                Loaded {
+                    checkpoint,
+                    outcome,
+                    committed,
                 }
             }
-            Loaded {
-                checkpoint,
-                outcome,
-                committed,
-            }
+            .instrument(span.clone())
+            .with_current_subscriber(),
+        );
+        self.loading = Some(Loading {
+            task,
+            started,
+            span,
         });
-        self.loading = Some(Loading { task, started });
     }
 
     /// Waits for the batch being loaded (if any) and commits it. A shutdown request
@@ -508,8 +540,19 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
         };
         // The load's task, or a revoke during the load, may have committed it already.
         let committed = self.end_in_flight();
-        if !committed && !self.commit(&checkpoint, shutdown.clone()).await? {
-            return Ok(false);
+        if !committed {
+            let span = trace::commit_span(&loading.span);
+            let done = self
+                .commit(&checkpoint, shutdown.clone())
+                .instrument(span.clone());
+            match done.await {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(e) => {
+                    trace::failed(&span, "broker", &e);
+                    return Err(e);
+                }
+            }
         }
         if !reported {
             summary

@@ -25,6 +25,7 @@ pub mod processor;
 pub mod retained;
 pub mod sinks;
 pub mod targets;
+pub mod trace;
 
 pub use events::{Stats, StatsSnapshot};
 pub use message::Message;

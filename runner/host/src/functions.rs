@@ -65,6 +65,8 @@ pub struct Usage {
 /// call it in a fresh store.
 struct Loaded<P> {
     host: Host,
+    /// The world, as trace spans name it (`validate`, `transform`, ...).
+    kind: &'static str,
     name: String,
     limits: Limits,
     pre: P,
@@ -76,6 +78,7 @@ impl<P> Loaded<P> {
     /// the world (`typed`).
     fn new(
         host: &Host,
+        kind: &'static str,
         name: &str,
         wasm: &[u8],
         limits: Limits,
@@ -90,6 +93,7 @@ impl<P> Loaded<P> {
             .map_err(|e| load_err(name, e))?;
         Ok(Loaded {
             host: host.clone(),
+            kind,
             name: name.to_string(),
             limits,
             pre,
@@ -99,13 +103,52 @@ impl<P> Loaded<P> {
     /// Runs one guest call in a fresh store and maps every failure to a [`HostError`].
     fn call<R>(
         &self,
+        events: usize,
         call: impl FnOnce(&P, &mut Store<StoreState>) -> wasmtime::Result<Result<R, GuestError>>,
     ) -> Result<R, HostError> {
-        self.call_measured(call).0
+        self.call_measured(events, call).0
     }
 
-    /// [`Loaded::call`], also reporting what the call used.
+    /// [`Loaded::call`] of a batch of `events` events, also reporting what the call
+    /// used. Traced as one span (child of the caller's current span).
     fn call_measured<R>(
+        &self,
+        events: usize,
+        call: impl FnOnce(&P, &mut Store<StoreState>) -> wasmtime::Result<Result<R, GuestError>>,
+    ) -> (Result<R, HostError>, Usage) {
+        let span = tracing::info_span!(
+            target: crate::TRACE_TARGET,
+            "component",
+            otel.name = %format_args!("{} {}", self.kind, self.name),
+            floe.component.kind = self.kind,
+            floe.component.name = %self.name,
+            floe.events = events,
+            floe.component.fuel = tracing::field::Empty,
+            floe.component.memory_peak_bytes = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let (result, usage) = self.call_in_store(call);
+        if !span.is_disabled() {
+            span.record(
+                "floe.component.memory_peak_bytes",
+                usage.memory_peak_bytes as u64,
+            );
+            if let Some(fuel) = usage.fuel_used {
+                span.record("floe.component.fuel", fuel);
+            }
+            if let Err(e) = &result {
+                span.record("error.type", e.error_code());
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", tracing::field::display(e));
+            }
+        }
+        (result, usage)
+    }
+
+    fn call_in_store<R>(
         &self,
         call: impl FnOnce(&P, &mut Store<StoreState>) -> wasmtime::Result<Result<R, GuestError>>,
     ) -> (Result<R, HostError>, Usage) {
@@ -145,7 +188,15 @@ impl Validator {
     /// Compiles and links the component once; each [`Validator::validate`] instantiates
     /// it afresh.
     pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
-        Loaded::new(host, name, wasm, limits, gen_::validator::ValidatorPre::new).map(Validator)
+        Loaded::new(
+            host,
+            "validate",
+            name,
+            wasm,
+            limits,
+            gen_::validator::ValidatorPre::new,
+        )
+        .map(Validator)
     }
 
     /// The component's name, as given when loading.
@@ -160,7 +211,7 @@ impl Validator {
 
     /// [`Validator::validate`], also reporting what the call used of its limits.
     pub fn validate_measured(&self, batch: &Batch) -> (Result<Vec<Verdict>, HostError>, Usage) {
-        let (result, usage) = self.0.call_measured(|pre, store| {
+        let (result, usage) = self.0.call_measured(batch.events.len(), |pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_validate(&mut *store, batch)
         });
@@ -202,6 +253,7 @@ impl Transformer {
     pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
         Loaded::new(
             host,
+            "transform",
             name,
             wasm,
             limits,
@@ -223,6 +275,7 @@ impl Transformer {
         let pre = gen_::validating_transformer::ValidatingTransformerPre::new(instance_pre).ok()?;
         Some(ValidatingTransformer(Loaded {
             host: self.0.host.clone(),
+            kind: "validate-and-transform",
             name: self.0.name.clone(),
             limits: self.0.limits.clone(),
             pre,
@@ -232,7 +285,7 @@ impl Transformer {
     /// Rows, truncates and per-event failures for the batch; every index in the answer
     /// is checked against the batch.
     pub fn transform(&self, batch: &Batch) -> Result<Transformed, HostError> {
-        let out = self.0.call(|pre, store| {
+        let out = self.0.call(batch.events.len(), |pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_transform(&mut *store, batch)
         })?;
@@ -305,7 +358,7 @@ impl ValidatingTransformer {
         &self,
         batch: &Batch,
     ) -> Result<(Vec<Verdict>, Transformed), HostError> {
-        let (verdicts, out) = self.0.call(|pre, store| {
+        let (verdicts, out) = self.0.call(batch.events.len(), |pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_validate_and_transform(&mut *store, batch)
         })?;
@@ -322,6 +375,7 @@ impl RowTransform {
     pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
         Loaded::new(
             host,
+            "transform-rows",
             name,
             wasm,
             limits,
@@ -349,7 +403,7 @@ impl RowTransform {
         &self,
         input: &Transformed,
     ) -> (Result<Transformed, HostError>, Usage) {
-        let (result, usage) = self.0.call_measured(|pre, store| {
+        let (result, usage) = self.0.call_measured(input.rows.len(), |pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_transform_rows(&mut *store, input)
         });
@@ -457,6 +511,7 @@ impl MergeBuilder {
     pub fn new(host: &Host, name: &str, wasm: &[u8], limits: Limits) -> Result<Self, HostError> {
         Loaded::new(
             host,
+            "build-merge",
             name,
             wasm,
             limits,
@@ -472,7 +527,7 @@ impl MergeBuilder {
 
     /// The statements that apply one table's rows.
     pub fn build(&self, input: &MergeInput) -> Result<MergePlan, HostError> {
-        let plan = self.0.call(|pre, store| {
+        let plan = self.0.call(input.rows.len(), |pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_build_merge(&mut *store, input)
         })?;

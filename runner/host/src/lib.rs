@@ -33,6 +33,11 @@ pub use functions::{
 };
 pub use wasi::{Capability, Grants, MAX_OUTPUT_BYTES};
 
+/// The `tracing` target of floe's trace spans (one per batch, component call, load,
+/// warehouse statement, dead-letter write and commit). The runner exports the spans of
+/// this target over OTLP when asked to and keeps them out of its logs.
+pub const TRACE_TARGET: &str = "floe::trace";
+
 /// The data types of `floe:cdc/types`, generated once from the WIT package and shared
 /// by the three worlds.
 pub mod types {

@@ -209,6 +209,7 @@ pub struct KafkaSource {
     /// Shared with the rebalance callback (see [`FloeContext`]).
     in_flight: Arc<InFlight>,
     topics: HashMap<String, Arc<str>>,
+    group: String,
 }
 
 impl KafkaSource {
@@ -298,6 +299,7 @@ impl KafkaSource {
         tracing::info!(brokers = %config.brokers, group = %config.group_id, topics = ?subscription, "kafka source subscribed");
         Ok(KafkaSource {
             consumer,
+            group: config.group_id.clone(),
             dlq_template: dlq_template.to_owned(),
             assigned,
             revoked,
@@ -384,6 +386,10 @@ impl Source for KafkaSource {
 
     fn in_flight(&self) -> Option<Arc<InFlight>> {
         Some(self.in_flight.clone())
+    }
+
+    fn consumer_group(&self) -> Option<&str> {
+        Some(&self.group)
     }
 
     async fn next_batch(

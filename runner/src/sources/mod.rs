@@ -153,6 +153,11 @@ pub trait Source: Send {
         None
     }
 
+    /// The consumer group the source reads as, for the batch spans (Kafka).
+    fn consumer_group(&self) -> Option<&str> {
+        None
+    }
+
     /// Durably records that everything before `checkpoint` is loaded.
     fn commit(
         &mut self,

@@ -12,7 +12,9 @@ use crate::events::{
     Stats,
 };
 use crate::message::Message;
-use crate::sinks::{LoadReport, Sink, TableLoad};
+use crate::sinks::{LoadReport, Sink, SinkError, TableLoad};
+use crate::trace;
+use tracing::Instrument as _;
 
 use super::{Delivery, ProcessError};
 
@@ -62,7 +64,7 @@ impl<K: Sink> Delivery<K> {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Option<LoadReport>, ProcessError> {
         let settings = self.breaker;
-        let mut result = self.load_with_retry(loads).await;
+        let (mut result, mut attempt) = self.load_with_retry(loads).await;
         let mut open_for = settings.open_for;
         let mut opened = false;
         loop {
@@ -104,7 +106,11 @@ impl<K: Sink> Delivery<K> {
                         open_for: None,
                     }
                     .emit(&self.stats);
-                    result = self.sink.load(loads).await.map_err(ProcessError::from);
+                    attempt += 1;
+                    result = self
+                        .load_once(loads, attempt)
+                        .await
+                        .map_err(ProcessError::from);
                 }
             }
         }
@@ -151,7 +157,12 @@ impl<K: Sink> Delivery<K> {
             return Ok(true);
         }
         loop {
-            match self.dlq.send(messages, dead).await {
+            let span = trace::dead_letters_span(&self.dlq.describe(), dead.len());
+            let sent = self.dlq.send(messages, dead).instrument(span.clone()).await;
+            if let Err(e) = &sent {
+                trace::failed(&span, "dlq", e);
+            }
+            match sent {
                 Ok(sent) => {
                     self.dlq_breaker.success(&self.stats);
                     DeadLettersWritten {
@@ -179,17 +190,43 @@ impl<K: Sink> Delivery<K> {
         }
     }
 
-    async fn load_with_retry(&mut self, loads: &[TableLoad]) -> Result<LoadReport, ProcessError> {
+    /// Loads with up to `load_attempts` attempts; also returns the attempts made.
+    async fn load_with_retry(
+        &mut self,
+        loads: &[TableLoad],
+    ) -> (Result<LoadReport, ProcessError>, usize) {
         if loads.is_empty() {
-            return Ok(Default::default());
+            return (Ok(Default::default()), 0);
         }
         let mut retry = Retry::new(self.load_attempts);
+        let mut attempt = 0;
         loop {
-            match self.sink.load(loads).await {
-                Ok(r) => return Ok(r),
+            attempt += 1;
+            match self.load_once(loads, attempt).await {
+                Ok(r) => return (Ok(r), attempt),
                 Err(e) if e.is_retryable() && retry.wait(&e.to_string(), &self.stats).await => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return (Err(e.into()), attempt),
             }
         }
+    }
+
+    /// One load attempt, traced.
+    async fn load_once(
+        &mut self,
+        loads: &[TableLoad],
+        attempt: usize,
+    ) -> Result<LoadReport, SinkError> {
+        let events = loads.iter().map(|l| l.origins.len()).sum();
+        let span = trace::load_span(attempt, loads.len(), events);
+        let loaded = self.sink.load(loads).instrument(span.clone()).await;
+        if let Err(e) = &loaded {
+            let kind = if e.is_retryable() {
+                "transient"
+            } else {
+                "permanent"
+            };
+            trace::failed(&span, kind, e);
+        }
+        loaded
     }
 }

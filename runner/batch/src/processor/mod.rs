@@ -50,6 +50,16 @@ impl ProcessError {
             ProcessError::ComponentFailed(_) => false,
         }
     }
+
+    /// The error's kind, as trace spans report it (`error.type`).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ProcessError::Sink(e) if e.is_retryable() => "warehouse_transient",
+            ProcessError::Sink(_) => "warehouse",
+            ProcessError::Dlq(_) => "dlq",
+            ProcessError::ComponentFailed(_) => "component",
+        }
+    }
 }
 
 /// Settings of the per-batch work.

@@ -116,12 +116,20 @@ pub(super) fn map_parallel<I: Sync, T: Send>(
         return items.iter().map(&f).collect();
     }
     let mut out = Vec::with_capacity(items.len());
+    // The calls on other threads belong to the caller's trace span and subscriber.
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    let span = tracing::Span::current();
     for round in items.chunks(parallelism) {
         let f = &f;
+        let (dispatch, span) = (&dispatch, &span);
         std::thread::scope(|s| {
             let others: Vec<_> = round[1..]
                 .iter()
-                .map(|item| s.spawn(move || f(item)))
+                .map(|item| {
+                    s.spawn(move || {
+                        tracing::dispatcher::with_default(dispatch, || span.in_scope(|| f(item)))
+                    })
+                })
                 .collect();
             out.push(f(&round[0]));
             for h in others {

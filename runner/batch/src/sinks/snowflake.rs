@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use floe_snowflake::{Auth, BindRef, Client, ConnectOptions, QueryResult, RequestId};
+use tracing::Instrument as _;
 
 use super::schema::{self, Fit, TargetType};
 use super::{
@@ -18,6 +19,51 @@ pub fn core_case(case: IdentifierCase) -> floe_cdc_core::IdentifierCase {
         IdentifierCase::Upper => floe_cdc_core::IdentifierCase::Upper,
         IdentifierCase::Preserve => floe_cdc_core::IdentifierCase::Preserve,
     }
+}
+
+/// The trace span of one warehouse statement on `table` (`[database, schema, table]`),
+/// with the database client conventions' attributes.
+fn statement_span(table: &[String], kind: &'static str, binds: usize) -> tracing::Span {
+    let (namespace, collection) = match table.split_last() {
+        Some((last, rest)) => (rest.join("."), last.as_str()),
+        None => (String::new(), ""),
+    };
+    tracing::info_span!(
+        target: floe_host::TRACE_TARGET,
+        "statement",
+        otel.name = %format_args!("{} {collection}", kind.to_uppercase()),
+        otel.kind = "client",
+        db.system.name = "snowflake",
+        db.namespace = %namespace,
+        db.collection.name = collection,
+        db.operation.name = kind,
+        floe.statement.binds = binds,
+        db.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    )
+}
+
+/// Marks a statement's span failed: Snowflake's error code (or HTTP status) as the
+/// response status, the error's kind as `error.type`.
+fn record_failure(span: &tracing::Span, e: &floe_snowflake::Error) {
+    use floe_snowflake::Error as E;
+    let (status, error_type) = match e {
+        E::Sql { code, .. } | E::Login { code, .. } => (Some(code.clone()), "sql"),
+        E::Status { status, .. } => (Some(status.to_string()), "http_status"),
+        E::Http { .. } => (None, "http"),
+        E::Timeout { .. } => (None, "timeout"),
+        E::SessionExpired => (None, "session_expired"),
+        E::Decode(_) => (None, "decode"),
+        _ => (None, "other"),
+    };
+    if let Some(status) = status {
+        span.record("db.response.status_code", status);
+    }
+    span.record("error.type", error_type);
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", tracing::field::display(e));
 }
 
 /// A connected Snowflake sink.
@@ -105,16 +151,25 @@ impl SnowflakeSink {
         binds: &[BindRef<'_>],
         request: Option<&RequestId>,
     ) -> Result<QueryResult, floe_snowflake::Error> {
+        let kind = statement_kind(sql);
+        let span = statement_span(table, kind, binds.len());
         let started = Instant::now();
-        let res = match request {
-            Some(request) => self.client.execute_as(sql, binds, request).await,
-            None => self.client.execute_as(sql, binds, &RequestId::new()).await,
-        };
+        let res = async {
+            match request {
+                Some(request) => self.client.execute_as(sql, binds, request).await,
+                None => self.client.execute_as(sql, binds, &RequestId::new()).await,
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(e) = &res {
+            record_failure(&span, e);
+        }
         let counted = |n: Option<u64>| n.unwrap_or(0);
         let ok = res.as_ref().ok();
         let executed = Executed {
             table: table.join("."),
-            kind: statement_kind(sql),
+            kind,
             duration: started.elapsed(),
             ok: ok.is_some(),
             inserted: counted(ok.and_then(|r| r.rows_inserted)),

@@ -1,5 +1,4 @@
-//! What a `floe run` exports beyond its logs: the meter provider its internal events
-//! record into ([`floe_batch::metrics`]) and the HTTP endpoints (`metrics.listen`):
+//! The HTTP endpoints of `metrics.listen`:
 //!
 //! * `/metrics`: the metrics as Prometheus text;
 //! * `/healthz`: 200 while the process serves (liveness);
@@ -18,77 +17,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::Encoder as _;
 
-use crate::config::MetricsConfig;
+use super::TelemetryError;
 use crate::events::Stats;
-
-/// Errors setting telemetry up (never raised once the run is going).
-#[derive(Debug, thiserror::Error)]
-pub enum TelemetryError {
-    #[error("metrics exporter: {0}")]
-    Exporter(String),
-    #[error("metrics.listen {addr}: cannot listen: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
-
-impl TelemetryError {
-    /// Set-up errors are configuration or environment problems: never retried.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-}
-
-/// The installed meter provider and the registry `/metrics` reads.
-pub struct Telemetry {
-    provider: Option<SdkMeterProvider>,
-    registry: Option<prometheus::Registry>,
-}
-
-impl Telemetry {
-    /// Installs the global meter provider `config` asks for. Call it before the run's
-    /// [`Stats`] is made: its instruments come from the provider installed then.
-    /// Without `metrics.listen` nothing is installed and recording costs a no-op call.
-    pub fn install(config: &MetricsConfig) -> Result<Telemetry, TelemetryError> {
-        if config.listen.is_none() {
-            return Ok(Telemetry {
-                provider: None,
-                registry: None,
-            });
-        }
-        let registry = prometheus::Registry::new();
-        let exporter = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .without_target_info()
-            .scope_info_enabled(false)
-            .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
-        opentelemetry::global::set_meter_provider(provider.clone());
-        Ok(Telemetry {
-            provider: Some(provider),
-            registry: Some(registry),
-        })
-    }
-
-    /// The Prometheus registry the metrics are gathered from, when one is installed.
-    pub fn registry(&self) -> Option<&prometheus::Registry> {
-        self.registry.as_ref()
-    }
-
-    /// Flushes and stops the exporters (at exit).
-    pub fn shutdown(self) {
-        if let Some(provider) = self.provider
-            && let Err(e) = provider.shutdown()
-        {
-            tracing::debug!(error = %e, "metrics provider shutdown");
-        }
-    }
-}
 
 /// What the endpoints read.
 #[derive(Clone)]
@@ -180,6 +112,7 @@ mod tests {
     use std::time::Duration;
 
     use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::SdkMeterProvider;
 
     use super::*;
     use crate::events::{BatchReceived, Breaker, BreakerChanged, BreakerState};
