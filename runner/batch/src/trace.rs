@@ -9,8 +9,8 @@
 //!
 //! ```text
 //! process <topic>                  (consumer; links to each record's traceparent)
-//! ├── validate-and-transform floe-transformer   (one per component call and share)
-//! ├── build-merge floe-merge-builder            (one per table)
+//! ├── validate-and-transform builtin-transformer (one per component call and share)
+//! ├── build-merge builtin-merge_builder          (one per table)
 //! ├── load                                       (one per attempt)
 //! │   └── MERGE <table>                          (one per statement; db.* attributes)
 //! ├── dead letters                               (when the batch has some)
@@ -25,6 +25,8 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use floe_host::span_int;
 
 use crate::message::Message;
 
@@ -51,8 +53,8 @@ pub fn batch_span(messages: &[Message], group: Option<&str>, bytes: usize) -> Sp
         messaging.operation.type = "process",
         messaging.destination.name = Empty,
         messaging.consumer.group.name = group,
-        messaging.batch.message_count = messages.len(),
-        floe.batch.bytes = bytes,
+        messaging.batch.message_count = span_int(messages.len()),
+        floe.batch.bytes = span_int(bytes),
         floe.links.dropped = Empty,
         error.type = Empty,
         otel.status_code = Empty,
@@ -114,7 +116,7 @@ pub fn link_records(span: &Span, messages: &[Message]) -> usize {
         span.add_link(context);
     }
     if dropped > 0 {
-        span.record("floe.links.dropped", dropped);
+        span.record("floe.links.dropped", span_int(dropped));
     }
     seen.len() - dropped
 }
@@ -125,9 +127,9 @@ pub fn load_span(attempt: usize, tables: usize, events: usize) -> Span {
     tracing::info_span!(
         target: TARGET,
         "load",
-        floe.load.attempt = attempt,
-        floe.load.tables = tables,
-        floe.load.events = events,
+        floe.load.attempt = span_int(attempt),
+        floe.load.tables = span_int(tables),
+        floe.load.events = span_int(events),
         error.type = Empty,
         otel.status_code = Empty,
         otel.status_description = Empty,
@@ -145,7 +147,7 @@ pub fn dead_letters_span(queue: &str, count: usize) -> Span {
         messaging.operation.name = "send",
         messaging.operation.type = "send",
         floe.dlq = queue,
-        messaging.batch.message_count = count,
+        messaging.batch.message_count = span_int(count),
         error.type = Empty,
         otel.status_code = Empty,
         otel.status_description = Empty,

@@ -122,7 +122,7 @@ impl<P> Loaded<P> {
             otel.name = %format_args!("{} {}", self.kind, self.name),
             floe.component.kind = self.kind,
             floe.component.name = %self.name,
-            floe.events = events,
+            floe.events = crate::span_int(events),
             floe.component.fuel = tracing::field::Empty,
             floe.component.memory_peak_bytes = tracing::field::Empty,
             error.type = tracing::field::Empty,
@@ -134,10 +134,10 @@ impl<P> Loaded<P> {
         if !span.is_disabled() {
             span.record(
                 "floe.component.memory_peak_bytes",
-                usage.memory_peak_bytes as u64,
+                crate::span_int(usage.memory_peak_bytes),
             );
             if let Some(fuel) = usage.fuel_used {
-                span.record("floe.component.fuel", fuel);
+                span.record("floe.component.fuel", crate::span_int(fuel));
             }
             if let Err(e) = &result {
                 span.record("error.type", e.error_code());

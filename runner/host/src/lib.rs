@@ -38,6 +38,12 @@ pub use wasi::{Capability, Grants, MAX_OUTPUT_BYTES};
 /// this target over OTLP when asked to and keeps them out of its logs.
 pub const TRACE_TARGET: &str = "floe::trace";
 
+/// A count as a trace span attribute: OpenTelemetry integers are signed 64-bit, and
+/// unsigned `tracing` fields would be exported as strings.
+pub fn span_int<N: TryInto<i64>>(n: N) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
 /// The data types of `floe:cdc/types`, generated once from the WIT package and shared
 /// by the three worlds.
 pub mod types {

@@ -150,16 +150,7 @@ impl Traces {
         S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
     {
         let tracer = self.provider.as_ref()?.tracer("floe");
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                meta.target() == floe_batch::trace::TARGET
-                    || (meta.is_event() && *meta.level() <= tracing::Level::WARN)
-            }));
-        Some(layer)
+        Some(span_layer(tracer))
     }
 
     /// Exports the spans still queued and stops the exporter (at exit).
@@ -171,6 +162,26 @@ impl Traces {
             }
         }
     }
+}
+
+/// The `tracing` layer that hands floe's trace spans, and the warnings and errors
+/// logged inside them, to `tracer`.
+pub(crate) fn span_layer<S>(
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+) -> impl Layer<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.target() == floe_batch::trace::TARGET
+                || (meta.is_event() && *meta.level() <= tracing::Level::WARN)
+        }))
 }
 
 /// Whether a `tracing` callsite belongs in the logs: everything but floe's trace spans

@@ -37,7 +37,7 @@ fn statement_span(table: &[String], kind: &'static str, binds: usize) -> tracing
         db.namespace = %namespace,
         db.collection.name = collection,
         db.operation.name = kind,
-        floe.statement.binds = binds,
+        floe.statement.binds = floe_host::span_int(binds),
         db.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
