@@ -36,7 +36,7 @@ pub(crate) struct Proxy {
 }
 
 /// Reads one HTTP/1.1 request (headers, then a `Content-Length` body); `None` at EOF.
-async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
+pub(crate) async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     let header_end = loop {

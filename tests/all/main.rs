@@ -10,6 +10,7 @@ mod fixtures;
 mod lambda;
 mod lambda_dlq;
 mod live_types;
+mod otlp;
 mod property;
 mod rebalance;
 mod runtime_api;

@@ -939,4 +939,5 @@ async fn a_stalled_load_is_abandoned_at_the_shutdown_deadline() {
     assert_eq!(p.sink().loaded, 0);
 }
 
+mod metrics;
 mod trace;

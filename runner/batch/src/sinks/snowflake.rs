@@ -22,12 +22,15 @@ pub fn core_case(case: IdentifierCase) -> floe_cdc_core::IdentifierCase {
 }
 
 /// The trace span of one warehouse statement on `table` (`[database, schema, table]`),
-/// with the database client conventions' attributes.
+/// with the database client conventions' attributes: `db.collection.name` is the
+/// qualified name the statement uses (as on `db.client.operation.duration`),
+/// `db.namespace` its database and schema.
 fn statement_span(table: &[String], kind: &'static str, binds: usize) -> tracing::Span {
-    let (namespace, collection) = match table.split_last() {
-        Some((last, rest)) => (rest.join("."), last.as_str()),
-        None => (String::new(), ""),
-    };
+    let namespace = table
+        .split_last()
+        .map(|(_, rest)| rest.join("."))
+        .unwrap_or_default();
+    let collection = table.join(".");
     tracing::info_span!(
         target: floe_host::TRACE_TARGET,
         "statement",
@@ -35,7 +38,7 @@ fn statement_span(table: &[String], kind: &'static str, binds: usize) -> tracing
         otel.kind = "client",
         db.system.name = "snowflake",
         db.namespace = %namespace,
-        db.collection.name = collection,
+        db.collection.name = collection.as_str(),
         db.operation.name = kind,
         floe.statement.binds = floe_host::span_int(binds),
         db.response.status_code = tracing::field::Empty,
