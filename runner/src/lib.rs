@@ -74,7 +74,7 @@ pub async fn run(
     let settings = settings_of(config, options);
     match config.source.kind {
         SourceKind::Kafka => {
-            let source = KafkaSource::new(&config.source.kafka, &config.dlq.topic)
+            let source = KafkaSource::new(&config.source.kafka, &config.dlq.topic, stats.clone())
                 .map_err(PipelineError::from)?;
             with_sink(config, source, components, settings, shutdown, stats).await
         }

@@ -133,7 +133,11 @@ enum DlqCommand {
 
 /// Logs to stderr (filtered by `FLOE_LOG` or `RUST_LOG`, `info` by default) and, when
 /// `traces` exports, floe's trace spans to the OTLP exporter (whatever the log level).
-fn init_tracing(format: LogFormat, traces: &floe::telemetry::Traces) {
+fn init_tracing(
+    format: LogFormat,
+    traces: &floe::telemetry::Traces,
+    status: Option<&floe::telemetry::StatusLine>,
+) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::filter::{FilterExt as _, filter_fn};
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -143,9 +147,10 @@ fn init_tracing(format: LogFormat, traces: &floe::telemetry::Traces) {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let logged = filter.and(filter_fn(floe::telemetry::logged));
-    let logs = match format {
-        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
-        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    let logs = match (format, status) {
+        (LogFormat::Text, Some(status)) => fmt::layer().with_writer(status.writer()).boxed(),
+        (LogFormat::Text, None) => fmt::layer().with_writer(std::io::stderr).boxed(),
+        (LogFormat::Json, _) => fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
     tracing_subscriber::registry()
         .with(logs.with_filter(logged))
@@ -196,13 +201,24 @@ async fn run() -> anyhow::Result<()> {
         _ => floe::telemetry::Otlp::default(),
     };
     let traces = floe::telemetry::Traces::install(&otlp)?;
-    init_tracing(cli.log_format, &traces);
-    let ran = command(cli, &otlp).await;
+    // The live status line: `floe run` on a terminal, with text logs.
+    let status = match &cli.command {
+        Command::Run { .. } => {
+            floe::telemetry::StatusLine::stderr(matches!(cli.log_format, LogFormat::Json))
+        }
+        _ => None,
+    };
+    init_tracing(cli.log_format, &traces, status.as_ref());
+    let ran = command(cli, &otlp, status).await;
     traces.shutdown().await;
     ran
 }
 
-async fn command(cli: Cli, otlp: &floe::telemetry::Otlp) -> anyhow::Result<()> {
+async fn command(
+    cli: Cli,
+    otlp: &floe::telemetry::Otlp,
+    status: Option<floe::telemetry::StatusLine>,
+) -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             sink,
@@ -269,7 +285,14 @@ async fn command(cli: Cli, otlp: &floe::telemetry::Otlp) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
+            let status =
+                status.map(|s| (s.clone(), s.spawn(stats.clone(), Duration::from_secs(1))));
             let ran = floe::run(&config, &options, rx, stats).await;
+            if let Some((line, task)) = status {
+                task.abort();
+                let _ = task.await;
+                line.clear();
+            }
             if let Some(endpoints) = endpoints {
                 endpoints.stop();
             }

@@ -5,7 +5,9 @@
 //!    the MERGE statements and their durations; `/stats` the same counts as JSON.
 //! 3. The warehouse fails (HTTP 500): the warehouse breaker opens, `/readyz` says 503
 //!    with the reason and `/metrics` shows the breaker open; healthy again, ready again.
-//! 4. The target equals the model of the stream; SIGTERM: floe exits 0.
+//! 4. The target equals the model of the stream; the consumer's lag is 0 and its
+//!    committed offsets add up to the stream; the table's freshness counts from its
+//!    changes' commit time; SIGTERM: floe exits 0.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -29,6 +31,7 @@ brokers = "{brokers}"
 group_id = "{run}-group"
 topics = ["{topic}"]
 session_timeout_ms = 10000
+options = {{ "statistics.interval.ms" = "500" }}
 
 [batch]
 max_rows = 50
@@ -108,6 +111,20 @@ async fn endpoints_report_health_readiness_metrics_and_an_open_breaker() {
     let dir = std::env::temp_dir().join(&run);
     std::fs::create_dir_all(&dir).unwrap();
     let (records, model) = stream(&table, 600);
+    // Committed in PostgreSQL two minutes ago: the table's freshness is at least that.
+    let committed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 120_000;
+    let records: Vec<(String, String)> = records
+        .into_iter()
+        .map(|(k, v)| {
+            let mut v: serde_json::Value = serde_json::from_str(&v).unwrap();
+            v["source"]["ts_ms"] = committed_ms.into();
+            (k, v.to_string())
+        })
+        .collect();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", env("FLOE_KAFKA_BROKERS"))
         .set("acks", "all")
@@ -198,6 +215,36 @@ async fn endpoints_report_health_readiness_metrics_and_an_open_breaker() {
         s == 200
     })
     .await;
+    // The consumer's position per partition (librdkafka's statistics, every 500 ms
+    // here): nothing left to consume, every message committed; and the table's
+    // freshness from its changes' commit time.
+    let sum_of = |text: &str, name: &str| -> f64 {
+        let prefix = format!("{name}{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains(&format!(r#"topic="{topic}""#)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let metrics = until(
+        &mut floe,
+        &listen,
+        "/metrics",
+        "lag 0, 600 committed",
+        |_, b| {
+            sum_of(b, "floe_consumer_committed_offset") == 600.0
+                && sum_of(b, "floe_consumer_lag") == 0.0
+                && b.contains("floe_consumer_lag{")
+        },
+    )
+    .await;
+    let freshness = sample(
+        &metrics,
+        &format!(r#"floe_freshness_seconds{{table="{target}"}}"#),
+    );
+    assert!(
+        freshness.is_some_and(|s| (120.0..600.0).contains(&s)),
+        "{freshness:?}: {metrics}"
+    );
     let want: Vec<Vec<String>> = model
         .iter()
         .map(|(id, v)| vec![id.to_string(), v.clone()])

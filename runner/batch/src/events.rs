@@ -170,6 +170,19 @@ impl Stats {
         Arc::new(s)
     }
 
+    /// The consumer's lag over its assigned partitions, as last reported (`None` before
+    /// a report, or when no partition's lag is known).
+    pub fn consumer_lag(&self) -> Option<i64> {
+        let partitions = self
+            .instruments
+            .observed
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known: Vec<i64> = partitions.iter().filter_map(|p| p.lag).collect();
+        (!known.is_empty()).then(|| known.iter().sum())
+    }
+
     /// Whether the pipeline can do its work now: the source owns partitions, the
     /// warehouse session is up and no circuit breaker is open or probing. `Err` says
     /// what is missing.
@@ -647,6 +660,27 @@ pub struct BatchCommitted<'a> {
     pub total: Duration,
     /// The statements the load ran.
     pub executed: &'a [crate::sinks::Executed],
+    /// The tables loaded with their latest change's source commit time (ms).
+    pub loaded_source_ms: &'a [(String, i64)],
+}
+
+/// The consumer's statistics report (every `statistics.interval.ms`): its assigned
+/// partitions' lag and committed offsets, which `floe.consumer.lag` and
+/// `floe.consumer.committed_offset` show.
+pub struct ConsumerPositions {
+    pub partitions: Vec<crate::metrics::PartitionPosition>,
+}
+
+impl ConsumerPositions {
+    pub fn emit(self, stats: &Stats) {
+        let lag: i64 = self.partitions.iter().filter_map(|p| p.lag).sum();
+        tracing::debug!(
+            partitions = self.partitions.len(),
+            lag,
+            "consumer positions"
+        );
+        stats.instruments.partitions(self.partitions);
+    }
 }
 
 impl BatchCommitted<'_> {
@@ -698,6 +732,7 @@ impl BatchCommitted<'_> {
 impl BatchCommitted<'_> {
     fn record(&self, m: &Instruments) {
         m.batches_committed.add(1, &[]);
+        m.loaded(self.loaded_source_ms);
         m.batch_duration.record(self.total.as_secs_f64(), &[]);
         m.components_duration.record(self.wasm.as_secs_f64(), &[]);
         m.load_duration.record(self.load.as_secs_f64(), &[]);

@@ -10,8 +10,11 @@
 //!
 //! [`Stats`]: crate::events::Stats
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, ObservableGauge};
 
 use crate::events::{Breaker, BreakerState};
 
@@ -24,6 +27,35 @@ const SECONDS: [f64; 14] = [
 const EVENTS: [f64; 10] = [
     1.0, 10.0, 100.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0,
 ];
+
+/// One assigned partition as the consumer last reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPosition {
+    pub topic: String,
+    pub partition: i32,
+    /// Messages between the committed offset and the partition's end (`None` until
+    /// both are known).
+    pub lag: Option<i64>,
+    /// The group's committed offset (the next message to consume), when it has one.
+    pub committed: Option<i64>,
+}
+
+/// What the observable gauges read when the meter provider collects (a scrape of
+/// `/metrics`, an OTLP export): the consumer's partitions and each table's latest
+/// loaded change. Written by internal events only.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The assigned partitions, replaced at each consumer statistics report (so revoked
+    /// partitions drop out).
+    pub partitions: Mutex<Vec<PartitionPosition>>,
+    /// Per target table (`DB.SCHEMA.TABLE`): the source commit time (ms since the epoch)
+    /// of the latest change loaded and committed.
+    pub loaded_source_ms: Mutex<HashMap<String, i64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// floe's instruments, made once per run from one meter.
 #[derive(Debug, Clone)]
@@ -50,6 +82,15 @@ pub struct Instruments {
     pub commits_refused: Counter<u64>,
     pub truncates_ignored: Counter<u64>,
     pub toast_values_unknown: Counter<u64>,
+    /// The state `floe.consumer.lag`, `floe.consumer.committed_offset` and
+    /// `floe.freshness` report.
+    pub observed: Arc<Observed>,
+    /// The observable gauges (registered with their meter; held for the run).
+    pub gauges: (
+        ObservableGauge<i64>,
+        ObservableGauge<i64>,
+        ObservableGauge<f64>,
+    ),
 }
 
 impl Default for Instruments {
@@ -76,7 +117,65 @@ impl Instruments {
                 .with_boundaries(SECONDS.to_vec())
                 .build()
         };
+        let observed = Arc::new(Observed::default());
+        let partitions = |o: &Observed, pick: fn(&PartitionPosition) -> Option<i64>| {
+            lock(&o.partitions)
+                .iter()
+                .filter_map(|p| {
+                    let attributes = [
+                        KeyValue::new("topic", p.topic.clone()),
+                        KeyValue::new("partition", i64::from(p.partition)),
+                    ];
+                    pick(p).map(|v| (v, attributes))
+                })
+                .collect::<Vec<_>>()
+        };
+        let o = observed.clone();
+        let lag = meter
+            .i64_observable_gauge("floe.consumer.lag")
+            .with_unit("{message}")
+            .with_description(
+                "Messages of an assigned partition past the group's committed offset (from librdkafka's statistics).",
+            )
+            .with_callback(move |gauge| {
+                for (v, attributes) in partitions(&o, |p| p.lag) {
+                    gauge.observe(v, &attributes);
+                }
+            })
+            .build();
+        let o = observed.clone();
+        let committed = meter
+            .i64_observable_gauge("floe.consumer.committed_offset")
+            .with_unit("{offset}")
+            .with_description(
+                "The group's committed offset of an assigned partition: the next message floe consumes there.",
+            )
+            .with_callback(move |gauge| {
+                for (v, attributes) in partitions(&o, |p| p.committed) {
+                    gauge.observe(v, &attributes);
+                }
+            })
+            .build();
+        let o = observed.clone();
+        let freshness = meter
+            .f64_observable_gauge("floe.freshness")
+            .with_unit("s")
+            .with_description(
+                "Now minus the source commit time of the latest change loaded into a table.",
+            )
+            .with_callback(move |gauge| {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                for (table, ms) in lock(&o.loaded_source_ms).iter() {
+                    let age = (now_ms - ms) as f64 / 1000.0;
+                    gauge.observe(age, &[KeyValue::new("table", table.clone())]);
+                }
+            })
+            .build();
         let instruments = Instruments {
+            observed,
+            gauges: (lag, committed, freshness),
             events_consumed: counter(
                 "floe.events.consumed",
                 "{event}",
@@ -193,6 +292,20 @@ impl Instruments {
         instruments
     }
 
+    /// A consumer statistics report: the assigned partitions' positions.
+    pub fn partitions(&self, partitions: Vec<PartitionPosition>) {
+        *lock(&self.observed.partitions) = partitions;
+    }
+
+    /// Tables loaded and committed, with their latest change's source commit time.
+    pub fn loaded(&self, tables: &[(String, i64)]) {
+        let mut latest = lock(&self.observed.loaded_source_ms);
+        for (table, ms) in tables {
+            let entry = latest.entry(table.clone()).or_insert(*ms);
+            *entry = (*entry).max(*ms);
+        }
+    }
+
     /// Records a breaker's new state.
     pub fn breaker(&self, breaker: Breaker, state: BreakerState) {
         self.breaker_state
@@ -208,9 +321,10 @@ mod tests {
     use opentelemetry_sdk::metrics::SdkMeterProvider;
     use prometheus::Encoder as _;
 
+    use super::PartitionPosition;
     use crate::events::{
-        BatchCommitted, BatchReceived, Breaker, BreakerChanged, BreakerState, EventDropped,
-        Position, Stats,
+        BatchCommitted, BatchReceived, Breaker, BreakerChanged, BreakerState, ConsumerPositions,
+        EventDropped, Position, Stats,
     };
     use crate::sinks::Executed;
 
@@ -247,6 +361,10 @@ mod tests {
 
     #[test]
     fn a_known_batch_reads_back_as_prometheus_metrics() {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
         let text = exposition(|stats| {
             BatchReceived {
                 events: 12,
@@ -294,6 +412,46 @@ mod tests {
                 load: Duration::from_millis(90),
                 total: Duration::from_millis(150),
                 executed: &executed,
+                loaded_source_ms: &[("DB.S.T".into(), now_ms - 3_000)],
+            }
+            .emit(stats);
+            // A later batch whose latest change is older (another partition's) leaves
+            // the table's freshness at its newest change.
+            BatchCommitted {
+                events: 1,
+                rows: 1,
+                tables: 1,
+                skipped: 0,
+                statements: 0,
+                inserted: 0,
+                updated: 0,
+                deleted: 0,
+                tables_created: 0,
+                tables_truncated: 0,
+                columns_added: 0,
+                columns_widened: 0,
+                wasm: Duration::ZERO,
+                load: Duration::ZERO,
+                total: Duration::ZERO,
+                executed: &[],
+                loaded_source_ms: &[("DB.S.T".into(), now_ms - 600_000)],
+            }
+            .emit(stats);
+            ConsumerPositions {
+                partitions: vec![
+                    PartitionPosition {
+                        topic: "dbz.public.t".into(),
+                        partition: 0,
+                        lag: Some(42),
+                        committed: Some(1_000),
+                    },
+                    PartitionPosition {
+                        topic: "dbz.public.t".into(),
+                        partition: 1,
+                        lag: None,
+                        committed: None,
+                    },
+                ],
             }
             .emit(stats);
         });
@@ -311,7 +469,7 @@ mod tests {
         has(r#"floe_breaker_state{breaker="warehouse"} 1"#);
         has(r#"floe_breaker_state{breaker="broker"} 0"#);
         has(r#"floe_breaker_openings_total{breaker="warehouse"} 1"#);
-        has("floe_batches_committed_total 1");
+        has("floe_batches_committed_total 2");
         has("floe_batch_duration_seconds_sum 0.15");
         has(r#"floe_rows_loaded_total{op="insert",table="DB.S.T"} 7"#);
         has(r#"floe_rows_loaded_total{op="update",table="DB.S.T"} 3"#);
@@ -327,6 +485,19 @@ mod tests {
         has(
             r#"db_client_operation_duration_seconds_count{db_collection_name="DB.S.T",db_operation_name="merge",db_system_name="snowflake",status="ok"} 1"#,
         );
+        has(r#"floe_consumer_lag{partition="0",topic="dbz.public.t"} 42"#);
+        has(r#"floe_consumer_committed_offset{partition="0",topic="dbz.public.t"} 1000"#);
+        assert!(
+            !text.contains(r#"partition="1""#),
+            "unknown positions are not reported: {text}"
+        );
+        let freshness: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"floe_freshness_seconds{table="DB.S.T"} "#))
+            .unwrap_or_else(|| panic!("no freshness in:\n{text}"))
+            .parse()
+            .unwrap();
+        assert!((3.0..60.0).contains(&freshness), "{freshness}");
     }
 
     #[test]

@@ -15,6 +15,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{BatchLimits, Checkpoint, InFlight, Message, Source, SourceBatch, SourceError};
 use crate::config::KafkaConfig;
+use floe_batch::events::{ConsumerPositions, Stats};
+use floe_batch::metrics::PartitionPosition;
 
 /// Logs rebalances (partition assignment changes) as they happen, tracks whether this
 /// consumer owns any partition, and remembers revoked partitions so that the batch
@@ -29,6 +31,8 @@ pub struct FloeContext {
     /// broad topic pattern may match; their partitions are paused on assignment and
     /// never consumed.
     dlq_template: String,
+    /// Where librdkafka's statistics reports go (`floe.consumer.lag`, ...).
+    stats: Arc<Stats>,
 }
 
 impl FloeContext {
@@ -38,6 +42,15 @@ impl FloeContext {
 }
 
 impl ClientContext for FloeContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag and committed
+    /// offset of each partition this consumer is assigned.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        ConsumerPositions {
+            partitions: positions(&statistics),
+        }
+        .emit(&self.stats);
+    }
+
     /// librdkafka's client-level errors, at the level they deserve: a topic that does
     /// not exist yet (Debezium creates a table's topic with its first change) is part
     /// of starting up, a broker that cannot be reached is retried by librdkafka and
@@ -55,6 +68,28 @@ impl ClientContext for FloeContext {
             ClientErrorKind::Other => tracing::error!(error = %error, reason, "kafka client error"),
         }
     }
+}
+
+/// The assigned partitions' positions in a statistics report (librdkafka reports -1
+/// and -1001 for what it does not know yet; its internal partition -1 is left out).
+fn positions(statistics: &rdkafka::Statistics) -> Vec<PartitionPosition> {
+    let mut out: Vec<PartitionPosition> = statistics
+        .topics
+        .iter()
+        .flat_map(|(topic, t)| {
+            t.partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.desired)
+                .map(move |p| PartitionPosition {
+                    topic: topic.clone(),
+                    partition: p.partition,
+                    lag: (p.consumer_lag >= 0).then_some(p.consumer_lag),
+                    committed: (p.committed_offset >= 0).then_some(p.committed_offset),
+                })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    out
 }
 
 /// What a librdkafka client error means for the operator.
@@ -77,6 +112,10 @@ fn client_error_kind(error: &KafkaError) -> ClientErrorKind {
         _ => ClientErrorKind::Other,
     }
 }
+
+/// How often librdkafka reports its statistics (partition lag and committed offsets),
+/// unless `source.kafka.options` sets `statistics.interval.ms`.
+const STATISTICS_INTERVAL_MS: &str = "5000";
 
 /// How long a revoke waits for the batch in flight to load (far below floe's
 /// `max.poll.interval.ms` of 15 minutes, which bounds how long the group waits for this
@@ -216,7 +255,11 @@ impl KafkaSource {
     /// Creates the consumer and subscribes. Topics are a list or, when the list is empty,
     /// the regular expression `topic_pattern`. Topics the `dlq_template` names (floe's
     /// own dead letter topics) are never consumed, even when the pattern matches them.
-    pub fn new(config: &KafkaConfig, dlq_template: &str) -> Result<KafkaSource, SourceError> {
+    pub fn new(
+        config: &KafkaConfig,
+        dlq_template: &str,
+        stats: Arc<Stats>,
+    ) -> Result<KafkaSource, SourceError> {
         let mut cc = ClientConfig::new();
         for (k, v) in &config.options {
             cc.set(k, v);
@@ -254,6 +297,10 @@ impl KafkaSource {
                 cc.set(key, value);
             }
         }
+        // Consumer lag and committed offsets (floe.consumer.*) come from these reports.
+        if !config.options.contains_key("statistics.interval.ms") {
+            cc.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+        }
         if !config.options.contains_key("auto.offset.reset") {
             cc.set("auto.offset.reset", "earliest");
         }
@@ -270,6 +317,7 @@ impl KafkaSource {
             revoked: revoked.clone(),
             in_flight: in_flight.clone(),
             dlq_template: dlq_template.to_owned(),
+            stats,
         })?;
         let subscription: Vec<String> = if config.topics.is_empty() {
             let p = &config.topic_pattern;

@@ -12,9 +12,11 @@
 
 mod endpoints;
 mod otlp;
+mod status;
 
 pub use endpoints::Endpoints;
 pub use otlp::Otlp;
+pub use status::StatusLine;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};

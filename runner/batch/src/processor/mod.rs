@@ -97,6 +97,9 @@ pub struct Summary {
     pub wasm: Duration,
     /// Time loading.
     pub load: Duration,
+    /// The tables loaded (`DB.SCHEMA.TABLE`), refused ones excluded, with the source
+    /// commit time of their latest change (when it carried one).
+    pub loaded_source_ms: Vec<(String, i64)>,
 }
 
 impl Summary {
@@ -121,6 +124,7 @@ impl Summary {
             load: self.load,
             total,
             executed: &report.executed,
+            loaded_source_ms: &self.loaded_source_ms,
         }
     }
 }
@@ -401,7 +405,12 @@ impl<K: Sink> Delivery<K> {
                 unwritten: prepared.dead,
             }));
         }
+        let loaded_source_ms = (prepared.loads.iter().enumerate())
+            .filter(|(i, _)| !report.refused.iter().any(|r| r.load == *i))
+            .filter_map(|(_, l)| Some((l.target.join("."), l.latest_source_ms?)))
+            .collect();
         Ok(Processed::Done(Summary {
+            loaded_source_ms,
             events: messages.len(),
             rows: prepared.rows - refused_rows,
             tables: prepared.loads.len() - report.refused.len(),

@@ -42,6 +42,29 @@ fn precedes(a: (u32, i64), b: (u32, i64)) -> bool {
     }
 }
 
+/// The source commit time (Debezium `source.ts_ms`, in the transformer's
+/// `__source_ts_ms` column) of the latest change among `rows` (the highest LSN, else the
+/// last in the batch): what the table's freshness is measured from once it is loaded.
+/// Only that one row's data is read.
+fn latest_source_ms(rows: &[Row]) -> Option<i64> {
+    let latest = rows.iter().reduce(|a, b| {
+        if precedes((b.event, b.lsn), (a.event, a.lsn)) {
+            a
+        } else {
+            b
+        }
+    })?;
+    let key = format!("\"{}\":", floe_cdc_core::SOURCE_TS_MS_COLUMN);
+    let at = latest.data.find(&key)? + key.len();
+    // Written as a JSON string (NUMBER(38,0) keeps every digit that way), or a number.
+    let value = latest.data[at..].trim_start();
+    let digits = value.strip_prefix('"').unwrap_or(value);
+    let end = digits
+        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
 /// Every event of `indexes` is dead for the same reason (a component failed).
 fn all_dead(
     dead: &mut Vec<DeadLetter>,
@@ -495,6 +518,7 @@ impl Preparer {
                         .collect();
                     let requests = plan.statements.iter().map(|_| Arc::default()).collect();
                     loads.push(TableLoad {
+                        latest_source_ms: latest_source_ms(&input.rows),
                         source_table: input.shape.name.clone(),
                         target,
                         shape: input.shape,
@@ -548,6 +572,7 @@ impl Preparer {
                 },
                 origins: Vec::new(),
                 requests: Vec::new(),
+                latest_source_ms: None,
             });
         }
         // A truncate applied in this batch also wipes rows below its LSN that arrive in
@@ -728,5 +753,52 @@ fn retry_once<T>(
             f()
         }
         r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(event: u32, lsn: i64, data: &str) -> Row {
+        Row {
+            event,
+            table: 0,
+            op: Op::Update,
+            key: "[1]".into(),
+            data: data.into(),
+            lsn,
+        }
+    }
+
+    #[test]
+    fn freshness_is_measured_from_the_latest_change_by_lsn() {
+        let rows = [
+            row(
+                0,
+                20,
+                r#"{"id":1,"__lsn":20,"__source_ts_ms":1700000000200}"#,
+            ),
+            // Later in the batch (another partition) but an earlier change.
+            row(
+                1,
+                10,
+                r#"{"id":1,"__lsn":10,"__source_ts_ms":1700000000100}"#,
+            ),
+        ];
+        assert_eq!(latest_source_ms(&rows), Some(1_700_000_000_200));
+        // Without LSNs, the batch order decides.
+        let rows = [
+            row(0, -1, r#"{"__source_ts_ms": 5,"id":1}"#),
+            row(1, -1, r#"{"id":2,"__source_ts_ms":7}"#),
+        ];
+        assert_eq!(latest_source_ms(&rows), Some(7));
+        // A change without a commit time, and no rows at all, measure nothing.
+        assert_eq!(
+            latest_source_ms(&[row(0, 1, r#"{"__source_ts_ms":null}"#)]),
+            None
+        );
+        assert_eq!(latest_source_ms(&[row(0, 1, r#"{"id":1}"#)]), None);
+        assert_eq!(latest_source_ms(&[]), None);
     }
 }

@@ -30,6 +30,10 @@ pub struct TableLoad {
     /// retry of the load (and every breaker probe) resubmits the same statement under
     /// the same id, which the warehouse runs at most once.
     pub requests: Vec<std::sync::Arc<floe_snowflake::RequestId>>,
+    /// The source commit time (Debezium `source.ts_ms`, ms since the epoch) of the
+    /// table's latest change in the plan, when the change carried one: the table's
+    /// freshness once loaded.
+    pub latest_source_ms: Option<i64>,
 }
 
 /// A source TRUNCATE to apply to the target before a table's plan.

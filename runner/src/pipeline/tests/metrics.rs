@@ -50,6 +50,11 @@ fn points(exporter: &InMemoryMetricExporter) -> BTreeMap<String, f64> {
                         out.insert(format!("{k} sum"), p.sum() as f64);
                     }
                 }
+                AggregatedMetrics::F64(MetricData::Gauge(g)) => {
+                    for p in g.data_points() {
+                        out.insert(key(attrs(&mut p.attributes())), p.value());
+                    }
+                }
                 AggregatedMetrics::F64(MetricData::Histogram(h)) => {
                     for p in h.data_points() {
                         let k = key(attrs(&mut p.attributes()));
@@ -64,15 +69,27 @@ fn points(exporter: &InMemoryMetricExporter) -> BTreeMap<String, f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_known_batch_records_its_events_rejections_retry_and_commit() {
+async fn a_known_batch_records_its_events_rejections_retry_commit_and_freshness() {
     let exporter = InMemoryMetricExporter::default();
     let provider = SdkMeterProvider::builder()
         .with_reader(PeriodicReader::builder(exporter.clone()).build())
         .build();
     let stats = Stats::with_meter(&provider.meter("test"));
 
+    // Committed in the source 5 s ago (Debezium's `source.ts_ms`).
+    let committed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 5_000;
     let mut second = message();
     second.offset = 1;
+    second.value = Some(
+        format!(
+            r#"{{"op":"u","after":{{"id":1}},"source":{{"schema":"public","table":"t","lsn":6,"ts_ms":{committed_ms}}}}}"#
+        )
+        .into_bytes(),
+    );
     let mut bad = broken_message();
     bad.offset = 2;
     let mut sink = healthy();
