@@ -24,7 +24,8 @@ use floe_batch::processor::{ProcessError, Unfinished};
 use floe_batch::sinks::null::NullSink;
 use floe_batch::sinks::snowflake::SnowflakeSink;
 use floe_batch::sinks::{LoadReport, Sink, SinkError, TableLoad};
-use floe_batch::{BatchProcessor, Processed, ProcessorSettings, Stats};
+use floe_batch::{BatchProcessor, Processed, ProcessorSettings, Stats, trace};
+use tracing::Instrument as _;
 
 use crate::access::Access;
 use crate::config::LambdaConfig;
@@ -46,6 +47,20 @@ pub enum HandlerError {
     Process(#[from] ProcessError),
     #[error("event: {0}")]
     Event(String),
+}
+
+impl HandlerError {
+    /// Its kind, as a trace span's `error.type`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            HandlerError::Config(_) => "config",
+            HandlerError::Components(_) => "components",
+            HandlerError::Sink(_) => "warehouse",
+            HandlerError::Dlq(_) => "dlq",
+            HandlerError::Process(e) => e.error_type(),
+            HandlerError::Event(_) => "event",
+        }
+    }
 }
 
 /// The sink the configuration names.
@@ -263,11 +278,33 @@ impl Floe {
             return Ok(BatchResponse::default());
         }
         self.ensure_dead_letters(event.bootstrap_servers.as_deref())?;
+        let bytes = records.messages.iter().map(|m| m.size()).sum();
         BatchReceived {
             events: records.messages.len(),
-            bytes: records.messages.iter().map(|m| m.size()).sum(),
+            bytes,
         }
         .emit(self.stats());
+        // The invocation's trace: one batch span linked to its records' own traces.
+        let span = trace::batch_span(&records.messages, None, bytes);
+        trace::link_records(&span, &records.messages);
+        let answered = self
+            .answer(&mut records, budget, received)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &answered {
+            trace::failed(&span, e.error_type(), e);
+        }
+        answered
+    }
+
+    /// Processes the invocation's records within `budget` and says which partitions
+    /// the event source mapping must retry.
+    async fn answer(
+        &mut self,
+        records: &mut event::Records,
+        budget: Budget,
+        received: Instant,
+    ) -> Result<BatchResponse, HandlerError> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let timer = tokio::spawn(async move {
             tokio::time::sleep_until(budget.soft.into()).await;
@@ -285,8 +322,8 @@ impl Floe {
                 BatchResponse::default()
             }
             Ok(Ok(Processed::Stopped(unfinished))) => {
-                let pending = self.settle(&records, unfinished, budget).await;
-                let response = BatchResponse::retry_from(&records, pending);
+                let pending = self.settle(records, unfinished, budget).await;
+                let response = BatchResponse::retry_from(records, pending);
                 tracing::warn!(
                     partitions = response.batch_item_failures.len(),
                     "deadline near: retrying stopped; the unfinished partitions are reported as item failures"
@@ -295,7 +332,7 @@ impl Floe {
             }
             Ok(Err(e)) => return Err(e.into()),
             Err(_elapsed) => {
-                let response = BatchResponse::retry_from(&records, 0..records.messages.len());
+                let response = BatchResponse::retry_from(records, 0..records.messages.len());
                 tracing::warn!(
                     partitions = response.batch_item_failures.len(),
                     "deadline near: the batch was still in flight; every partition is reported as an item failure"

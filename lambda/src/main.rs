@@ -7,43 +7,78 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aws_lambda_events::event::kafka::KafkaEvent;
+use floe_batch::export::{Otlp, Traces};
 use floe_lambda::access::{self, Access};
 use floe_lambda::config::{LambdaConfig, PACKAGED_COMPONENTS, PACKAGED_CONFIG};
 use floe_lambda::handler::Floe;
 use lambda_runtime::{LambdaEvent, service_fn};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [cmd, dir] = args.as_slice()
         && cmd == "precompile"
     {
         // Packaging (`make lambda`): the configured components, compiled for this
         // architecture, into the package's components directory.
+        init_tracing(&Traces::install(&Otlp::default())?);
         let config = config()?;
         floe_batch::components::precompile(&config.components, std::path::Path::new(dir))?;
         return Ok(());
     }
+    // OTLP export when the `OTEL_*` environment asks for it (e.g. a collector extension
+    // on localhost:4318): flushed before each invocation returns, as the sandbox is
+    // frozen between invocations.
+    let otlp = Otlp::from_env()?;
+    let traces = Arc::new(Traces::install(&otlp)?);
+    init_tracing(&traces);
+    let meters = match otlp.metric_reader()? {
+        Some(reader) => {
+            let provider = SdkMeterProvider::builder()
+                .with_resource(floe_batch::export::resource())
+                .with_reader(reader)
+                .build();
+            // Before the first `Stats` is made: its instruments come from it.
+            opentelemetry::global::set_meter_provider(provider.clone());
+            Some(provider)
+        }
+        None => None,
+    };
     let container = Arc::new(tokio::sync::Mutex::new(Container::start().await));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<KafkaEvent>| {
         let container = container.clone();
+        let traces = traces.clone();
+        let meters = meters.clone();
         async move {
-            let mut container = container.lock().await;
-            let result = match container.floe().await {
-                Ok(floe) => floe
-                    .handle(&event.payload, event.context.deadline)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            };
-            result.map_err(|e| {
-                tracing::error!(error = %e, request_id = %event.context.request_id, "invocation failed");
-                lambda_runtime::Error::from(e)
-            })
+            let answer = invoke(&container, event).await;
+            traces.flush().await;
+            if let Some(meters) = &meters {
+                floe_batch::export::flush_metrics(meters).await;
+            }
+            answer
         }
     }))
     .await
+}
+
+/// One invocation, on the container's pipeline.
+async fn invoke(
+    container: &tokio::sync::Mutex<Container>,
+    event: LambdaEvent<KafkaEvent>,
+) -> Result<floe_lambda::response::BatchResponse, lambda_runtime::Error> {
+    let mut container = container.lock().await;
+    let result = match container.floe().await {
+        Ok(floe) => floe
+            .handle(&event.payload, event.context.deadline)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    result.map_err(|e| {
+        tracing::error!(error = %e, request_id = %event.context.request_id, "invocation failed");
+        lambda_runtime::Error::from(e)
+    })
 }
 
 /// The container's state. Built before the first invocation; when that fails (the
@@ -101,18 +136,25 @@ fn config() -> anyhow::Result<LambdaConfig> {
 }
 /// Logs to stdout for CloudWatch: JSON when the function's log format is JSON, else
 /// plain lines without colours or timestamps (CloudWatch stamps them). `RUST_LOG`
-/// filters (default `info`).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// filters (default `info`). floe's trace spans go to `traces` (when exported), not
+/// to the logs.
+fn init_tracing(traces: &Traces) {
+    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _, fmt};
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(floe_batch::export::DEFAULT_LOG_FILTER));
+    let logged = filter.and(filter_fn(floe_batch::export::logged));
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_target(false);
-    if json {
-        builder.json().init();
+    let logs = fmt::layer().with_ansi(false).with_target(false);
+    let logs = if json {
+        logs.json().boxed()
     } else {
-        builder.without_time().init();
-    }
+        logs.without_time().boxed()
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(logged))
+        .with(traces.layer())
+        .init();
 }

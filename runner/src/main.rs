@@ -145,7 +145,7 @@ fn init_tracing(
     use tracing_subscriber::{Layer as _, fmt};
     let filter = EnvFilter::try_from_env("FLOE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(floe_batch::export::DEFAULT_LOG_FILTER));
     let logged = filter.and(filter_fn(floe::telemetry::logged));
     let logs = match (format, status) {
         (LogFormat::Text, Some(status)) => fmt::layer().with_writer(status.writer()).boxed(),

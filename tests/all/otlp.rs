@@ -43,8 +43,8 @@ struct Received {
 
 /// An OTLP/HTTP (protobuf) receiver: `/v1/traces` and `/v1/metrics`.
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     addr: std::net::SocketAddr,
     /// The accept loop; aborted (the port closed) by [`Receiver::stop`].
     accepting: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
@@ -55,7 +55,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let receiver = Receiver {
@@ -131,7 +131,7 @@ impl Receiver {
     }
 
     /// Every span received so far, with its resource's `service.name`.
-    fn spans(&self) -> Vec<(String, Span)> {
+    pub(crate) fn spans(&self) -> Vec<(String, Span)> {
         let received = self.received.lock().unwrap();
         let mut out = Vec::new();
         for request in &received.traces {
@@ -151,7 +151,7 @@ impl Receiver {
 
     /// The latest value of each monotonic sum (summed over its attribute sets) and the
     /// `service.name` of the exports that carried it.
-    fn sums(&self) -> (HashMap<String, i64>, BTreeSet<String>) {
+    pub(crate) fn sums(&self) -> (HashMap<String, i64>, BTreeSet<String>) {
         let received = self.received.lock().unwrap();
         let mut sums = HashMap::new();
         let mut services = BTreeSet::new();
@@ -199,7 +199,7 @@ fn string(attributes: &[KeyValue], key: &str) -> Option<String> {
     }
 }
 
-fn attr(span: &Span, key: &str) -> Option<String> {
+pub(crate) fn attr(span: &Span, key: &str) -> Option<String> {
     string(&span.attributes, key)
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use floe_integration_tests::runtime_api::{RuntimeApi, Seen};
 
 use crate::lambda::msk_fixture;
+use crate::otlp::{Receiver, attr};
 use crate::support::{env, query, snowflake, unique};
 
 pub(crate) fn bootstrap_bin() -> PathBuf {
@@ -135,6 +136,69 @@ async fn the_bootstrap_binary_answers_invocations_of_the_runtime_api() {
         .await,
         vec![vec!["1001", "Sally", "Thomas", "sally@acme.com", "u"]]
     );
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, each invocation's spans and metrics reach the
+/// collector before its response does (the sandbox is frozen between invocations), with
+/// the exporters' own intervals far away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn each_invocation_flushes_its_spans_and_metrics_before_it_answers() {
+    let run = unique("lotel").to_lowercase();
+    let database = unique("LAMBDA_OTEL").to_uppercase();
+    let event = msk_fixture(&run);
+    let records: usize = event["records"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|r| r.as_array().unwrap().len())
+        .sum();
+    let receiver = Receiver::start().await;
+    let api = RuntimeApi::start(vec![event.clone(), event]).await;
+    let _bootstrap = Bootstrap::start(
+        &api,
+        &[
+            (
+                "FLOE__SINK__SNOWFLAKE__ACCOUNT_URL",
+                env("FLOE_SNOWFLAKE_URL"),
+            ),
+            ("FLOE__SINK__SNOWFLAKE__DATABASE", database.clone()),
+            ("FLOE__SINK__SNOWFLAKE__TABLE_NAME", "{table}".into()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.clone()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "600000".into()),
+        ],
+    );
+    api.answers(2, Duration::from_secs(120)).await;
+    assert_eq!(api.seen.lock().unwrap().errors, vec![], "no function error");
+
+    let spans = receiver.spans();
+    let names: Vec<&str> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
+    let batch = format!("process {run}.inventory.customers");
+    let batches: Vec<_> = spans.iter().filter(|(_, s)| s.name == batch).collect();
+    assert_eq!(batches.len(), 2, "one batch span per invocation: {names:?}");
+    assert!(
+        spans.iter().all(|(service, _)| service == "floe"),
+        "{names:?}"
+    );
+    for (_, b) in &batches {
+        let load = spans
+            .iter()
+            .find(|(_, s)| s.name == "load" && s.parent_span_id == b.span_id)
+            .unwrap_or_else(|| panic!("a load under {}: {names:?}", b.name));
+        assert!(
+            spans.iter().any(|(_, s)| s.parent_span_id == load.1.span_id
+                && attr(s, "db.system.name").as_deref() == Some("snowflake")),
+            "statements under the load: {names:?}"
+        );
+    }
+    let (sums, _) = receiver.sums();
+    assert_eq!(
+        sums.get("floe.events.consumed"),
+        Some(&(2 * records as i64)),
+        "{sums:?}"
+    );
+    assert!(sums.get("floe.batches.committed") >= Some(&2), "{sums:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

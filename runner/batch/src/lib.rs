@@ -17,6 +17,7 @@ pub mod components;
 pub mod config;
 pub mod dlq;
 pub mod events;
+pub mod export;
 pub mod fixture;
 pub mod format;
 pub mod message;

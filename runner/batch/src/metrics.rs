@@ -500,6 +500,39 @@ mod tests {
         assert!((3.0..60.0).contains(&freshness), "{freshness}");
     }
 
+    /// Every metric the Grafana dashboard in docs/ queries is one floe records.
+    #[test]
+    fn the_dashboard_queries_only_metrics_floe_records() {
+        let instrument = regex::Regex::new(r#""((?:floe|db)\.[a-z_.]+)""#).unwrap();
+        let recorded: std::collections::HashSet<String> =
+            [include_str!("metrics.rs"), include_str!("export/otlp.rs")]
+                .iter()
+                .flat_map(|src| {
+                    instrument
+                        .captures_iter(src)
+                        .map(|c| c[1].replace('.', "_"))
+                })
+                .collect();
+        let dashboard = include_str!("../../../docs/grafana/floe-dashboard.json");
+        let queried = regex::Regex::new(r"\b((?:floe|db_client)_[a-z_]+)\{").unwrap();
+        let mut names = 0;
+        for c in queried.captures_iter(dashboard) {
+            let mut name = c[1].to_string();
+            for suffix in ["_bucket", "_total", "_seconds"] {
+                if let Some(base) = name.strip_suffix(suffix) {
+                    name = base.to_string();
+                }
+            }
+            assert!(
+                recorded.contains(&name),
+                "the dashboard queries {}, which floe does not record",
+                &c[1]
+            );
+            names += 1;
+        }
+        assert!(names > 20, "{names}");
+    }
+
     #[test]
     fn statement_kinds_are_a_bounded_set() {
         use crate::sinks::statement_kind;

@@ -21,7 +21,7 @@ use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
 
-use super::TelemetryError;
+use super::ExportError;
 
 /// Which signals are exported over OTLP.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,12 +32,12 @@ pub struct Otlp {
 
 impl Otlp {
     /// Reads the process environment.
-    pub fn from_env() -> Result<Otlp, TelemetryError> {
+    pub fn from_env() -> Result<Otlp, ExportError> {
         Otlp::from_vars(|name| std::env::var(name).ok())
     }
 
     /// Reads `var` as the environment (an empty value is unset).
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Otlp, TelemetryError> {
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Otlp, ExportError> {
         let get = |name: &str| {
             var(name)
                 .map(|v| v.trim().to_owned())
@@ -47,7 +47,7 @@ impl Otlp {
             return Ok(Otlp::default());
         }
         let any_endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
-        let signal = |signal: &str| -> Result<bool, TelemetryError> {
+        let signal = |signal: &str| -> Result<bool, ExportError> {
             let exporter_var = format!("OTEL_{signal}_EXPORTER");
             let on = match get(&exporter_var) {
                 None => {
@@ -60,7 +60,7 @@ impl Otlp {
                     } else if names.iter().all(|n| *n == "otlp") {
                         true
                     } else {
-                        return Err(TelemetryError::Environment {
+                        return Err(ExportError::Environment {
                             var: exporter_var,
                             value,
                             reason: "floe exports `otlp` (or `none`); Prometheus metrics are served on metrics.listen",
@@ -77,7 +77,7 @@ impl Otlp {
                 if let Some((var, value)) = protocol
                     && value != "http/protobuf"
                 {
-                    return Err(TelemetryError::Environment {
+                    return Err(ExportError::Environment {
                         var,
                         value,
                         reason: "floe sends OTLP as http/protobuf; point the endpoint at the collector's OTLP/HTTP port (4318 by default)",
@@ -94,28 +94,26 @@ impl Otlp {
 
     /// The span exporter (endpoint, headers, timeout and compression from the
     /// environment).
-    pub(super) fn span_exporter(&self) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    pub(crate) fn span_exporter(&self) -> Result<opentelemetry_otlp::SpanExporter, ExportError> {
         opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_http_client(Client::new()?)
             .build()
-            .map_err(|e| TelemetryError::Otlp {
+            .map_err(|e| ExportError::Otlp {
                 signal: "traces",
                 message: e.to_string(),
             })
     }
 
     /// The metric exporter (as [`Otlp::span_exporter`], plus the temporality).
-    pub(super) fn metric_exporter(
-        &self,
-    ) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
+    pub fn metric_exporter(&self) -> Result<opentelemetry_otlp::MetricExporter, ExportError> {
         opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_http_client(Client::new()?)
             .build()
-            .map_err(|e| TelemetryError::Otlp {
+            .map_err(|e| ExportError::Otlp {
                 signal: "metrics",
                 message: e.to_string(),
             })
@@ -124,7 +122,7 @@ impl Otlp {
 
 /// The resource of floe's telemetry: the SDK's (which reads `OTEL_SERVICE_NAME` and
 /// `OTEL_RESOURCE_ATTRIBUTES`), named `floe` when neither names the service.
-pub(super) fn resource() -> Resource {
+pub fn resource() -> Resource {
     let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty())
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
             v.split(',')
@@ -153,7 +151,7 @@ fn request_timeout() -> Duration {
 /// runtime that made it (the SDK's export threads have none). Failed exports are
 /// counted (`floe.telemetry.exports.failed{signal}`) and logged once per outage.
 #[derive(Debug, Clone)]
-pub(super) struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     runtime: tokio::runtime::Handle,
     /// Whether the last request failed (the warning is logged on the first failure).
@@ -162,15 +160,15 @@ pub(super) struct Client {
 
 impl Client {
     /// A client on the current tokio runtime.
-    pub(super) fn new() -> Result<Client, TelemetryError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| TelemetryError::Otlp {
+    pub(crate) fn new() -> Result<Client, ExportError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| ExportError::Otlp {
             signal: "http",
             message: format!("no async runtime: {e}"),
         })?;
         let http = reqwest::Client::builder()
             .timeout(request_timeout())
             .build()
-            .map_err(|e| TelemetryError::Otlp {
+            .map_err(|e| ExportError::Otlp {
                 signal: "http",
                 message: e.to_string(),
             })?;
@@ -264,7 +262,7 @@ impl HttpClient for Client {
 mod tests {
     use super::*;
 
-    fn otlp(vars: &[(&str, &str)]) -> Result<Otlp, TelemetryError> {
+    fn otlp(vars: &[(&str, &str)]) -> Result<Otlp, ExportError> {
         Otlp::from_vars(|name| {
             vars.iter()
                 .find(|(k, _)| *k == name)
