@@ -152,6 +152,25 @@ pub(crate) fn stream(
     (out, model)
 }
 
+/// The query of `run`'s target of `table` (its `ID` and `V` columns) and the rows it
+/// must return for `model`.
+pub(crate) fn model_query(
+    run: &str,
+    table: &str,
+    model: &BTreeMap<i64, String>,
+) -> (String, Vec<Vec<String>>) {
+    let sql = format!(
+        r#"SELECT "ID", "V" FROM "{}"."CDC"."{}" ORDER BY "ID""#,
+        run.to_uppercase(),
+        table.to_uppercase()
+    );
+    let rows = model
+        .iter()
+        .map(|(id, v)| vec![id.to_string(), v.clone()])
+        .collect();
+    (sql, rows)
+}
+
 pub(crate) async fn produce(producer: &FutureProducer, topic: &str, records: &[(String, String)]) {
     let sends: Vec<_> = records
         .iter()

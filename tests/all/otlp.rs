@@ -29,7 +29,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::broker::stream;
+use crate::broker::{model_query, stream};
 use crate::faults::read_request;
 use crate::shutdown::terminate;
 use crate::support::{env, floe_bin, snowflake, unique, wait_for_rows};
@@ -418,15 +418,7 @@ async fn traces_and_metrics_reach_an_otlp_collector_and_its_outage_costs_no_rows
     .await;
     receiver.stop().await;
     produce_traced(&topic, &records[450..], 450).await;
-    let want_rows: Vec<Vec<String>> = model
-        .iter()
-        .map(|(id, v)| vec![id.to_string(), v.clone()])
-        .collect();
-    let sql = format!(
-        r#"SELECT "ID", "V" FROM "{}"."CDC"."{}" ORDER BY "ID""#,
-        run.to_uppercase(),
-        table.to_uppercase()
-    );
+    let (sql, want_rows) = model_query(&run, &table, &model);
     let got = wait_for_rows(&snowflake().await, &sql, &want_rows, 90).await;
     assert_eq!(got, want_rows, "target == model with the collector down");
     // At least one metric export (every 300 ms) met the closed port.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 
-use crate::broker::{produce, stream};
+use crate::broker::{model_query, produce, stream};
 use crate::shutdown::{commits, start, terminate, write_config};
 use crate::support::{env, query, snowflake, unique};
 
@@ -78,15 +78,7 @@ async fn members_joining_and_leaving_mid_stream_lose_nothing() {
     producing.await.unwrap();
 
     // A alone catches up.
-    let want: Vec<Vec<String>> = model
-        .iter()
-        .map(|(id, v)| vec![id.to_string(), v.clone()])
-        .collect();
-    let sql = format!(
-        r#"SELECT "ID", "V" FROM "{}"."CDC"."{}" ORDER BY "ID""#,
-        run.to_uppercase(),
-        table.to_uppercase()
-    );
+    let (sql, want) = model_query(&run, &table, &model);
     let sf = snowflake().await;
     let started = Instant::now();
     loop {

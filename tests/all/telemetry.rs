@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 
-use crate::broker::{free_port, produce, stream};
+use crate::broker::{free_port, model_query, produce, stream};
 use crate::faults::{ERROR_500, HEALTHY, proxy};
 use crate::shutdown::terminate;
 use crate::support::{env, floe_bin, snowflake, unique, wait_for_rows};
@@ -245,15 +245,7 @@ async fn endpoints_report_health_readiness_metrics_and_an_open_breaker() {
         freshness.is_some_and(|s| (120.0..600.0).contains(&s)),
         "{freshness:?}: {metrics}"
     );
-    let want: Vec<Vec<String>> = model
-        .iter()
-        .map(|(id, v)| vec![id.to_string(), v.clone()])
-        .collect();
-    let sql = format!(
-        r#"SELECT "ID", "V" FROM "{}"."CDC"."{}" ORDER BY "ID""#,
-        run.to_uppercase(),
-        table.to_uppercase()
-    );
+    let (sql, want) = model_query(&run, &table, &model);
     let got = wait_for_rows(&snowflake().await, &sql, &want, 60).await;
     assert_eq!(got, want, "target == model after the outage");
 
