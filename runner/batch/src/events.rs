@@ -673,13 +673,9 @@ pub struct ConsumerPositions {
 
 impl ConsumerPositions {
     pub fn emit(self, stats: &Stats) {
-        let lag: i64 = self.partitions.iter().filter_map(|p| p.lag).sum();
-        tracing::debug!(
-            partitions = self.partitions.len(),
-            lag,
-            "consumer positions"
-        );
+        let partitions = self.partitions.len();
         stats.instruments.partitions(self.partitions);
+        tracing::debug!(partitions, lag = ?stats.consumer_lag(), "consumer positions");
     }
 }
 

@@ -170,11 +170,4 @@ pub fn commit_span(batch: &Span) -> Span {
 }
 
 /// Marks `span` failed with `error` (`error.type` is `kind`).
-pub fn failed(span: &Span, kind: &str, error: &dyn std::fmt::Display) {
-    if span.is_disabled() {
-        return;
-    }
-    span.record("error.type", kind);
-    span.record("otel.status_code", "ERROR");
-    span.record("otel.status_description", tracing::field::display(error));
-}
+pub use floe_host::span_failed as failed;

@@ -140,9 +140,7 @@ impl<P> Loaded<P> {
                 span.record("floe.component.fuel", crate::span_int(fuel));
             }
             if let Err(e) = &result {
-                span.record("error.type", e.error_code());
-                span.record("otel.status_code", "ERROR");
-                span.record("otel.status_description", tracing::field::display(e));
+                crate::span_failed(&span, e.error_code(), e);
             }
         }
         (result, usage)

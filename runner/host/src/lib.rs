@@ -44,6 +44,17 @@ pub fn span_int<N: TryInto<i64>>(n: N) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
 
+/// Marks a trace span failed with `error` (`error.type` is `kind`, the status ERROR
+/// with the error as its description).
+pub fn span_failed(span: &tracing::Span, kind: &str, error: &dyn std::fmt::Display) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("error.type", kind);
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", tracing::field::display(error));
+}
+
 /// The data types of `floe:cdc/types`, generated once from the WIT package and shared
 /// by the three worlds.
 pub mod types {

@@ -64,9 +64,7 @@ fn record_failure(span: &tracing::Span, e: &floe_snowflake::Error) {
     if let Some(status) = status {
         span.record("db.response.status_code", status);
     }
-    span.record("error.type", error_type);
-    span.record("otel.status_code", "ERROR");
-    span.record("otel.status_description", tracing::field::display(e));
+    crate::trace::failed(span, error_type, e);
 }
 
 /// A connected Snowflake sink.
