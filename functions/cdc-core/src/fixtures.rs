@@ -38,7 +38,11 @@ struct Line<'a> {
 }
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/debezium-fixtures")
+    // Cargo sets CARGO_MANIFEST_DIR for `cargo test` at run time too; reading it then
+    // keeps a test binary built in another checkout (a shared target dir) pointing here.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.join("../../../shared/debezium-fixtures")
 }
 
 /// The records of `<variant>/<scenario>.jsonl`.

@@ -598,6 +598,37 @@ impl TruncateIgnored<'_> {
     }
 }
 
+/// One component call returned (or failed): what it used of its sandbox limits.
+pub struct ComponentCalled<'a> {
+    pub component: &'a str,
+    pub usage: &'a floe_host::Usage,
+}
+
+impl ComponentCalled<'_> {
+    pub fn emit(&self, stats: &Stats) {
+        let m = &stats.instruments;
+        let attributes = [
+            KeyValue::new("floe.component.kind", self.usage.kind),
+            KeyValue::new("floe.component.name", self.component.to_owned()),
+        ];
+        m.component_call_duration
+            .record(self.usage.elapsed.as_secs_f64(), &attributes);
+        m.component_memory
+            .record(self.usage.memory_peak_bytes as u64, &attributes);
+        if let Some(fuel) = self.usage.fuel_used {
+            m.component_fuel.record(fuel, &attributes);
+        }
+        tracing::trace!(
+            component = self.component,
+            kind = self.usage.kind,
+            elapsed_us = self.usage.elapsed.as_micros() as u64,
+            memory_peak_bytes = self.usage.memory_peak_bytes,
+            fuel = self.usage.fuel_used,
+            "component called"
+        );
+    }
+}
+
 /// A component call failed for a whole batch.
 pub struct ComponentFailed<'a> {
     pub component: &'a str,

@@ -28,6 +28,22 @@ const EVENTS: [f64; 10] = [
     1.0, 10.0, 100.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0,
 ];
 
+/// Fuel (≈ WebAssembly instructions) per component call.
+const FUEL: [f64; 8] = [1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11];
+
+/// Bytes of linear memory a component call reached: 64 KiB (one page) to 4 GiB.
+const MEMORY: [f64; 9] = [
+    65_536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+    268_435_456.0,
+    1_073_741_824.0,
+    4_294_967_296.0,
+];
+
 /// One assigned partition as the consumer last reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionPosition {
@@ -65,6 +81,9 @@ pub struct Instruments {
     pub batch_size: Histogram<u64>,
     pub batch_duration: Histogram<f64>,
     pub components_duration: Histogram<f64>,
+    pub component_call_duration: Histogram<f64>,
+    pub component_fuel: Histogram<u64>,
+    pub component_memory: Histogram<u64>,
     pub load_duration: Histogram<f64>,
     pub batches_committed: Counter<u64>,
     pub rows_loaded: Counter<u64>,
@@ -200,6 +219,26 @@ impl Instruments {
                 "floe.components.duration",
                 "Time a batch spent in the WebAssembly components (validation, transformation, MERGE building).",
             ),
+            component_call_duration: seconds(
+                "floe.component.call.duration",
+                "One component call (a share of a batch, or one table's MERGE building), instantiation included, by kind and component.",
+            ),
+            component_fuel: meter
+                .u64_histogram("floe.component.fuel")
+                .with_unit("{instruction}")
+                .with_description(
+                    "Fuel one component call consumed (roughly WebAssembly instructions), by kind and component; recorded when components.fuel is set.",
+                )
+                .with_boundaries(FUEL.to_vec())
+                .build(),
+            component_memory: meter
+                .u64_histogram("floe.component.memory.peak")
+                .with_unit("By")
+                .with_description(
+                    "The largest linear memory one component call reached or asked for, by kind and component (components.max_memory_mib bounds it).",
+                )
+                .with_boundaries(MEMORY.to_vec())
+                .build(),
             load_duration: seconds(
                 "floe.load.duration",
                 "Time a batch's warehouse load took, retries included.",
@@ -323,8 +362,8 @@ mod tests {
 
     use super::PartitionPosition;
     use crate::events::{
-        BatchCommitted, BatchReceived, Breaker, BreakerChanged, BreakerState, ConsumerPositions,
-        EventDropped, Position, Stats,
+        BatchCommitted, BatchReceived, Breaker, BreakerChanged, BreakerState, ComponentCalled,
+        ConsumerPositions, EventDropped, Position, Stats,
     };
     use crate::sinks::Executed;
 
@@ -454,6 +493,16 @@ mod tests {
                 ],
             }
             .emit(stats);
+            ComponentCalled {
+                component: "builtin-transformer",
+                usage: &floe_host::Usage {
+                    kind: "transform",
+                    elapsed: Duration::from_millis(3),
+                    memory_peak_bytes: 2_097_152,
+                    fuel_used: Some(5_000_000),
+                },
+            }
+            .emit(stats);
         });
         let has = |line: &str| {
             assert!(
@@ -486,6 +535,15 @@ mod tests {
             r#"db_client_operation_duration_seconds_count{db_collection_name="DB.S.T",db_operation_name="merge",db_system_name="snowflake",status="ok"} 1"#,
         );
         has(r#"floe_consumer_lag{partition="0",topic="dbz.public.t"} 42"#);
+        let component =
+            r#"{floe_component_kind="transform",floe_component_name="builtin-transformer"}"#;
+        has(&format!(
+            "floe_component_memory_peak_bytes_sum{component} 2097152"
+        ));
+        has(&format!("floe_component_fuel_sum{component} 5000000"));
+        has(&format!(
+            "floe_component_call_duration_seconds_count{component} 1"
+        ));
         has(r#"floe_consumer_committed_offset{partition="0",topic="dbz.public.t"} 1000"#);
         assert!(
             !text.contains(r#"partition="1""#),
@@ -518,7 +576,7 @@ mod tests {
         let mut names = 0;
         for c in queried.captures_iter(dashboard) {
             let mut name = c[1].to_string();
-            for suffix in ["_bucket", "_total", "_seconds"] {
+            for suffix in ["_bucket", "_total", "_seconds", "_bytes"] {
                 if let Some(base) = name.strip_suffix(suffix) {
                     name = base.to_string();
                 }

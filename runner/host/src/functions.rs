@@ -53,6 +53,9 @@ fn contract(name: &str, message: String) -> HostError {
 /// What one call used of its sandbox limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// The world called (`validate`, `transform`, `validate-and-transform`,
+    /// `transform-rows`, `build-merge`), as trace spans and metrics name it.
+    pub kind: &'static str,
     /// Wall time of the call (instantiation included).
     pub elapsed: std::time::Duration,
     /// Largest linear memory the component reached or asked for, in bytes.
@@ -100,17 +103,9 @@ impl<P> Loaded<P> {
         })
     }
 
-    /// Runs one guest call in a fresh store and maps every failure to a [`HostError`].
-    fn call<R>(
-        &self,
-        events: usize,
-        call: impl FnOnce(&P, &mut Store<StoreState>) -> wasmtime::Result<Result<R, GuestError>>,
-    ) -> Result<R, HostError> {
-        self.call_measured(events, call).0
-    }
-
-    /// [`Loaded::call`] of a batch of `events` events, also reporting what the call
-    /// used. Traced as one span (child of the caller's current span).
+    /// Runs one guest call of a batch of `events` events in a fresh store, maps every
+    /// failure to a [`HostError`] and reports what the call used. Traced as one span
+    /// (child of the caller's current span).
     fn call_measured<R>(
         &self,
         events: usize,
@@ -153,7 +148,13 @@ impl<P> Loaded<P> {
         let started = std::time::Instant::now();
         let mut store = match self.host.store(&self.name, &self.limits) {
             Ok(store) => store,
-            Err(e) => return (Err(e), Usage::default()),
+            Err(e) => {
+                let usage = Usage {
+                    kind: self.kind,
+                    ..Usage::default()
+                };
+                return (Err(e), usage);
+            }
         };
         let fuel_before = store.get_fuel().ok();
         let outcome = call(&self.pre, &mut store);
@@ -161,6 +162,7 @@ impl<P> Loaded<P> {
             wasi.log_output(&self.name);
         }
         let usage = Usage {
+            kind: self.kind,
             elapsed: started.elapsed(),
             memory_peak_bytes: store.data().memory_peak,
             fuel_used: fuel_before
@@ -283,11 +285,19 @@ impl Transformer {
     /// Rows, truncates and per-event failures for the batch; every index in the answer
     /// is checked against the batch.
     pub fn transform(&self, batch: &Batch) -> Result<Transformed, HostError> {
-        let out = self.0.call(batch.events.len(), |pre, store| {
+        self.transform_measured(batch).0
+    }
+
+    /// [`Transformer::transform`], also reporting what the call used of its limits.
+    pub fn transform_measured(&self, batch: &Batch) -> (Result<Transformed, HostError>, Usage) {
+        let (result, usage) = self.0.call_measured(batch.events.len(), |pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_transform(&mut *store, batch)
-        })?;
-        checked_transformed(&self.0.name, batch.events.len(), None, out)
+        });
+        (
+            result.and_then(|out| checked_transformed(&self.0.name, batch.events.len(), None, out)),
+            usage,
+        )
     }
 }
 
@@ -356,13 +366,26 @@ impl ValidatingTransformer {
         &self,
         batch: &Batch,
     ) -> Result<(Vec<Verdict>, Transformed), HostError> {
-        let (verdicts, out) = self.0.call(batch.events.len(), |pre, store| {
+        self.validate_and_transform_measured(batch).0
+    }
+
+    /// [`ValidatingTransformer::validate_and_transform`], also reporting what the call
+    /// used of its limits.
+    #[allow(clippy::type_complexity)]
+    pub fn validate_and_transform_measured(
+        &self,
+        batch: &Batch,
+    ) -> (Result<(Vec<Verdict>, Transformed), HostError>, Usage) {
+        let (result, usage) = self.0.call_measured(batch.events.len(), |pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_validate_and_transform(&mut *store, batch)
-        })?;
-        let verdicts = checked_verdicts(&self.0.name, batch, verdicts)?;
-        let out = checked_transformed(&self.0.name, batch.events.len(), Some(&verdicts), out)?;
-        Ok((verdicts, out))
+        });
+        let checked = result.and_then(|(verdicts, out)| {
+            let verdicts = checked_verdicts(&self.0.name, batch, verdicts)?;
+            let out = checked_transformed(&self.0.name, batch.events.len(), Some(&verdicts), out)?;
+            Ok((verdicts, out))
+        });
+        (checked, usage)
     }
 }
 
@@ -525,17 +548,25 @@ impl MergeBuilder {
 
     /// The statements that apply one table's rows.
     pub fn build(&self, input: &MergeInput) -> Result<MergePlan, HostError> {
-        let plan = self.0.call(input.rows.len(), |pre, store| {
+        self.build_measured(input).0
+    }
+
+    /// [`MergeBuilder::build`], also reporting what the call used of its limits.
+    pub fn build_measured(&self, input: &MergeInput) -> (Result<MergePlan, HostError>, Usage) {
+        let (result, usage) = self.0.call_measured(input.rows.len(), |pre, store| {
             let instance = pre.instantiate(&mut *store)?;
             instance.call_build_merge(&mut *store, input)
-        })?;
-        if !input.rows.is_empty() && plan.statements.is_empty() {
-            return Err(contract(
-                &self.0.name,
-                format!("no statement for {} rows", input.rows.len()),
-            ));
-        }
-        Ok(plan)
+        });
+        let checked = result.and_then(|plan| {
+            if !input.rows.is_empty() && plan.statements.is_empty() {
+                return Err(contract(
+                    &self.0.name,
+                    format!("no statement for {} rows", input.rows.len()),
+                ));
+            }
+            Ok(plan)
+        });
+        (checked, usage)
     }
 }
 

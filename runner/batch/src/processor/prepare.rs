@@ -12,7 +12,9 @@ use floe_host::types::{Batch, MergeInput, MergePlan, Op, Row, TableShape, Transf
 
 use crate::config::{DeleteMode, IdentifierCase, TruncateMode};
 use crate::dlq::DeadLetter;
-use crate::events::{ComponentFailed, Position, ToastValueUnknown, TruncateIgnored};
+use crate::events::{
+    ComponentCalled, ComponentFailed, Position, Stats, ToastValueUnknown, TruncateIgnored,
+};
 use crate::message::{Message, batch_taking, give_back};
 use crate::sinks::{TableLoad, Truncation};
 
@@ -193,7 +195,7 @@ impl Preparer {
         let mut refused: Vec<Option<DeadLetter>> = (0..n).map(|_| None).collect();
         let parallelism = c.parallelism;
         let parts = shares(&mut batch, &chain_of, c.chains.len(), parallelism);
-        let stats = &self.stats;
+        let stats = &*self.stats;
         let verdicts = map_parallel(&parts, parallelism, |share| {
             // (member position in the share, its rejection), first rejection only.
             let mut out: Vec<Option<DeadLetter>> = (0..share.members.len()).map(|_| None).collect();
@@ -205,7 +207,7 @@ impl Preparer {
                 &chain.validators[..]
             };
             for v in validators {
-                match retry_once(|| v.validate(&share.input)) {
+                match called(stats, v.name(), || v.validate_measured(&share.input)) {
                     Ok(verdicts) => {
                         for (k, verdict) in verdicts.into_iter().enumerate() {
                             if let (Verdict::Rejected(reason), None) = (verdict, &out[k]) {
@@ -508,7 +510,9 @@ impl Preparer {
                 rows: rows_of_table,
                 deletes,
             };
-            match retry_once(|| c.merge_builder.build(&input)) {
+            match called(&self.stats, c.merge_builder.name(), || {
+                c.merge_builder.build_measured(&input)
+            }) {
                 Ok(plan) => {
                     rows += u64::from(plan.rows_after_dedup);
                     let origins = input
@@ -621,6 +625,7 @@ impl Preparer {
         let chains = &self.components.chains;
         let parallelism = self.components.parallelism;
         let parts = shares(&mut batch, chain_of, chains.len(), parallelism);
+        let stats = &*self.stats;
         // Each share through its chain's transformer, then its row transforms, on its
         // own core: the answer and which component failed each of its failures, or the
         // failed call and its component.
@@ -631,9 +636,10 @@ impl Preparer {
             let mut rejected: Vec<(usize, String)> = Vec::new();
             let mut answer = match &chain.fused {
                 Some(fused) => {
-                    let (verdicts, answer) =
-                        retry_once(|| fused.validate_and_transform(&share.input))
-                            .map_err(|e| (e, fused.name()))?;
+                    let (verdicts, answer) = called(stats, fused.name(), || {
+                        fused.validate_and_transform_measured(&share.input)
+                    })
+                    .map_err(|e| (e, fused.name()))?;
                     for (k, verdict) in verdicts.into_iter().enumerate() {
                         if let Verdict::Rejected(reason) = verdict {
                             rejected.push((k, reason));
@@ -641,12 +647,15 @@ impl Preparer {
                     }
                     answer
                 }
-                None => retry_once(|| chain.transformer.transform(&share.input))
-                    .map_err(|e| (e, chain.transformer.name()))?,
+                None => called(stats, chain.transformer.name(), || {
+                    chain.transformer.transform_measured(&share.input)
+                })
+                .map_err(|e| (e, chain.transformer.name()))?,
             };
             let mut failed_by: Vec<&str> = vec![chain.transformer.name(); answer.failures.len()];
             for t in &chain.transforms {
-                let next = retry_once(|| t.transform_rows(&answer)).map_err(|e| (e, t.name()))?;
+                let next = called(stats, t.name(), || t.transform_rows_measured(&answer))
+                    .map_err(|e| (e, t.name()))?;
                 failed_by.resize(next.failures.len(), t.name());
                 answer = next;
             }
@@ -742,15 +751,27 @@ impl Preparer {
     }
 }
 
-/// Calls `f` again once if its error says a retry may help (e.g. a deadline hit on a
-/// loaded machine). Each call runs in a fresh instance.
-fn retry_once<T>(
-    mut f: impl FnMut() -> Result<T, floe_host::HostError>,
+/// One component call (`f`), called again once if its error says a retry may help
+/// (e.g. a deadline hit on a loaded machine); each call runs in a fresh instance and
+/// what it used is recorded ([`ComponentCalled`]).
+fn called<T>(
+    stats: &Stats,
+    component: &str,
+    mut f: impl FnMut() -> (Result<T, floe_host::HostError>, floe_host::Usage),
 ) -> Result<T, floe_host::HostError> {
-    match f() {
+    let mut once = || {
+        let (result, usage) = f();
+        ComponentCalled {
+            component,
+            usage: &usage,
+        }
+        .emit(stats);
+        result
+    };
+    match once() {
         Err(e) if e.is_retryable() => {
             tracing::warn!(error = %e, "component call failed; retrying once in a fresh instance");
-            f()
+            once()
         }
         r => r,
     }

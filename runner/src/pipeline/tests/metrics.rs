@@ -94,7 +94,12 @@ async fn a_known_batch_records_its_events_rejections_retry_commit_and_freshness(
     bad.offset = 2;
     let mut sink = healthy();
     sink.failures = 1;
-    let components = Arc::new(Components::load(&ComponentsConfig::default()).unwrap());
+    // Fuel metering on, so each call's fuel is recorded beside its memory and time.
+    let cfg = ComponentsConfig {
+        fuel: Some(10_000_000_000),
+        ..ComponentsConfig::default()
+    };
+    let components = Arc::new(Components::load(&cfg).unwrap());
     let source = FileSource::from_messages(vec![message(), second, bad]);
     let mut p = Pipeline::new(source, sink, components, settings(breaker(20, 1000)), stats);
     let (_tx, rx) = tokio::sync::watch::channel(false);
@@ -127,6 +132,29 @@ async fn a_known_batch_records_its_events_rejections_retry_commit_and_freshness(
     assert_eq!(dropped.len(), 1, "{got:#?}");
     assert!(dropped[0].0.contains("category=parse"), "{dropped:?}");
     assert_eq!(*dropped[0].1, 1.0);
+    // One call of the fused built-in validator-and-transformer (the parsed events of the
+    // one chain) and one MERGE build (one table): each with its time, memory and fuel.
+    for (kind, name) in [
+        ("validate-and-transform", "builtin-transformer"),
+        ("build-merge", "builtin-merge_builder"),
+    ] {
+        let series = |metric: &str, part: &str| {
+            let key =
+                format!("{metric}{{floe.component.kind={kind},floe.component.name={name}}} {part}");
+            *got.get(&key).unwrap_or_else(|| panic!("{key}: {got:#?}"))
+        };
+        assert_eq!(series("floe.component.call.duration", "count"), 1.0);
+        assert_eq!(series("floe.component.memory.peak", "count"), 1.0);
+        assert_eq!(series("floe.component.fuel", "count"), 1.0);
+        // A component's memory is at least one 64 KiB page, and it ran instructions.
+        assert!(series("floe.component.memory.peak", "sum") >= 65_536.0);
+        assert!(series("floe.component.fuel", "sum") > 1_000.0);
+    }
+    let calls = got
+        .keys()
+        .filter(|k| k.starts_with("floe.component.call.duration{") && k.ends_with(" count"))
+        .count();
+    assert_eq!(calls, 2, "{got:#?}");
     assert_eq!(
         got.get("floe.breaker.state{breaker=warehouse}"),
         Some(&0.0),
