@@ -2,6 +2,7 @@
 # floe benchmarks (`make bench`); what is measured and the last results: docs/benchmarks.md.
 #
 #   dev/bench.sh [--changes N] [--skip-build] [--no-stages] [--no-sink] [--no-freshness]
+#                [--no-telemetry]
 #
 # 1. Builds the components, floe and raw_consume (release profile).
 # 2. Starts a private dev stack from clean: its own run dir ($FLOE_RUN_DIR, default
@@ -13,12 +14,18 @@
 # 3b. Freshness: floe (default settings) loads a table of its own into fakesnow while
 #    PostgreSQL takes a steady FLOE_BENCH_FRESH_RATE (default 2000) inserts/s for
 #    FLOE_BENCH_FRESH_SECS (default 60) through real Debezium; the `freshness` binary
-#    polls the target and reports p50/p99 from PostgreSQL commit to row visible. Then
-#    Debezium and PostgreSQL are stopped so they leave the CPU alone.
+#    polls the target and reports p50/p99 from PostgreSQL commit to row visible, split at
+#    each message's Kafka timestamp into Debezium's part and floe's. Then
+#    Debezium and PostgreSQL are stopped so they leave the CPU alone. floe serves
+#    /metrics there and dev/dashboard/render.py scrapes it every 2 s into
+#    freshness.scrapes.jsonl (render it into the dashboard's picture with that script).
 # 4. Consumes those topics three times, each with a fresh consumer group, each under
 #    /usr/bin/time -v (peak RSS): raw librdkafka (raw_consume), floe --sink none,
 #    floe -> fakesnow. floe loads a batch while it consumes and prepares the next: the
 #    summary shows its processing and loading time per event beside the wall time.
+#    With telemetry (not --no-telemetry): floe --sink none again, exporting OTLP traces
+#    and metrics (every span, metrics every 5 s) to `otlp_receiver`, a collector
+#    stand-in on 127.0.0.1:FLOE_BENCH_OTLP_PORT (default 24318) that decodes them.
 # 5. Runs the criterion bench of the stages, WASM vs native (runner/host/benches/stages.rs).
 # 6. Prints the results as markdown tables (also in $FLOE_BENCH_OUT/summary.md, default
 #    target/bench/, with every raw output beside it).
@@ -41,8 +48,9 @@ build=1
 stages=1
 sink=1
 freshness=1
+telemetry=1
 usage() {
-  sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 while (($#)); do
@@ -53,6 +61,7 @@ while (($#)); do
     --no-stages) stages=0; shift ;;
     --no-sink) sink=0; shift ;;
     --no-freshness) freshness=0; shift ;;
+    --no-telemetry) telemetry=0; shift ;;
     -h|--help) usage ;;
     *) echo "bench: unknown argument '$1'" >&2; usage ;;
   esac
@@ -64,6 +73,9 @@ OUT="${FLOE_BENCH_OUT:-$TARGET_DIR/bench}"
 FLOE_BIN="$TARGET_DIR/release/floe"
 RAW_BIN="$TARGET_DIR/release/raw_consume"
 FRESH_BIN="$TARGET_DIR/release/freshness"
+OTLP_BIN="$TARGET_DIR/release/otlp_receiver"
+OTLP_PORT="${FLOE_BENCH_OTLP_PORT:-24318}"
+METRICS_PORT="${FLOE_BENCH_METRICS_PORT:-29464}"
 FRESH_RATE="${FLOE_BENCH_FRESH_RATE:-2000}"
 FRESH_SECS="${FLOE_BENCH_FRESH_SECS:-60}"
 TOPICS=(dbz.public.customers dbz.public.orders)
@@ -106,13 +118,14 @@ trap 'exit 143' TERM
 if ((build)); then
   step "build: components, floe and raw_consume (release)"
   "$ROOT/functions/build.sh"
-  "$CARGO" build --release -p floe --bin floe -p floe-integration-tests --bin raw_consume --bin freshness
+  "$CARGO" build --release -p floe --bin floe -p floe-integration-tests --bin raw_consume --bin freshness \
+    --bin otlp_receiver
   if ((stages)); then
     "$CARGO" bench -p floe-host --bench stages --no-run
   fi
 fi
-[[ -x "$FLOE_BIN" && -x "$RAW_BIN" && -x "$FRESH_BIN" ]] ||
-  die "$FLOE_BIN, $RAW_BIN or $FRESH_BIN is missing (run without --skip-build)"
+[[ -x "$FLOE_BIN" && -x "$RAW_BIN" && -x "$FRESH_BIN" && -x "$OTLP_BIN" ]] ||
+  die "$FLOE_BIN, $RAW_BIN, $FRESH_BIN or $OTLP_BIN is missing (run without --skip-build)"
 [[ "$FRESH_RATE" =~ ^[1-9][0-9]*$ && "$FRESH_SECS" =~ ^[1-9][0-9]*$ ]] ||
   die "FLOE_BENCH_FRESH_RATE and FLOE_BENCH_FRESH_SECS must be positive integers"
 
@@ -151,10 +164,14 @@ schema = "CDC"
 EOF
   # floe joins its group and loads one warm-up row (id 1) before the measured inserts.
   "${PSQL[@]}" -c "INSERT INTO public.fresh (v, note) VALUES (0, 'warm-up')"
-  FLOE_LOG=info "$FLOE_BIN" --config "$OUT/freshness.toml" --log-format json \
+  FLOE_LOG=info FLOE__METRICS__LISTEN="127.0.0.1:$METRICS_PORT" \
+    "$FLOE_BIN" --config "$OUT/freshness.toml" --log-format json \
     run --sink snowflake --metrics-json "$OUT/freshness.metrics.json" \
     >"$OUT/freshness.floe.out" 2>"$OUT/freshness.floe.err" &
   fresh_floe=$!
+  python3 "$DEV_DIR/dashboard/render.py" scrape --url "http://127.0.0.1:$METRICS_PORT/metrics" \
+    --interval 2 --out "$OUT/freshness.scrapes.jsonl" 2>"$OUT/freshness.scrape.err" &
+  scraper=$!
   "$FRESH_BIN" --table "$fresh_table" --rows 1 --poll-ms 200 >"$OUT/freshness.warmup.json" || {
     kill -TERM "$fresh_floe" 2>/dev/null || true
     die "floe did not load the warm-up row (see $OUT/freshness.floe.err)"
@@ -181,10 +198,13 @@ EOF
   gen=$!
   rc=0
   "$FRESH_BIN" --table "$fresh_table" --rows "$total" --above-id 1 --poll-ms 100 \
+    --brokers "$FLOE_KAFKA_BROKERS" --topic dbz.public.fresh \
     >"$OUT/freshness.out" 2>"$OUT/freshness.err" || rc=$?
   wait "$gen" || say "the insert generator failed (see $OUT/freshness.gen.out)"
   kill -TERM "$fresh_floe" 2>/dev/null || true
   wait "$fresh_floe" || true
+  kill -TERM "$scraper" 2>/dev/null || true
+  wait "$scraper" || true
   echo "$rc" >"$OUT/freshness.rc"
   ((rc == 0)) || say "freshness exited $rc (see $OUT/freshness.err)"
   say "freshness: $(cat "$OUT/freshness.out")"
@@ -243,6 +263,16 @@ measure raw "$RAW_BIN" --brokers "$FLOE_KAFKA_BROKERS" --topics "$(IFS=,; echo "
 cfg=$(floe_config floe-none)
 measure floe-none env FLOE_LOG=info "$FLOE_BIN" --config "$cfg" --log-format json \
   run --sink none --exit-when-idle "$IDLE_SECS" --metrics-json "$OUT/floe-none.metrics.json"
+if ((telemetry)); then
+  "$OTLP_BIN" --listen "127.0.0.1:$OTLP_PORT" >"$OUT/otlp-receiver.out" 2>"$OUT/otlp-receiver.err" &
+  receiver=$!
+  cfg=$(floe_config floe-none-otlp)
+  measure floe-none-otlp env FLOE_LOG=info OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_PORT" \
+    OTEL_METRIC_EXPORT_INTERVAL=5000 "$FLOE_BIN" --config "$cfg" --log-format json \
+    run --sink none --exit-when-idle "$IDLE_SECS" --metrics-json "$OUT/floe-none-otlp.metrics.json"
+  kill -TERM "$receiver" 2>/dev/null || true
+  wait "$receiver" || say "otlp_receiver failed (see $OUT/otlp-receiver.err)"
+fi
 if ((sink)); then
   cfg=$(floe_config floe-fakesnow)
   measure floe-fakesnow env FLOE_LOG=info "$FLOE_BIN" --config "$cfg" --log-format json \
@@ -351,6 +381,9 @@ def check(name):
 
 rows = [("raw librdkafka (`raw_consume`)", "raw", raw_run)]
 rows.append(("floe `--sink none`", "floe-none", lambda: floe_run("floe-none")))
+if read("floe-none-otlp", "rc") is not None:
+    rows.append(("floe `--sink none`, OTLP traces + metrics on", "floe-none-otlp",
+                 lambda: floe_run("floe-none-otlp")))
 if read("floe-fakesnow", "rc") is not None:
     rows.append(("floe → fakesnow", "floe-fakesnow", lambda: floe_run("floe-fakesnow")))
 
@@ -406,6 +439,17 @@ for label, name, f in rows[1:]:
     except Exception:
         print(f"| {label} | – | – | – | – | – | – |")
 
+received = read("otlp-receiver", "out")
+if received is not None:
+    print()
+    try:
+        r = json.loads(received)
+        print(f"The OTLP receiver got {r['spans']:,} spans in {r['trace_requests']} trace exports and "
+              f"{r['metric_requests']} metric exports ({r['bytes']:,} bytes of protobuf); the last "
+              f"floe.events.consumed it saw: {r['events_consumed']}.")
+    except Exception:
+        print("OTLP receiver: no summary (see otlp-receiver.err)")
+
 fresh = read("freshness", "out")
 if fresh is not None:
     print()
@@ -421,6 +465,18 @@ if fresh is not None:
         status = "ok" if fr.get("complete") else "incomplete"
         print(f"| {fr['rows']:,} | {fr['p50_ms']:,} | {fr['p90_ms']:,} | {fr['p99_ms']:,} | "
               f"{fr['max_ms']:,} | {status} |")
+        if "debezium" in fr:
+            print()
+            print(f"Split at each message's Kafka timestamp ({fr['kafka_matched']:,} rows matched): "
+                  "commit → in Kafka is Debezium's (its poll interval, the producer's acks); "
+                  "in Kafka → visible is floe's batching, processing and load, and the emulator's.")
+            print()
+            print("| part | p50 (ms) | p99 (ms) | max (ms) |")
+            print("|---|---:|---:|---:|")
+            for part, key in (("PostgreSQL commit → in Kafka (Debezium)", "debezium"),
+                              ("in Kafka → visible in fakesnow (floe)", "floe")):
+                d = fr[key]
+                print(f"| {part} | {d['p50_ms']:,} | {d['p99_ms']:,} | {d['max_ms']:,} |")
     except Exception:
         print("Freshness: no result (see freshness.err)")
 

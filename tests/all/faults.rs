@@ -14,6 +14,8 @@ use floe::config::SourceKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use floe_integration_tests::http::read_request;
+
 use crate::support::{Rng, env, query, sink_config, snowflake, spawn_run, unique};
 
 pub(crate) const HEALTHY: u8 = 0;
@@ -33,48 +35,6 @@ pub(crate) struct Proxy {
     pub hold_ms: Arc<AtomicU64>,
     /// Answers being held right now.
     pub held: Arc<AtomicUsize>,
-}
-
-/// Reads one HTTP/1.1 request (headers, then a `Content-Length` body); `None` at EOF.
-pub(crate) async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    let header_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = client.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap_or(0));
-    while buf.len() < header_end + length {
-        let n = client.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    // One request per connection: ask the upstream to close after answering, so its
-    // response can be read to EOF and tells the client to reconnect.
-    let text = String::from_utf8_lossy(&buf[..header_end]).into_owned();
-    let mut rewritten: Vec<u8> = text
-        .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-        .collect::<Vec<_>>()
-        .join("\r\n")
-        .trim_end()
-        .as_bytes()
-        .to_vec();
-    rewritten.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
-    rewritten.extend_from_slice(&buf[header_end..]);
-    Some(rewritten)
 }
 
 async fn serve(mut client: TcpStream, upstream: String, proxy: Proxy) {

@@ -9,10 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use floe_integration_tests::otlp::{Receiver, attr};
 use floe_integration_tests::runtime_api::{RuntimeApi, Seen};
 
 use crate::lambda::msk_fixture;
-use crate::otlp::{Receiver, attr};
 use crate::support::{env, query, snowflake, unique};
 
 pub(crate) fn bootstrap_bin() -> PathBuf {

@@ -1,5 +1,7 @@
 //! What the integration tests (tests/all) and the benchmark binaries (src/bin) share.
 
+pub mod http;
+pub mod otlp;
 pub mod runtime_api;
 
 /// A session on the Snowflake emulator of the dev stack at `account_url`, as the stack's

@@ -18,6 +18,11 @@
 //!
 //! Both clocks are this machine's (PostgreSQL runs beside it), so no clock skew enters.
 //! Exits 1 when fewer than `--rows` rows were seen.
+//!
+//! With `--brokers` and `--topic`, it also reads the topic (a group of its own) and splits
+//! each row's latency at its message's Kafka timestamp (the time Debezium's producer made
+//! the record): `debezium_*` is commit → in Kafka, `floe_*` is in Kafka → visible (floe's
+//! batching, processing and load, plus the emulator), each as p50/p99/max.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -56,6 +61,50 @@ struct Args {
     /// Give up when no row arrived this long after start.
     #[arg(long, default_value_t = 300.0)]
     start_timeout_secs: f64,
+    /// Kafka bootstrap servers, to split each latency at the message's Kafka timestamp.
+    #[arg(long, requires = "topic")]
+    brokers: Option<String>,
+    /// The table's Debezium topic (with `--brokers`).
+    #[arg(long, requires = "brokers")]
+    topic: Option<String>,
+}
+
+/// Kafka timestamp (ms) of each change message of `topic`, by the row's `id`, read from
+/// the beginning by a group of its own until the process ends.
+fn kafka_times(
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<std::sync::Arc<std::sync::Mutex<std::collections::HashMap<i64, i64>>>> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("freshness-{}", now_ms()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("a Kafka consumer")?;
+    consumer.subscribe(&[topic]).context("subscribe")?;
+    let times = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let out = times.clone();
+    std::thread::spawn(move || {
+        loop {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let (Some(ts), Some(value)) = (m.timestamp().to_millis(), m.payload()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(value) else {
+                continue;
+            };
+            let envelope = v.get("payload").unwrap_or(&v);
+            if let Some(id) = envelope.pointer("/after/id").and_then(|id| id.as_i64()) {
+                times.lock().unwrap().insert(id, ts);
+            }
+        }
+    });
+    Ok(out)
 }
 
 fn now_ms() -> i64 {
@@ -81,6 +130,12 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("login to the emulator")?;
 
+    let kafka = match (&args.brokers, &args.topic) {
+        (Some(b), Some(t)) => Some(kafka_times(b, t)?),
+        _ => None,
+    };
+    // (id, source commit ms, seen ms) of each measured row.
+    let mut rows: Vec<(i64, i64, i64)> = Vec::with_capacity(args.rows as usize);
     let started = Instant::now();
     let mut last_new: Option<Instant> = None;
     // Every id up to `contiguous` was seen; `seen` holds the ones seen above it.
@@ -120,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
                 let (id, source_ts) = (field(0)?, field(1)?);
                 if seen.insert(id) {
                     latencies.push(seen_at - source_ts);
+                    rows.push((id, source_ts, seen_at));
                 }
             }
             while seen.remove(&(contiguous + 1)) {
@@ -139,7 +195,37 @@ async fn main() -> anyhow::Result<()> {
         latencies.iter().sum::<i64>() as f64 / latencies.len() as f64
     };
     latencies.sort_unstable();
-    let out = serde_json::json!({
+    // Commit → Kafka and Kafka → visible, for the rows whose message was read.
+    let (mut debezium, mut floe) = (Vec::new(), Vec::new());
+    if let Some(kafka) = &kafka {
+        // The consumer may still be behind the last rows: give it a moment.
+        for _ in 0..50 {
+            if rows
+                .iter()
+                .all(|r| kafka.lock().unwrap().contains_key(&r.0))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let times = kafka.lock().unwrap();
+        for (id, source_ts, seen_at) in &rows {
+            if let Some(kafka_ts) = times.get(id) {
+                debezium.push(kafka_ts - source_ts);
+                floe.push(seen_at - kafka_ts);
+            }
+        }
+        debezium.sort_unstable();
+        floe.sort_unstable();
+    }
+    let split = |v: &[i64]| {
+        serde_json::json!({
+            "p50_ms": quantile(v, 0.50),
+            "p99_ms": quantile(v, 0.99),
+            "max_ms": v.last().copied().unwrap_or(0),
+        })
+    };
+    let mut out = serde_json::json!({
         "rows": latencies.len(),
         "p50_ms": quantile(&latencies, 0.50),
         "p90_ms": quantile(&latencies, 0.90),
@@ -154,6 +240,11 @@ async fn main() -> anyhow::Result<()> {
         "query_ms_max": query_max.as_millis() as u64,
         "complete": complete,
     });
+    if kafka.is_some() {
+        out["kafka_matched"] = debezium.len().into();
+        out["debezium"] = split(&debezium);
+        out["floe"] = split(&floe);
+    }
     println!("{out}");
     if !complete {
         std::process::exit(1);
