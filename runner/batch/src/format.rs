@@ -126,11 +126,29 @@ impl Format {
         let Some(value) = value else {
             return Ok(None);
         };
+        confluent_framed(value)?;
         match self {
             Format::Auto => Ok(None),
             Format::Envelope => check_envelope(value).map(|()| None),
             Format::Unwrap(u) => u.to_envelope(value),
         }
+    }
+}
+
+/// A value in the Confluent wire format (magic byte 0, a 4-byte big-endian schema id,
+/// then the serialised record), as Kafka Connect's Avro, Protobuf and JSON Schema
+/// converters write it, refused with a reason that says so. No JSON text starts with a
+/// zero byte, so a JsonConverter value is never taken for one.
+fn confluent_framed(value: &[u8]) -> Result<(), String> {
+    match value {
+        [0, a, b, c, d, ..] => Err(format!(
+            "parse: the value is in the Confluent wire format (magic byte 0, schema id {}): \
+             it was written by a Schema Registry converter (Avro, Protobuf or JSON Schema), \
+             and floe reads Debezium's JSON output only; configure the connector with \
+             org.apache.kafka.connect.json.JsonConverter",
+            u32::from_be_bytes([*a, *b, *c, *d])
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -397,6 +415,27 @@ mod tests {
             .collect();
         assert_eq!(names, ["id", "op"]);
         assert!(e["schema"]["name"].as_str().unwrap().ends_with(".Envelope"));
+    }
+
+    #[test]
+    fn schema_registry_framed_values_are_refused_with_their_schema_id() {
+        // Magic byte 0, schema id 42, then an Avro record's bytes.
+        let avro = [0u8, 0, 0, 0, 42, 2, 0x0c, b'a', b'b'];
+        let formats = [
+            Format::Auto,
+            Format::Envelope,
+            unwrap(&[], DeleteHandling::Rewrite),
+        ];
+        for format in formats {
+            let err = format.normalize(Some(&avro)).unwrap_err();
+            assert!(err.starts_with("parse: "), "{err}");
+            assert!(err.contains("schema id 42"), "{err}");
+            assert!(err.contains("JsonConverter"), "{err}");
+        }
+        // Too short to carry a schema id: left to the parser, as any other bytes.
+        assert_eq!(Format::Auto.normalize(Some(&[0u8, 0, 1])), Ok(None));
+        // JSON (with leading whitespace too) is untouched.
+        assert_eq!(Format::Auto.normalize(Some(b" {\"op\":\"c\"}")), Ok(None));
     }
 
     #[test]
