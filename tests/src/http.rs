@@ -4,20 +4,27 @@
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-/// Reads one HTTP/1.1 request (headers, then a `Content-Length` body); `None` at EOF.
-pub async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
+/// Reads from `conn` into `buf` until `buf` holds a whole request head: the position
+/// right after its blank line, or `None` at EOF.
+pub async fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     let mut chunk = [0u8; 16 * 1024];
-    let header_end = loop {
+    loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+            return Some(i + 4);
         }
-        let n = client.read(&mut chunk).await.ok()?;
+        let n = conn.read(&mut chunk).await.ok()?;
         if n == 0 {
             return None;
         }
         buf.extend_from_slice(&chunk[..n]);
-    };
+    }
+}
+
+/// Reads one HTTP/1.1 request (headers, then a `Content-Length` body); `None` at EOF.
+pub async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let header_end = read_head(client, &mut buf).await?;
     let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
     let length: usize = head
         .lines()

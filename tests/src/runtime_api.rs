@@ -74,17 +74,8 @@ async fn read_request(
     conn: &mut TcpStream,
     buf: &mut Vec<u8>,
 ) -> Option<(String, String, Vec<u8>)> {
+    let header_end = crate::http::read_head(conn, buf).await?;
     let mut chunk = [0u8; 16 * 1024];
-    let header_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
     let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
     let mut lines = head.lines();
     let mut first = lines.next()?.split_whitespace();
