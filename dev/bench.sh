@@ -2,7 +2,7 @@
 # floe benchmarks (`make bench`); what is measured and the last results: docs/benchmarks.md.
 #
 #   dev/bench.sh [--changes N] [--skip-build] [--no-stages] [--no-sink] [--no-freshness]
-#                [--no-telemetry]
+#                [--no-telemetry] [--baseline FILE]
 #
 # 1. Builds the components, floe and raw_consume (release profile).
 # 2. Starts a private dev stack from clean: its own run dir ($FLOE_RUN_DIR, default
@@ -28,7 +28,9 @@
 #    stand-in on 127.0.0.1:FLOE_BENCH_OTLP_PORT (default 24318) that decodes them.
 # 5. Runs the criterion bench of the stages, WASM vs native (runner/host/benches/stages.rs).
 # 6. Prints the results as markdown tables (also in $FLOE_BENCH_OUT/summary.md, default
-#    target/bench/, with every raw output beside it).
+#    target/bench/, with every raw output beside it) and the headline figures the issue's
+#    targets are stated in as figures.json; with --baseline FILE (an earlier run's
+#    figures.json), a table of each figure before and now.
 # The stack is stopped on exit, whatever happens; no process is left running.
 #
 # events/s is events / window, window = from the partition assignment the first message
@@ -49,8 +51,9 @@ stages=1
 sink=1
 freshness=1
 telemetry=1
+baseline=
 usage() {
-  sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 while (($#)); do
@@ -62,6 +65,7 @@ while (($#)); do
     --no-sink) sink=0; shift ;;
     --no-freshness) freshness=0; shift ;;
     --no-telemetry) telemetry=0; shift ;;
+    --baseline) baseline="$(realpath "${2:?}")"; shift 2 ;;
     -h|--help) usage ;;
     *) echo "bench: unknown argument '$1'" >&2; usage ;;
   esac
@@ -295,10 +299,12 @@ if ((stages)); then
 fi
 
 step "summary"
-python3 - "$OUT" "$TARGET_DIR/criterion" "$stages" <<'PY' | tee "$OUT/summary.md"
+python3 - "$OUT" "$TARGET_DIR/criterion" "$stages" "$baseline" <<'PY' | tee "$OUT/summary.md"
 import datetime, json, os, re, sys
 
-out, crit, stages = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+out, crit, stages, baseline = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+# The headline figures, as the issue's targets state them (figures.json; --baseline).
+figures = {}
 meta = dict(l.rstrip("\n").split("=", 1) for l in open(os.path.join(out, "meta")))
 expected = int(meta["events"])
 
@@ -414,6 +420,12 @@ for label, name, f in rows:
              fmt(rate_steady, ",.0f"), fmt(wall_secs(name), ".1f"), fmt(peak_rss_mib(name), ".0f"),
              (read(name, "load") or "?").strip(), status]
     print("| " + " | ".join(cells) + " |")
+    figures[f"{name} events/s steady"] = rate_steady
+    figures[f"{name} peak RSS MiB"] = peak_rss_mib(name)
+raw_steady = figures.get("raw events/s steady")
+for name in ("floe-none", "floe-none-otlp", "floe-fakesnow"):
+    if raw_steady and figures.get(f"{name} events/s steady"):
+        figures[f"{name} % of raw"] = 100 * figures[f"{name} events/s steady"] / raw_steady
 
 print()
 print("floe's own statistics (the JSON it prints at exit), per event consumed:")
@@ -434,6 +446,10 @@ for label, name, f in rows[1:]:
         overlap = None
         if wall is not None and min(wasm, load) > 0:
             overlap = max(0.0, min(1.0, (wasm + load - wall) / min(wasm, load)))
+        figures[f"{name} WASM µs/event"] = wasm
+        if "fakesnow" in name:
+            figures[f"{name} load µs/event"] = load
+            figures[f"{name} overlap %"] = None if overlap is None else 100 * overlap
         print(f"| {label} | {b} | {wasm:,.1f} | {load:,.1f} | {per('avg_batch_ms'):,.1f} "
               f"| {fmt(wall, ',.1f')} | {'–' if overlap is None else format(overlap, '.0%')} |")
     except Exception:
@@ -463,6 +479,10 @@ if fresh is not None:
         print("| rows | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | status |")
         print("|---:|---:|---:|---:|---:|---|")
         status = "ok" if fr.get("complete") else "incomplete"
+        figures["freshness p50 ms"], figures["freshness p99 ms"] = fr["p50_ms"], fr["p99_ms"]
+        if "floe" in fr:
+            figures["freshness p99 ms, floe's part"] = fr["floe"]["p99_ms"]
+            figures["freshness p99 ms, Debezium's part"] = fr["debezium"]["p99_ms"]
         print(f"| {fr['rows']:,} | {fr['p50_ms']:,} | {fr['p90_ms']:,} | {fr['p99_ms']:,} | "
               f"{fr['max_ms']:,} | {status} |")
         if "debezium" in fr:
@@ -506,5 +526,27 @@ if stages:
                 continue
             print(f"| {stage} | {n:,} | {w[3]:,} | {w[0]:,.0f} ({w[1]:,.0f}–{w[2]:,.0f}) | "
                   f"{nat[0]:,.0f} ({nat[1]:,.0f}–{nat[2]:,.0f}) | {w[0] / nat[0]:.2f}× |")
+            figures[f"{stage}/{n} WASM / native"] = w[0] / nat[0]
+
+figures["_run"] = {k: meta[k] for k in ("date", "commit", "machine")}
+with open(os.path.join(out, "figures.json"), "w") as f:
+    json.dump(figures, f, indent=1, ensure_ascii=False)
+if baseline:
+    try:
+        before = json.load(open(baseline))
+    except (OSError, ValueError) as e:
+        print(f"\nbaseline {baseline}: cannot read it ({e})")
+    else:
+        b, n = before.get("_run", {}), figures["_run"]
+        print()
+        print(f"Before: {b.get('commit', '?')} ({b.get('date', '?')}, {b.get('machine', '?')}); "
+              f"now: {n['commit']} ({n['date']}).")
+        print()
+        print("| figure | before | now |")
+        print("|---|---:|---:|")
+        show = lambda v: "–" if v is None else (f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}")
+        for key in [k for k in figures if not k.startswith("_")] + \
+                   [k for k in before if not k.startswith("_") and k not in figures]:
+            print(f"| {key} | {show(before.get(key))} | {show(figures.get(key))} |")
 PY
 say "raw outputs in $OUT"
