@@ -65,12 +65,13 @@ while (($#)); do
     --no-sink) sink=0; shift ;;
     --no-freshness) freshness=0; shift ;;
     --no-telemetry) telemetry=0; shift ;;
-    --baseline) baseline="$(realpath "${2:?}")"; shift 2 ;;
+    --baseline) baseline="$(realpath -m "${2:?}")"; shift 2 ;;
     -h|--help) usage ;;
     *) echo "bench: unknown argument '$1'" >&2; usage ;;
   esac
 done
 [[ "$changes" =~ ^[1-9][0-9]*$ ]] || usage
+[[ -z "$baseline" || -r "$baseline" ]] || { echo "bench: --baseline $baseline: cannot read it" >&2; exit 2; }
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="${FLOE_BENCH_OUT:-$TARGET_DIR/bench}"
