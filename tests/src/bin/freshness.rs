@@ -70,7 +70,8 @@ struct Args {
 }
 
 /// Kafka timestamp (ms) of each change message of `topic`, by the row's `id`, read from
-/// the beginning by a group of its own until the process ends.
+/// the beginning of every partition until the process ends. The partitions are assigned,
+/// not subscribed to: no group join (15 s against tansu) delays the first message.
 fn kafka_times(
     brokers: &str,
     topic: &str,
@@ -80,11 +81,22 @@ fn kafka_times(
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("freshness-{}", now_ms()))
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .context("a Kafka consumer")?;
-    consumer.subscribe(&[topic]).context("subscribe")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .context("the topic's metadata")?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment
+                .add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                .context("assignment")?;
+        }
+    }
+    anyhow::ensure!(assignment.count() > 0, "topic {topic} has no partitions");
+    consumer.assign(&assignment).context("assign")?;
     let times = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let out = times.clone();
     std::thread::spawn(move || {
@@ -198,8 +210,8 @@ async fn main() -> anyhow::Result<()> {
     // Commit → Kafka and Kafka → visible, for the rows whose message was read.
     let (mut debezium, mut floe) = (Vec::new(), Vec::new());
     if let Some(kafka) = &kafka {
-        // The consumer may still be behind the last rows: give it a moment.
-        for _ in 0..50 {
+        // The consumer may still be behind the last rows: give it up to 30 s.
+        for _ in 0..300 {
             if rows
                 .iter()
                 .all(|r| kafka.lock().unwrap().contains_key(&r.0))
@@ -242,8 +254,10 @@ async fn main() -> anyhow::Result<()> {
     });
     if kafka.is_some() {
         out["kafka_matched"] = debezium.len().into();
-        out["debezium"] = split(&debezium);
-        out["floe"] = split(&floe);
+        if !debezium.is_empty() {
+            out["debezium"] = split(&debezium);
+            out["floe"] = split(&floe);
+        }
     }
     println!("{out}");
     if !complete {

@@ -94,6 +94,9 @@ fn main() -> anyhow::Result<()> {
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "30000")
+        // floe's default (source.kafka.metadata_refresh_ms): a topic Debezium creates after
+        // the subscription is seen within seconds, not after librdkafka's 5 minutes.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .set_log_level(RDKafkaLogLevel::Warning)
         .create_with_context(Timing {
             assigned_at: Mutex::new(None),
