@@ -100,6 +100,19 @@ impl Drop for Bootstrap {
     }
 }
 
+/// The bootstrap's environment for loading into `database` on the stack's emulator, one
+/// target table per source table.
+fn emulator_vars(database: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "FLOE__SINK__SNOWFLAKE__ACCOUNT_URL",
+            env("FLOE_SNOWFLAKE_URL"),
+        ),
+        ("FLOE__SINK__SNOWFLAKE__DATABASE", database.to_string()),
+        ("FLOE__SINK__SNOWFLAKE__TABLE_NAME", "{table}".into()),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the dev stack: make test"]
 async fn the_bootstrap_binary_answers_invocations_of_the_runtime_api() {
@@ -107,17 +120,7 @@ async fn the_bootstrap_binary_answers_invocations_of_the_runtime_api() {
     let database = unique("LAMBDA_BIN").to_uppercase();
     let event = msk_fixture(&run);
     let api = RuntimeApi::start(vec![event.clone(), event]).await;
-    let _bootstrap = Bootstrap::start(
-        &api,
-        &[
-            (
-                "FLOE__SINK__SNOWFLAKE__ACCOUNT_URL",
-                env("FLOE_SNOWFLAKE_URL"),
-            ),
-            ("FLOE__SINK__SNOWFLAKE__DATABASE", database.clone()),
-            ("FLOE__SINK__SNOWFLAKE__TABLE_NAME", "{table}".into()),
-        ],
-    );
+    let _bootstrap = Bootstrap::start(&api, &emulator_vars(&database));
     api.answers(2, Duration::from_secs(120)).await;
     {
         let seen = api.seen.lock().unwrap();
@@ -155,20 +158,13 @@ async fn each_invocation_flushes_its_spans_and_metrics_before_it_answers() {
         .sum();
     let receiver = Receiver::start().await;
     let api = RuntimeApi::start(vec![event.clone(), event]).await;
-    let _bootstrap = Bootstrap::start(
-        &api,
-        &[
-            (
-                "FLOE__SINK__SNOWFLAKE__ACCOUNT_URL",
-                env("FLOE_SNOWFLAKE_URL"),
-            ),
-            ("FLOE__SINK__SNOWFLAKE__DATABASE", database.clone()),
-            ("FLOE__SINK__SNOWFLAKE__TABLE_NAME", "{table}".into()),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.clone()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "600000".into()),
-        ],
-    );
+    let mut vars = emulator_vars(&database);
+    vars.extend([
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "600000".into()),
+    ]);
+    let _bootstrap = Bootstrap::start(&api, &vars);
     api.answers(2, Duration::from_secs(120)).await;
     assert_eq!(api.seen.lock().unwrap().errors, vec![], "no function error");
 
@@ -264,22 +260,15 @@ async fn the_snowflake_key_comes_from_secrets_manager() {
     .unwrap();
     let arn = create_secret(port, &unique("floe-snowflake-key"), &pem);
     let aws = |secret: &str| {
-        vec![
+        let mut vars = emulator_vars(&unique("LAMBDA_KEY").to_uppercase());
+        vars.extend([
             ("AWS_REGION", "us-east-1".to_string()),
             ("AWS_ACCESS_KEY_ID", "test".into()),
             ("AWS_SECRET_ACCESS_KEY", "test".into()),
             ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
             ("FLOE_SNOWFLAKE_PRIVATE_KEY_SECRET_ARN", secret.to_string()),
-            (
-                "FLOE__SINK__SNOWFLAKE__ACCOUNT_URL",
-                env("FLOE_SNOWFLAKE_URL"),
-            ),
-            (
-                "FLOE__SINK__SNOWFLAKE__DATABASE",
-                unique("LAMBDA_KEY").to_uppercase(),
-            ),
-            ("FLOE__SINK__SNOWFLAKE__TABLE_NAME", "{table}".into()),
-        ]
+        ]);
+        vars
     };
     // The key from the secret signs the login; the invocation loads.
     let api = RuntimeApi::start(vec![msk_fixture(&unique("lkey").to_lowercase())]).await;

@@ -212,10 +212,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(kafka) = &kafka {
         // The consumer may still be behind the last rows: give it up to 30 s.
         for _ in 0..300 {
-            if rows
-                .iter()
-                .all(|r| kafka.lock().unwrap().contains_key(&r.0))
-            {
+            let all_read = {
+                let times = kafka.lock().unwrap();
+                rows.iter().all(|r| times.contains_key(&r.0))
+            };
+            if all_read {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
