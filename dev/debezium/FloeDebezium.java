@@ -7,13 +7,25 @@
  * The properties file (written by dev/stack.sh) holds:
  *   floe.producer.<name>=...   KafkaProducer settings (prefix stripped); bootstrap.servers is required
  *   floe.report.interval.ms    how often to log the number of records forwarded (default 10000, 0: never)
+ *   floe.format                json (default) or avro: how keys and values are serialised
  *   anything else              Debezium engine / connector / converter settings, passed as is
  *
- * Records are serialised by Kafka Connect's JsonConverter exactly as a Kafka Connect worker
- * would (DebeziumEngine with KeyValueHeaderChangeEventFormat.of(Json, Json, Json)); the key and
- * value strings are sent as their UTF-8 bytes, a null key or value stays null (tombstones,
- * truncate events), headers are forwarded. The producer uses Kafka's default partitioner
- * (murmur2 of the key bytes), so every key lands on the partition Kafka Connect would pick.
+ * floe.format=json: keys and values are serialised by Kafka Connect's JsonConverter exactly
+ * as a Kafka Connect worker would (DebeziumEngine with
+ * KeyValueHeaderChangeEventFormat.of(Json, Json, Json)) and sent as their UTF-8 bytes.
+ * floe.format=avro: by Confluent's io.confluent.connect.avro.AvroConverter
+ * (KeyValueHeaderChangeEventFormat.of(Avro, Avro, Json); the engine's default converter class
+ * for Avro), which registers each schema under the subject <topic>-key / <topic>-value
+ * (auto.register.schemas=true) and writes the Confluent wire format (magic byte 0, 4-byte
+ * schema id, Avro binary). It needs the registry's address: converter.schema.registry.url
+ * (key and value), or key.converter.schema.registry.url and value.converter.schema.registry.url;
+ * the engine passes every converter.* and key.converter.* / value.converter.* setting to the
+ * converter, prefix stripped (e.g. converter.basic.auth.credentials.source=USER_INFO,
+ * converter.basic.auth.user.info=user:password).
+ * In both formats a null key or value stays null (tombstones, truncate events) and headers
+ * are forwarded (header.converter.class decides their encoding). The producer uses Kafka's
+ * default partitioner (murmur2 of the key bytes), so every key lands on the partition Kafka
+ * Connect would pick.
  * An offset is marked processed only after the broker acknowledged the record (acks=all,
  * idempotent producer); a send failure stops the engine and the process exits with status 1.
  * SIGTERM closes the engine (which drops the replication slot when slot.drop.on.stop=true)
@@ -53,6 +65,7 @@ import io.debezium.DebeziumException;
 import io.debezium.engine.ChangeEvent;
 import io.debezium.engine.DebeziumEngine;
 import io.debezium.engine.Header;
+import io.debezium.engine.format.Avro;
 import io.debezium.engine.format.Json;
 import io.debezium.engine.format.KeyValueHeaderChangeEventFormat;
 
@@ -61,12 +74,17 @@ public final class FloeDebezium {
     private static final Logger LOG = LoggerFactory.getLogger(FloeDebezium.class);
     private static final String PRODUCER_PREFIX = "floe.producer.";
     private static final String REPORT_INTERVAL = "floe.report.interval.ms";
+    private static final String FORMAT = "floe.format";
+    private static final String REGISTRY_URL = "schema.registry.url";
 
     private FloeDebezium() {
     }
 
-    /** Sends each batch to Kafka, waits for every ack, and only then commits the offsets. */
-    static final class Forwarder implements DebeziumEngine.ChangeConsumer<ChangeEvent<String, String>> {
+    /**
+     * Sends each batch to Kafka, waits for every ack, and only then commits the offsets.
+     * K and V are String (JSON) or byte[] (Avro).
+     */
+    static final class Forwarder<K, V> implements DebeziumEngine.ChangeConsumer<ChangeEvent<K, V>> {
         private final KafkaProducer<byte[], byte[]> producer;
         private final AtomicLong forwarded = new AtomicLong();
         private final AtomicLong nullValues = new AtomicLong();
@@ -77,11 +95,11 @@ public final class FloeDebezium {
         }
 
         @Override
-        public void handleBatch(List<ChangeEvent<String, String>> records,
-                                DebeziumEngine.RecordCommitter<ChangeEvent<String, String>> committer)
+        public void handleBatch(List<ChangeEvent<K, V>> records,
+                                DebeziumEngine.RecordCommitter<ChangeEvent<K, V>> committer)
                 throws InterruptedException {
             List<Future<RecordMetadata>> acks = new ArrayList<>(records.size());
-            for (ChangeEvent<String, String> record : records) {
+            for (ChangeEvent<K, V> record : records) {
                 acks.add(producer.send(toProducerRecord(record)));
             }
             producer.flush();
@@ -94,7 +112,7 @@ public final class FloeDebezium {
                             + "' failed; its offset is not committed", e.getCause());
                 }
             }
-            for (ChangeEvent<String, String> record : records) {
+            for (ChangeEvent<K, V> record : records) {
                 if (record.value() == null) {
                     nullValues.incrementAndGet();
                 }
@@ -117,7 +135,7 @@ public final class FloeDebezium {
             }
         }
 
-        private static ProducerRecord<byte[], byte[]> toProducerRecord(ChangeEvent<String, String> record) {
+        private static ProducerRecord<byte[], byte[]> toProducerRecord(ChangeEvent<?, ?> record) {
             RecordHeaders headers = new RecordHeaders();
             List<Header<Object>> eventHeaders = record.headers();
             if (eventHeaders != null) {
@@ -125,8 +143,8 @@ public final class FloeDebezium {
                     headers.add(h.getKey(), headerBytes(h.getValue()));
                 }
             }
-            return new ProducerRecord<>(record.destination(), record.partition(), utf8(record.key()),
-                    utf8(record.value()), headers);
+            return new ProducerRecord<>(record.destination(), record.partition(), bytes(record.key()),
+                    bytes(record.value()), headers);
         }
 
         private static byte[] headerBytes(Object value) {
@@ -139,8 +157,12 @@ public final class FloeDebezium {
             return value.toString().getBytes(StandardCharsets.UTF_8);
         }
 
-        private static byte[] utf8(String s) {
-            return s == null ? null : s.getBytes(StandardCharsets.UTF_8);
+        /** A JSON string as its UTF-8 bytes, Avro bytes as they are, null as null. */
+        private static byte[] bytes(Object v) {
+            if (v == null || v instanceof byte[]) {
+                return (byte[]) v;
+            }
+            return ((String) v).getBytes(StandardCharsets.UTF_8);
         }
     }
 
@@ -154,6 +176,18 @@ public final class FloeDebezium {
         Properties settings = load(Path.of(args[0]));
         long reportMs = Long.parseLong(settings.getProperty(REPORT_INTERVAL, "10000"));
         settings.remove(REPORT_INTERVAL);
+        String format = settings.getProperty(FORMAT, "json").trim();
+        settings.remove(FORMAT);
+        if (!format.equals("json") && !format.equals("avro")) {
+            System.err.println("FloeDebezium: " + FORMAT + " must be json or avro, not '" + format + "'");
+            System.exit(2);
+        }
+        if (format.equals("avro") && !isSet(settings, "converter." + REGISTRY_URL)
+                && !(isSet(settings, "key.converter." + REGISTRY_URL) && isSet(settings, "value.converter." + REGISTRY_URL))) {
+            System.err.println("FloeDebezium: " + FORMAT + "=avro needs converter." + REGISTRY_URL
+                    + " (or key.converter." + REGISTRY_URL + " and value.converter." + REGISTRY_URL + ")");
+            System.exit(2);
+        }
         splitSettings(settings, engineProps, producerProps);
 
         if (producerProps.getProperty(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG) == null) {
@@ -172,40 +206,40 @@ public final class FloeDebezium {
         engineProps.putIfAbsent("offset.flush.interval.ms", "1000");
 
         KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(producerProps);
-        Forwarder forwarder = new Forwarder(producer);
 
         CountDownLatch finished = new CountDownLatch(1);
         AtomicBoolean engineOk = new AtomicBoolean(true);
         AtomicReference<String> engineMessage = new AtomicReference<>("");
         AtomicBoolean stopping = new AtomicBoolean(false);
+        DebeziumEngine.CompletionCallback completion = (success, message, error) -> {
+            engineOk.set(success);
+            engineMessage.set(message == null ? "" : message);
+            if (success) {
+                LOG.info("engine finished: {}", message);
+            }
+            else {
+                LOG.error("engine failed: {}", message, error);
+            }
+            finished.countDown();
+        };
 
-        DebeziumEngine<ChangeEvent<String, String>> engine = DebeziumEngine
-                .create(KeyValueHeaderChangeEventFormat.of(Json.class, Json.class, Json.class))
-                .using(engineProps)
-                .notifying(forwarder)
-                .using(new DebeziumEngine.ConnectorCallback() {
-                    @Override
-                    public void taskStarted() {
-                        LOG.info("connector task started");
-                    }
-
-                    @Override
-                    public void pollingStarted() {
-                        LOG.info("polling started");
-                    }
-                })
-                .using((success, message, error) -> {
-                    engineOk.set(success);
-                    engineMessage.set(message == null ? "" : message);
-                    if (success) {
-                        LOG.info("engine finished: {}", message);
-                    }
-                    else {
-                        LOG.error("engine failed: {}", message, error);
-                    }
-                    finished.countDown();
-                })
-                .build();
+        Forwarder<?, ?> forwarder;
+        DebeziumEngine<?> engine;
+        if (format.equals("avro")) {
+            Forwarder<byte[], byte[]> avro = new Forwarder<>(producer);
+            engine = build(DebeziumEngine.create(KeyValueHeaderChangeEventFormat.of(Avro.class, Avro.class, Json.class)),
+                    engineProps, avro, completion);
+            forwarder = avro;
+        }
+        else {
+            Forwarder<String, String> json = new Forwarder<>(producer);
+            engine = build(DebeziumEngine.create(KeyValueHeaderChangeEventFormat.of(Json.class, Json.class, Json.class)),
+                    engineProps, json, completion);
+            forwarder = json;
+        }
+        LOG.info("keys and values serialised as {}", format.equals("avro")
+                ? "Avro (io.confluent.connect.avro.AvroConverter)"
+                : "JSON (org.apache.kafka.connect.json.JsonConverter)");
 
         Thread shutdown = new Thread(() -> {
             stopping.set(true);
@@ -254,6 +288,33 @@ public final class FloeDebezium {
         }
         producer.close(Duration.ofSeconds(15));
         System.exit(1);
+    }
+
+    /** The engine over the builder of a format, with the forwarder and the callbacks. */
+    private static <K, V> DebeziumEngine<ChangeEvent<K, V>> build(DebeziumEngine.Builder<ChangeEvent<K, V>> builder,
+                                                                 Properties engineProps, Forwarder<K, V> forwarder,
+                                                                 DebeziumEngine.CompletionCallback completion) {
+        return builder
+                .using(engineProps)
+                .notifying(forwarder)
+                .using(new DebeziumEngine.ConnectorCallback() {
+                    @Override
+                    public void taskStarted() {
+                        LOG.info("connector task started");
+                    }
+
+                    @Override
+                    public void pollingStarted() {
+                        LOG.info("polling started");
+                    }
+                })
+                .using(completion)
+                .build();
+    }
+
+    private static boolean isSet(Properties p, String name) {
+        String v = p.getProperty(name);
+        return v != null && !v.isBlank();
     }
 
     private static Properties load(Path path) throws IOException {

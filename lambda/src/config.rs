@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use floe_batch::config::{
-    ComponentsConfig, ConfigError, DeliveryConfig, DlqConfig, FormatConfig, SinkConfig,
+    ComponentsConfig, ConfigError, DeliveryConfig, DlqConfig, FormatConfig, SchemaRegistryConfig,
+    SinkConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,9 @@ pub struct SourceConfig {
     /// What each topic's values are (first matching entry wins), as in the runner.
     #[serde(default)]
     pub formats: Vec<FormatConfig>,
+    /// The Schema Registry of Avro keys and values, as in the runner.
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistryConfig>,
 }
 
 impl Default for SourceConfig {
@@ -56,6 +60,7 @@ impl Default for SourceConfig {
         SourceConfig {
             max_message_bytes: floe_batch::config::default_max_message_bytes(),
             formats: Vec::new(),
+            schema_registry: None,
         }
     }
 }

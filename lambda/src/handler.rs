@@ -148,6 +148,13 @@ impl Floe {
                 floe_batch::format::Formats::new(&config.source.formats)
                     .map_err(floe_batch::config::ConfigError::Invalid)?,
             ),
+            schema_registry: match &config.source.schema_registry {
+                Some(cfg) => Some(Arc::new(
+                    floe_batch::avro::SchemaRegistry::new(cfg)
+                        .map_err(|e| floe_batch::config::ConfigError::Invalid(e.to_string()))?,
+                )),
+                None => None,
+            },
         };
         let processor = BatchProcessor::new(sink, Arc::new(components), settings, stats);
         tracing::info!(

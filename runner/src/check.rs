@@ -12,9 +12,10 @@ use floe_host::types::{Transformed, Verdict};
 use floe_host::{HostError, RowTransform, Transformer, Usage, Validator};
 use serde::Serialize;
 
-use crate::config::ComponentsConfig;
+use crate::config::{ComponentsConfig, SchemaRegistryConfig};
 use crate::sources::file::read_file;
 use crate::sources::{SourceError, batch_of};
+use floe_batch::avro::{RegistryError, Resolved, SchemaRegistry, decode_message, schema_ids};
 
 /// Why a check could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum CheckError {
     Load(HostError),
     #[error(transparent)]
     Events(#[from] SourceError),
+    #[error(transparent)]
+    Schemas(#[from] RegistryError),
 }
 
 /// One event's outcome.
@@ -35,7 +38,8 @@ pub struct Outcome {
     pub offset: i64,
     /// Validator: `ok`, `rejected` or `failed` (its batch's call failed). Row
     /// transform: `loaded`, `skipped` (by the transform, or no row change at all),
-    /// `rejected` (a failed row) or `failed`.
+    /// `rejected` (a failed row) or `failed`. Either: `unreadable` (an Avro key or
+    /// value that could not be decoded; no component saw it).
     pub verdict: &'static str,
     pub reason: Option<String>,
     /// Row transform: the row's data as it would load.
@@ -69,6 +73,8 @@ pub struct CheckReport {
     pub skipped: usize,
     /// Events of batches whose call failed.
     pub failed: usize,
+    /// Events whose Avro key or value could not be decoded (they reach no component).
+    pub unreadable: usize,
     pub calls: Vec<Call>,
     /// Per event, in file order.
     pub outcomes: Vec<Outcome>,
@@ -92,19 +98,61 @@ impl CheckReport {
     }
 }
 
-/// Runs the check: `component` over the events of `files`, `batch_rows` per call.
+/// The writer schemas of the Avro keys and values in `files`, from
+/// `source.schema_registry` (its `schemas_file`, or the registry), for [`check`].
+pub async fn resolve_schemas(
+    files: &[PathBuf],
+    registry: &SchemaRegistryConfig,
+) -> Result<Resolved, CheckError> {
+    let mut messages = Vec::new();
+    for f in files {
+        messages.extend(read_file(f)?);
+    }
+    let registry = SchemaRegistry::new(registry)?;
+    Ok(registry.resolve(&schema_ids(&messages)).await?)
+}
+
+/// Runs the check: `component` over the events of `files`, `batch_rows` per call. With
+/// `schemas` ([`resolve_schemas`]), Avro keys and values are decoded first, as the
+/// pipeline does; an event that cannot be decoded is `unreadable` and reaches no
+/// component.
 pub fn check(
     config: &ComponentsConfig,
     component: &Path,
     files: &[PathBuf],
     batch_rows: usize,
     wasi: floe_host::Grants,
+    schemas: Option<&Resolved>,
 ) -> Result<CheckReport, CheckError> {
     let bytes =
         std::fs::read(component).map_err(|e| CheckError::Read(component.to_path_buf(), e))?;
     let mut messages = Vec::new();
     for f in files {
         messages.extend(read_file(f)?);
+    }
+    let total = messages.len();
+    // (position in the files, outcome) of the events no component sees.
+    let mut unreadable: Vec<(usize, Outcome)> = Vec::new();
+    if let Some(resolved) = schemas {
+        let mut position = 0;
+        messages.retain_mut(|m| {
+            position += 1;
+            match decode_message(resolved, m) {
+                Ok(()) => true,
+                Err(reason) => {
+                    let outcome = Outcome {
+                        topic: m.topic.to_string(),
+                        partition: m.partition,
+                        offset: m.offset,
+                        verdict: "unreadable",
+                        reason: Some(reason),
+                        row: None,
+                    };
+                    unreadable.push((position - 1, outcome));
+                    false
+                }
+            }
+        });
     }
     // Fuel metering is always on here, so the report can say how much a call used.
     let (host, mut limits) = crate::components::sandbox(config, true).map_err(CheckError::Load)?;
@@ -149,7 +197,8 @@ pub fn check(
             Kind::Transform(..) => "row-transform",
         },
         compile_ms,
-        events: messages.len(),
+        events: total,
+        unreadable: unreadable.len(),
         accepted: 0,
         rejected: 0,
         skipped: 0,
@@ -216,6 +265,18 @@ pub fn check(
                 reason,
                 row,
             });
+        }
+    }
+    // Unreadable events in their place among the others (file order).
+    if !unreadable.is_empty() {
+        let checked = std::mem::take(&mut report.outcomes);
+        let mut unreadable = unreadable.into_iter().peekable();
+        let mut checked = checked.into_iter();
+        for position in 0..total {
+            match unreadable.next_if(|(p, _)| *p == position) {
+                Some((_, o)) => report.outcomes.push(o),
+                None => report.outcomes.extend(checked.next()),
+            }
         }
     }
     Ok(report)
@@ -290,7 +351,7 @@ pub fn render(report: &CheckReport) -> String {
     }
     let _ = writeln!(
         out,
-        "{} ({}): {} events: {} {}, {} rejected, {} skipped, {} in failed calls; compiled in {:.0} ms; deadline {} ms per call; WASI: {}; {}",
+        "{} ({}): {} events: {} {}, {} rejected, {} skipped, {} in failed calls, {} unreadable; compiled in {:.0} ms; deadline {} ms per call; WASI: {}; {}",
         report.component,
         report.kind,
         report.events,
@@ -303,6 +364,7 @@ pub fn render(report: &CheckReport) -> String {
         report.rejected,
         report.skipped,
         report.failed,
+        report.unreadable,
         report.compile_ms,
         report.limits.deadline_ms,
         if report.limits.wasi.is_empty() {
@@ -339,6 +401,71 @@ mod tests {
                       "source": {"schema": "public", "table": "orders", "lsn": id}}})
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn avro_samples_are_decoded_with_the_schemas_given() {
+        let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/avro");
+        let mut lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(fixtures.join("messages.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v["topic"] == "fxavro.public.all_types" && v["value_b64"].is_string())
+                .map(|v| {
+                    serde_json::json!({"topic": v["topic"], "key_base64": v["key_b64"],
+                    "value_base64": v["value_b64"]})
+                })
+                .collect();
+        assert!(lines.len() >= 8, "{lines:?}");
+        // Schema id 99 is in no schemas file.
+        lines.insert(
+            1,
+            serde_json::json!({"topic": "fxavro.public.all_types", "value_base64": "AAAAAGMA"}),
+        );
+        let dir = std::env::temp_dir().join(format!("floe-check-avro-{}", std::process::id()));
+        let file = events(&dir, &lines);
+        let registry = SchemaRegistryConfig {
+            url: None,
+            schemas_file: Some(fixtures.join("schemas.json")),
+            ..SchemaRegistryConfig::at("")
+        };
+        let files = std::slice::from_ref(&file);
+        let schemas = resolve_schemas(files, &registry).await.unwrap();
+        let report = tokio::task::block_in_place(|| {
+            check(
+                &ComponentsConfig::default(),
+                &example("example_pii_transform"),
+                files,
+                4,
+                Default::default(),
+                Some(&schemas),
+            )
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(report.passed(), "{report:?}");
+        assert_eq!(report.events, lines.len());
+        assert_eq!(report.unreadable, 1, "{report:?}");
+        assert_eq!(report.outcomes.len(), lines.len());
+        let bad = &report.outcomes[1];
+        assert_eq!(bad.verdict, "unreadable");
+        assert!(
+            bad.reason.as_deref().unwrap().contains("schema id 99"),
+            "{bad:?}"
+        );
+        // The first insert, decoded from Avro into typed values.
+        let row = report.outcomes[0].row.as_deref().unwrap();
+        assert!(row.contains(r#""num12_2":"12345.67""#), "{row}");
+        assert!(
+            row.contains(r#""ts":"2024-03-15 10:20:30.123456""#),
+            "{row}"
+        );
+        assert_eq!(
+            report.accepted + report.skipped + report.rejected,
+            lines.len() - 1,
+            "{report:?}"
+        );
+    }
+
     #[test]
     fn reports_verdicts_usage_and_contract_violations() {
         let dir = std::env::temp_dir().join(format!("floe-check-{}", std::process::id()));
@@ -363,6 +490,7 @@ mod tests {
             std::slice::from_ref(&file),
             10,
             Default::default(),
+            None,
         )
         .unwrap();
         assert!(report.passed(), "{report:?}");
@@ -392,6 +520,7 @@ mod tests {
             &[file],
             2,
             Default::default(),
+            None,
         )
         .unwrap();
         assert!(!report.passed());
@@ -409,7 +538,7 @@ mod tests {
         let bogus = dir.join("bogus.wasm");
         std::fs::write(&bogus, b"\0asm\x01\0\0\0").unwrap();
         assert!(matches!(
-            check(&config, &bogus, &[], 10, Default::default()),
+            check(&config, &bogus, &[], 10, Default::default(), None),
             Err(CheckError::Load(_))
         ));
     }
@@ -438,6 +567,7 @@ mod tests {
             std::slice::from_ref(&file),
             10,
             Default::default(),
+            None,
         )
         .unwrap();
         assert!(report.passed(), "{report:?}");

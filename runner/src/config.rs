@@ -73,6 +73,11 @@ pub struct SourceConfig {
     /// `auto`). See docs/operating.md#message-formats.
     #[serde(default)]
     pub formats: Vec<FormatConfig>,
+    /// The Schema Registry of Avro keys and values (Kafka Connect's `AvroConverter`).
+    /// Unset: messages in the Confluent wire format are dead letters. See
+    /// docs/operating.md#avro-and-a-schema-registry.
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistryConfig>,
 }
 
 impl Default for SourceConfig {
@@ -81,6 +86,7 @@ impl Default for SourceConfig {
             kind: SourceKind::default(),
             max_message_bytes: floe_batch::config::default_max_message_bytes(),
             formats: Vec::new(),
+            schema_registry: None,
             kafka: KafkaConfig::default(),
             file: FileConfig::default(),
         }

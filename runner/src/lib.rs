@@ -71,7 +71,7 @@ pub async fn run(
 ) -> Result<StatsSnapshot, RunError> {
     config.validate()?;
     let components = Arc::new(Components::load(&config.components)?);
-    let settings = settings_of(config, options);
+    let settings = settings_of(config, options)?;
     match config.source.kind {
         SourceKind::Kafka => {
             let source = KafkaSource::new(&config.source.kafka, &config.dlq.topic, stats.clone())
@@ -87,8 +87,15 @@ pub async fn run(
 }
 
 /// The pipeline settings `config` and `options` ask for.
-fn settings_of(config: &Config, options: &RunOptions) -> PipelineSettings {
-    PipelineSettings {
+fn settings_of(config: &Config, options: &RunOptions) -> Result<PipelineSettings, RunError> {
+    let schema_registry = match &config.source.schema_registry {
+        Some(cfg) => Some(Arc::new(
+            floe_batch::avro::SchemaRegistry::new(cfg)
+                .map_err(|e| config::ConfigError::Invalid(e.to_string()))?,
+        )),
+        None => None,
+    };
+    Ok(PipelineSettings {
         limits: BatchLimits {
             max_rows: config.batch.max_rows,
             max_bytes: config.batch.max_bytes,
@@ -113,7 +120,8 @@ fn settings_of(config: &Config, options: &RunOptions) -> PipelineSettings {
                 requested: options.reload.clone().unwrap_or_default(),
             }
         }),
-    }
+        schema_registry,
+    })
 }
 
 async fn with_sink<S: Source>(
@@ -163,7 +171,7 @@ pub async fn plan(
     };
     let settings = PipelineSettings {
         metrics_json: None,
-        ..settings_of(config, &options)
+        ..settings_of(config, &options)?
     };
     let source = FileSource::open(files).map_err(PipelineError::from)?;
     let mut p = Pipeline::new(

@@ -324,8 +324,24 @@ async fn command(
             let config = load_config(cli.config)?;
             let rows = batch_rows.unwrap_or(config.batch.max_rows);
             let granted = floe_host::Grants::new(wasi);
-            let checked =
-                floe::check::check(&config.components, &component, &events, rows, granted);
+            let schemas = match &config.source.schema_registry {
+                Some(registry) => match floe::check::resolve_schemas(&events, registry).await {
+                    Ok(resolved) => Some(resolved),
+                    Err(e) => {
+                        eprintln!("floe check: {e}");
+                        std::process::exit(2);
+                    }
+                },
+                None => None,
+            };
+            let checked = floe::check::check(
+                &config.components,
+                &component,
+                &events,
+                rows,
+                granted,
+                schemas.as_ref(),
+            );
             let report = match checked {
                 Ok(report) => report,
                 Err(e) => {

@@ -222,6 +222,7 @@ pub fn pipeline_settings(
         breaker: Default::default(),
         reload: None,
         formats: Default::default(),
+        schema_registry: None,
     }
 }
 

@@ -187,6 +187,64 @@ impl Default for FormatConfig {
     }
 }
 
+/// `source.schema_registry`: where the writer schemas of values and keys in the
+/// Confluent wire format (Kafka Connect's `AvroConverter`) are fetched. Unset: such
+/// messages are dead-lettered with a reason that says so.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// Base URL of a Confluent-compatible Schema Registry REST API
+    /// (`https://registry.example.com:8081`; a path prefix is kept).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A JSON file of schemas by id (`{"1": <schema>, ...}`, each schema as the
+    /// registry's text or as JSON), read at start and looked up before the registry:
+    /// `floe check` and `floe plan` read Avro samples with it and no registry. At least
+    /// one of `url` and `schemas_file` is needed.
+    #[serde(default)]
+    pub schemas_file: Option<PathBuf>,
+    /// Basic auth user (Confluent Cloud: the API key).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Basic auth password (Confluent Cloud: the API secret). Never printed.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// PEM file of CA certificates trusted for `https` besides the system's (a private
+    /// CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How long one request may take, in milliseconds. Default 10 s.
+    #[serde(default = "default_registry_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Schemas kept in memory, by id (the oldest fetched is dropped first). A schema
+    /// is fetched once and then read from here. Default 1,000.
+    #[serde(default = "default_registry_cache_size")]
+    pub cache_size: usize,
+}
+
+fn default_registry_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_registry_cache_size() -> usize {
+    1_000
+}
+
+impl SchemaRegistryConfig {
+    /// A registry at `url` with every other setting at its default.
+    pub fn at(url: impl Into<String>) -> Self {
+        SchemaRegistryConfig {
+            url: Some(url.into()),
+            schemas_file: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            timeout_ms: default_registry_timeout_ms(),
+            cache_size: default_registry_cache_size(),
+        }
+    }
+}
+
 /// How a topic's values are framed.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]

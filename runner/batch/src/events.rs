@@ -32,6 +32,9 @@ pub struct Stats {
     pub dlq_breaker_state: AtomicU64,
     pub dlq_breaker_opened: AtomicU64,
     pub dlq_errors: AtomicU64,
+    pub registry_breaker_state: AtomicU64,
+    pub registry_breaker_opened: AtomicU64,
+    pub registry_errors: AtomicU64,
     pub dead_letters_cut: AtomicU64,
     pub toast_values_unknown: AtomicU64,
     pub commits_refused: AtomicU64,
@@ -101,6 +104,13 @@ pub struct StatsSnapshot {
     pub dlq_breaker_opened: u64,
     /// Failed attempts to write a batch's dead letters (each retried).
     pub dlq_errors: u64,
+    /// The schema registry's circuit breaker now: `closed`, `open` or `half-open`.
+    /// While it is not closed the batch whose schemas are missing waits, uncommitted.
+    pub registry_breaker_state: &'static str,
+    /// Times the registry breaker opened.
+    pub registry_breaker_opened: u64,
+    /// Failed attempts to fetch a schema from the registry (each retried).
+    pub registry_errors: u64,
     /// Dead letters larger than `dlq.max_letter_bytes` (or than the DLQ topic took),
     /// written in their bounded form: payload cut, original sizes and SHA-256 in
     /// headers.
@@ -197,6 +207,7 @@ impl Stats {
             (Breaker::Warehouse, &self.breaker_state),
             (Breaker::Broker, &self.broker_breaker_state),
             (Breaker::Dlq, &self.dlq_breaker_state),
+            (Breaker::Registry, &self.registry_breaker_state),
         ] {
             let state = state.load(Relaxed);
             if state != BreakerState::Closed as u64 {
@@ -246,6 +257,9 @@ impl Stats {
             dlq_breaker_state: BreakerState::name(g(&self.dlq_breaker_state)),
             dlq_breaker_opened: g(&self.dlq_breaker_opened),
             dlq_errors: g(&self.dlq_errors),
+            registry_breaker_state: BreakerState::name(g(&self.registry_breaker_state)),
+            registry_breaker_opened: g(&self.registry_breaker_opened),
+            registry_errors: g(&self.registry_errors),
             dead_letters_cut: g(&self.dead_letters_cut),
             toast_values_unknown: g(&self.toast_values_unknown),
             commits_refused: g(&self.commits_refused),
@@ -385,6 +399,8 @@ pub enum Breaker {
     Warehouse,
     Broker,
     Dlq,
+    /// Around the schema registry (fetching Avro writer schemas).
+    Registry,
 }
 
 impl Breaker {
@@ -393,6 +409,7 @@ impl Breaker {
             Breaker::Warehouse => "warehouse",
             Breaker::Broker => "broker",
             Breaker::Dlq => "dlq",
+            Breaker::Registry => "schema_registry",
         }
     }
 }
@@ -413,6 +430,10 @@ impl BreakerChanged<'_> {
             Breaker::Warehouse => (&stats.breaker_state, &stats.breaker_opened),
             Breaker::Broker => (&stats.broker_breaker_state, &stats.broker_breaker_opened),
             Breaker::Dlq => (&stats.dlq_breaker_state, &stats.dlq_breaker_opened),
+            Breaker::Registry => (
+                &stats.registry_breaker_state,
+                &stats.registry_breaker_opened,
+            ),
         };
         state.store(self.state as u64, Relaxed);
         stats.instruments.breaker(self.breaker, self.state);
@@ -447,10 +468,11 @@ impl BreakerChanged<'_> {
     }
 }
 
-/// A transient broker error while consuming, committing offsets or writing dead letters.
+/// A transient error while consuming, committing offsets, writing dead letters or
+/// fetching schemas.
 pub struct BrokerError<'a> {
-    /// Which breaker counts it: the broker's (`consume`, `commit`) or the dead letter
-    /// queue's (`dead letters`).
+    /// Which breaker counts it: the broker's (`consume`, `commit`), the dead letter
+    /// queue's (`dead letters`) or the schema registry's (`schemas`).
     pub breaker: Breaker,
     pub operation: &'static str,
     pub error: &'a str,
@@ -460,6 +482,7 @@ impl BrokerError<'_> {
     pub fn emit(&self, stats: &Stats) {
         match self.breaker {
             Breaker::Dlq => stats.dlq_errors.fetch_add(1, Relaxed),
+            Breaker::Registry => stats.registry_errors.fetch_add(1, Relaxed),
             _ => stats.broker_errors.fetch_add(1, Relaxed),
         };
         stats.instruments.broker_errors.add(
@@ -469,13 +492,23 @@ impl BrokerError<'_> {
                 KeyValue::new("operation", self.operation),
             ],
         );
-        tracing::warn!(
-            error_type = "kafka",
-            breaker = self.breaker.name(),
-            stage = self.operation,
-            error = self.error,
-            "broker error; retrying"
-        );
+        if self.breaker == Breaker::Registry {
+            tracing::warn!(
+                error_type = "schema_registry",
+                breaker = self.breaker.name(),
+                stage = self.operation,
+                error = self.error,
+                "schema registry error; the batch waits and retries"
+            );
+        } else {
+            tracing::warn!(
+                error_type = "kafka",
+                breaker = self.breaker.name(),
+                stage = self.operation,
+                error = self.error,
+                "broker error; retrying"
+            );
+        }
     }
 }
 

@@ -137,14 +137,16 @@ impl Format {
 
 /// A value in the Confluent wire format (magic byte 0, a 4-byte big-endian schema id,
 /// then the serialised record), as Kafka Connect's Avro, Protobuf and JSON Schema
-/// converters write it, refused with a reason that says so. No JSON text starts with a
+/// converters write it, refused with a reason that says so. With
+/// `source.schema_registry` set, Avro values are decoded before they get here
+/// ([`crate::avro`]). No JSON text starts with a
 /// zero byte, so a JsonConverter value is never taken for one.
 fn confluent_framed(value: &[u8]) -> Result<(), String> {
     match value {
         [0, a, b, c, d, ..] => Err(format!(
             "parse: the value is in the Confluent wire format (magic byte 0, schema id {}): \
-             it was written by a Schema Registry converter (Avro, Protobuf or JSON Schema), \
-             and floe reads Debezium's JSON output only; configure the connector with \
+             it was written by a Schema Registry converter (Avro, Protobuf or JSON Schema); \
+             for Avro set source.schema_registry, else configure the connector with \
              org.apache.kafka.connect.json.JsonConverter",
             u32::from_be_bytes([*a, *b, *c, *d])
         )),

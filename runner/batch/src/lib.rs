@@ -1,7 +1,7 @@
 //! floe-batch: the per-batch work both of floe's modes share.
 //!
 //! ```text
-//! messages -> [format] -> validators -> transformer -> row transforms -> merge builder
+//! messages -> [Avro] -> [format] -> validators -> transformer -> row transforms -> merge builder
 //!          -> sink (one MERGE per target table) -> dead letters -> summary
 //! ```
 //!
@@ -12,6 +12,7 @@
 //! format: [`config`] holds plain serde structs. Components run in `floe-host` (the only
 //! crate that touches wasmtime); the Snowflake protocol lives in `floe-snowflake`.
 
+pub mod avro;
 pub mod breaker;
 pub mod components;
 pub mod config;

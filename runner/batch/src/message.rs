@@ -85,24 +85,42 @@ pub fn batch_of<'a>(messages: impl IntoIterator<Item = &'a Message>) -> floe_hos
     }
 }
 
+/// One message picked into the components' batch, with the key and value the
+/// components get instead of the message's own (`Some`: decoded from Avro, or
+/// rewritten by a format, see [`crate::format`]).
+#[derive(Debug, Default)]
+pub struct Pick {
+    pub index: usize,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Which of an event's key and value were moved from its message (not replaced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    pub key: bool,
+    pub value: bool,
+}
+
 /// The batch the components get, made by moving each picked message's key and value
 /// into it rather than copying them (a batch's bytes would otherwise be held twice
-/// while the components run): `picks` are (message index, replacement value: `Some` is
-/// the value the components get instead of the message's own, see [`crate::format`]).
-/// Whether each event's value was moved (not replaced) comes with it; [`give_back`]
-/// returns the bytes to their message.
+/// while the components run), unless the pick replaces them. What was moved comes
+/// with each event; [`give_back`] returns the bytes to their message.
 pub fn batch_taking(
     messages: &mut [Message],
-    picks: Vec<(usize, Option<Vec<u8>>)>,
-) -> (floe_host::types::Batch, Vec<bool>) {
+    picks: Vec<Pick>,
+) -> (floe_host::types::Batch, Vec<Moved>) {
     let mut topics = Topics::default();
     let mut moved = Vec::with_capacity(picks.len());
     let mut events = Vec::with_capacity(picks.len());
-    for (i, replacement) in picks {
-        let m = &mut messages[i];
-        moved.push(replacement.is_none());
-        let key = m.key.take();
-        let value = replacement.or_else(|| m.value.take());
+    for pick in picks {
+        let m = &mut messages[pick.index];
+        moved.push(Moved {
+            key: pick.key.is_none(),
+            value: pick.value.is_none(),
+        });
+        let key = pick.key.or_else(|| m.key.take());
+        let value = pick.value.or_else(|| m.value.take());
         events.push(topics.event(m, key, value));
     }
     let batch = floe_host::types::Batch {
@@ -112,11 +130,13 @@ pub fn batch_taking(
     (batch, moved)
 }
 
-/// Returns an event's key (and its value, when `value_moved`) to the message
+/// Returns an event's key and value (those that were moved) to the message
 /// [`batch_taking`] took them from.
-pub fn give_back(message: &mut Message, event: floe_host::types::Event, value_moved: bool) {
-    message.key = event.key;
-    if value_moved {
+pub fn give_back(message: &mut Message, event: floe_host::types::Event, moved: Moved) {
+    if moved.key {
+        message.key = event.key;
+    }
+    if moved.value {
         message.value = event.value;
     }
 }
@@ -151,17 +171,39 @@ mod tests {
             headers: Vec::new(),
         };
         let mut messages = vec![m("a"), m("b"), m("c")];
-        let (batch, moved) = batch_taking(&mut messages, vec![(0, None), (2, Some(b"C".to_vec()))]);
-        assert_eq!(moved, vec![true, false]);
+        let picks = vec![
+            Pick {
+                index: 0,
+                ..Pick::default()
+            },
+            Pick {
+                index: 2,
+                key: Some(b"K".to_vec()),
+                value: Some(b"C".to_vec()),
+            },
+        ];
+        let (batch, moved) = batch_taking(&mut messages, picks);
+        let (both, neither) = (
+            Moved {
+                key: true,
+                value: true,
+            },
+            Moved {
+                key: false,
+                value: false,
+            },
+        );
+        assert_eq!(moved, vec![both, neither]);
         assert_eq!(batch.events[1].value.as_deref(), Some(&b"C"[..]));
+        assert_eq!(batch.events[1].key.as_deref(), Some(&b"K"[..]));
         assert!(
             messages[0].key.is_none() && messages[0].value.is_none(),
             "moved, not copied"
         );
         assert_eq!(
-            messages[2].value.as_deref(),
-            Some(&b"c"[..]),
-            "a replaced value stays"
+            (messages[2].key.as_deref(), messages[2].value.as_deref()),
+            (Some(&b"k"[..]), Some(&b"c"[..])),
+            "a replaced key and value stay"
         );
         for ((i, e), moved) in [0, 2].into_iter().zip(batch.events).zip(moved) {
             give_back(&mut messages[i], e, moved);

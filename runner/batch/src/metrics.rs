@@ -325,7 +325,12 @@ impl Instruments {
             ),
         };
         // Every breaker's series exists from the start, closed.
-        for breaker in [Breaker::Warehouse, Breaker::Broker, Breaker::Dlq] {
+        for breaker in [
+            Breaker::Warehouse,
+            Breaker::Broker,
+            Breaker::Dlq,
+            Breaker::Registry,
+        ] {
             instruments.breaker(breaker, BreakerState::Closed);
         }
         instruments

@@ -47,6 +47,9 @@ pub enum PipelineError {
     /// A component call failed and `components.on_failure = "stop"`.
     #[error("stopping (components.on_failure = stop): {0}")]
     ComponentFailed(String),
+    /// The schema registry refused floe's requests (credentials, URL).
+    #[error(transparent)]
+    Registry(floe_batch::avro::RegistryError),
 }
 
 impl PipelineError {
@@ -57,6 +60,7 @@ impl PipelineError {
             PipelineError::Metrics(_) => false,
             PipelineError::Dlq(_) => true,
             PipelineError::ComponentFailed(_) => false,
+            PipelineError::Registry(e) => e.is_retryable(),
         }
     }
 }
@@ -67,6 +71,7 @@ impl From<ProcessError> for PipelineError {
             ProcessError::Sink(e) => PipelineError::Sink(e),
             ProcessError::Dlq(e) => PipelineError::Dlq(e),
             ProcessError::ComponentFailed(m) => PipelineError::ComponentFailed(m),
+            ProcessError::Registry(e) => PipelineError::Registry(e),
         }
     }
 }
@@ -92,6 +97,8 @@ pub struct PipelineSettings {
     pub reload: Option<ReloadSettings>,
     /// What each topic's values are (`source.formats`).
     pub formats: Arc<crate::sources::format::Formats>,
+    /// The schema registry of Avro keys and values (`source.schema_registry`).
+    pub schema_registry: Option<Arc<floe_batch::avro::SchemaRegistry>>,
 }
 
 /// Hot reload: between batches, when `requested` was set (SIGHUP) or a component file
@@ -201,6 +208,7 @@ impl PipelineSettings {
             max_message_bytes: self.max_message_bytes,
             breaker: self.breaker,
             formats: self.formats.clone(),
+            schema_registry: self.schema_registry.clone(),
         }
     }
 }
@@ -350,6 +358,18 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
             .emit(&self.stats);
             let span = self.batch_span(&batch);
             // While the previous batch loads on its own task.
+            let resolved = (self.preparer)
+                .resolve_schemas(&batch.messages, shutdown.clone())
+                .await;
+            match resolved {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    trace::failed(&span, e.error_type(), &e);
+                    // The batch being loaded is still committed (by `run`).
+                    return Err(e.into());
+                }
+            }
             let preparer = &mut self.preparer;
             let prepared = span
                 .in_scope(|| tokio::task::block_in_place(|| preparer.prepare(&mut batch.messages)));
@@ -416,6 +436,13 @@ impl<S: Source, K: Sink + 'static> Pipeline<S, K> {
         }
         .emit(&self.stats);
         let span = self.batch_span(&batch);
+        if !self
+            .preparer
+            .resolve_schemas(&batch.messages, rx.clone())
+            .await?
+        {
+            return Ok(());
+        }
         let preparer = &mut self.preparer;
         let prepared = span
             .in_scope(|| tokio::task::block_in_place(|| preparer.prepare(&mut batch.messages)))?;

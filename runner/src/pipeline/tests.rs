@@ -137,6 +137,7 @@ fn settings(breaker: BreakerSettings) -> PipelineSettings {
         breaker,
         reload: None,
         formats: Default::default(),
+        schema_registry: None,
     }
 }
 

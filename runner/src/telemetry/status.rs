@@ -124,6 +124,7 @@ pub fn render(s: &StatsSnapshot, rate: Option<f64>, lag: Option<i64>) -> String 
         ("warehouse", s.breaker_state),
         ("broker", s.broker_breaker_state),
         ("dead letter queue", s.dlq_breaker_state),
+        ("schema registry", s.registry_breaker_state),
     ] {
         if state != "closed" {
             line.push_str(&format!(" │ {breaker} breaker {state}"));

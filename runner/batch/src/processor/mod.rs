@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::avro::{RegistryError, Resolved, SchemaRegistry};
 use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::components::Components;
 use crate::config::{OnFailure, SnowflakeConfig};
@@ -39,6 +40,10 @@ pub enum ProcessError {
     /// A component call failed and `components.on_failure = "stop"`.
     #[error("stopping (components.on_failure = stop): {0}")]
     ComponentFailed(String),
+    /// The schema registry refused floe's requests (credentials, URL): transient
+    /// registry errors are retried behind its breaker and never end up here.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 impl ProcessError {
@@ -48,6 +53,7 @@ impl ProcessError {
             ProcessError::Sink(e) => e.is_retryable(),
             ProcessError::Dlq(_) => true,
             ProcessError::ComponentFailed(_) => false,
+            ProcessError::Registry(e) => e.is_retryable(),
         }
     }
 
@@ -58,6 +64,7 @@ impl ProcessError {
             ProcessError::Sink(_) => "warehouse",
             ProcessError::Dlq(_) => "dlq",
             ProcessError::ComponentFailed(_) => "component",
+            ProcessError::Registry(_) => "schema_registry",
         }
     }
 }
@@ -76,6 +83,9 @@ pub struct ProcessorSettings {
     pub breaker: BreakerSettings,
     /// What each topic's values are (`source.formats`).
     pub formats: Arc<Formats>,
+    /// Where the writer schemas of Avro keys and values come from
+    /// (`source.schema_registry`); none: such messages are dead letters.
+    pub schema_registry: Option<Arc<SchemaRegistry>>,
 }
 
 /// What one processed batch amounted to.
@@ -187,6 +197,10 @@ pub struct Preparer {
     truncated_below: HashMap<Vec<String>, i64>,
     /// Which target each source's rows go to, and which source owns each target.
     targets: crate::targets::Targets,
+    /// The schemas of the batch being prepared ([`Preparer::resolve_schemas`]).
+    schemas: Resolved,
+    /// The schema registry's circuit breaker.
+    registry_breaker: CircuitBreaker,
 }
 
 /// The I/O-bound half: loads (retried; behind the warehouse breaker) and dead letters
@@ -215,6 +229,8 @@ impl<K: Sink> BatchProcessor<K> {
         stats: Arc<Stats>,
     ) -> Self {
         let targets = crate::targets::Targets::new(&settings.target);
+        let registry_breaker =
+            CircuitBreaker::new(Breaker::Registry, settings.breaker, settings.load_attempts);
         let dlq_breaker =
             CircuitBreaker::new(Breaker::Dlq, settings.breaker, settings.load_attempts);
         let delivery = Delivery {
@@ -232,6 +248,8 @@ impl<K: Sink> BatchProcessor<K> {
                 stats,
                 truncated_below: HashMap::new(),
                 targets,
+                schemas: Resolved::default(),
+                registry_breaker,
             },
             delivery,
         }
@@ -295,6 +313,16 @@ impl<K: Sink> BatchProcessor<K> {
         messages: &mut [Message],
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Processed, ProcessError> {
+        if !(self.preparer)
+            .resolve_schemas(messages, stop.clone())
+            .await?
+        {
+            return Ok(Processed::Stopped(Unfinished {
+                loaded: false,
+                unloaded: (0..messages.len()).collect(),
+                unwritten: Vec::new(),
+            }));
+        }
         // `prepare` is synchronous: it gives the messages' bytes back before any await
         // point at which this future could be dropped.
         let prepared = tokio::task::block_in_place(|| self.preparer.prepare(messages))?;
@@ -312,6 +340,50 @@ impl Preparer {
 
     pub fn components(&self) -> &Arc<Components> {
         &self.components
+    }
+
+    /// Fetches the writer schemas of `messages`' Avro keys and values that are not
+    /// cached yet, for the next [`Preparer::prepare`] (nothing to do without
+    /// `source.schema_registry`, or without Avro messages). While the registry is
+    /// unavailable it waits and asks again behind the registry's circuit breaker:
+    /// false when `stop` fired meanwhile (the batch is then left unprocessed). An
+    /// error when the registry refuses floe's requests (credentials, URL).
+    pub async fn resolve_schemas(
+        &mut self,
+        messages: &[Message],
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, ProcessError> {
+        self.schemas = Resolved::default();
+        let Some(registry) = self.settings.schema_registry.clone() else {
+            return Ok(true);
+        };
+        let ids = crate::avro::schema_ids(messages);
+        if ids.is_empty() {
+            return Ok(true);
+        }
+        loop {
+            match registry.resolve(&ids).await {
+                Ok(resolved) => {
+                    self.registry_breaker.success(&self.stats);
+                    self.schemas = resolved;
+                    return Ok(true);
+                }
+                Err(e) if e.is_retryable() => {
+                    let error = e.to_string();
+                    if !(self.registry_breaker)
+                        .failure("schemas", &error, &self.stats, stop.clone())
+                        .await
+                    {
+                        tracing::info!(
+                            "shutdown while the schema registry is unavailable: the batch is \
+                             left unprocessed and uncommitted"
+                        );
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Runs the components over a batch (CPU-bound: call it where blocking is fine).

@@ -15,7 +15,8 @@ use crate::dlq::DeadLetter;
 use crate::events::{
     ComponentCalled, ComponentFailed, Position, Stats, ToastValueUnknown, TruncateIgnored,
 };
-use crate::message::{Message, batch_taking, give_back};
+use crate::format::Formats;
+use crate::message::{Message, Moved, Pick, batch_taking, give_back};
 use crate::sinks::{TableLoad, Truncation};
 
 use super::Preparer;
@@ -125,6 +126,30 @@ fn rejection_type(reason: &str) -> &'static str {
 }
 
 impl Preparer {
+    /// Message `m` (index `index`) as the components get it: its Avro key and value
+    /// decoded (with `avro`, from the batch's resolved schemas), its value in its
+    /// topic's format. Why not, as a dead letter's reason.
+    fn pick(
+        &self,
+        m: &Message,
+        index: usize,
+        avro: bool,
+        formats: &Formats,
+    ) -> Result<Pick, String> {
+        let decoded = |bytes: Option<&[u8]>| match bytes {
+            Some(b) if avro => self.schemas.decode(b).transpose(),
+            _ => Ok(None),
+        };
+        let key = decoded(m.key.as_deref()).map_err(|e| format!("{e} (the key)"))?;
+        let value = decoded(m.value.as_deref())?;
+        let format = formats.of(&m.topic);
+        let value = match value {
+            Some(json) => format.normalize(Some(&json))?.or(Some(json)),
+            None => format.normalize(m.value.as_deref())?,
+        };
+        Ok(Pick { index, key, value })
+    }
+
     /// [`Preparer::prepare`] without the `on_failure` check.
     pub(super) fn prepare_batch(&mut self, messages: &mut [Message]) -> Prepared {
         let wasm_started = Instant::now();
@@ -148,13 +173,15 @@ impl Preparer {
             }
             entered.push(i);
         }
-        // Topics with a configured format: their values as the components get them.
+        // Avro keys and values as the JsonConverter's JSON, then topics with a
+        // configured format: the keys and values the components get.
         let formats = &self.settings.formats;
-        let mut values: Vec<(usize, Option<Vec<u8>>)> = Vec::with_capacity(entered.len());
+        let avro = self.settings.schema_registry.is_some();
+        let mut picks: Vec<Pick> = Vec::with_capacity(entered.len());
         for &i in &entered {
             let m = &messages[i];
-            match formats.of(&m.topic).normalize(m.value.as_deref()) {
-                Ok(value) => values.push((i, value)),
+            match self.pick(m, i, avro, formats) {
+                Ok(pick) => picks.push(pick),
                 Err(reason) => dead.push(DeadLetter {
                     index: i,
                     category: rejection_type(&reason),
@@ -164,9 +191,9 @@ impl Preparer {
                 }),
             }
         }
-        let entered: Vec<usize> = values.iter().map(|(i, _)| *i).collect();
-        // Per event: whether its value was moved from its message (not a format's).
-        let (mut batch, moved) = batch_taking(messages, values);
+        let entered: Vec<usize> = picks.iter().map(|p| p.index).collect();
+        // Per event: which of its key and value were moved from its message.
+        let (mut batch, moved) = batch_taking(messages, picks);
         let empty = |wasm: Duration, dead: Vec<DeadLetter>| Prepared {
             loads: Vec::new(),
             rows: 0,
@@ -252,7 +279,7 @@ impl Preparer {
         }
         restore(&mut batch, parts);
         let mut original: Vec<usize> = Vec::with_capacity(n);
-        let mut moved_accepted: Vec<bool> = Vec::with_capacity(n);
+        let mut moved_accepted: Vec<Moved> = Vec::with_capacity(n);
         let mut chain_of_accepted: Vec<usize> = Vec::with_capacity(n);
         let all = std::mem::take(&mut batch.events);
         for (i, (ev, refusal)) in all.into_iter().zip(refused).enumerate() {

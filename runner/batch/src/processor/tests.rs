@@ -36,6 +36,7 @@ fn processor(fused: bool, parallelism: usize) -> BatchProcessor<NullSink> {
             max_message_bytes: 1 << 20,
             breaker: BreakerSettings::default(),
             formats: Default::default(),
+            schema_registry: None,
         },
         Stats::new(),
     )
@@ -145,4 +146,107 @@ fn the_fused_call_prepares_what_validator_then_transformer_prepare() {
             );
         }
     }
+}
+
+/// A processor reading Avro with the fixtures' schemas (tests/fixtures/avro), with
+/// `formats`.
+fn avro_processor(formats: &[crate::config::FormatConfig]) -> BatchProcessor<NullSink> {
+    let mut p = processor(true, 1);
+    let registry = crate::avro::SchemaRegistry::new(&crate::avro::twins::schemas_file_config());
+    p.preparer.settings.schema_registry = Some(Arc::new(registry.unwrap()));
+    p.preparer.settings.formats = Arc::new(crate::format::Formats::new(formats).unwrap());
+    p
+}
+
+/// [`outcome`] after the batch's schemas are resolved, with the topic prefix `prefix`
+/// read as `PREFIX`.
+fn avro_outcome(p: &mut BatchProcessor<NullSink>, batch: &mut [Message], prefix: &str) -> String {
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(
+        rt.block_on(p.preparer.resolve_schemas(batch, stop))
+            .unwrap()
+    );
+    outcome(p, batch)
+        .replace(prefix, "PREFIX")
+        .replace(&prefix.to_uppercase(), "PREFIX")
+}
+
+/// The records of one forwarder of the fixtures (`format`, `smt`) whose pairs are in
+/// `pairs`, in capture order.
+fn twins(format: &str, smt: Option<&str>, pairs: &[String]) -> Vec<Message> {
+    let mut out: Vec<Message> = crate::avro::twins::records()
+        .into_iter()
+        .filter(|r| r.format == format && r.smt.as_deref() == smt && pairs.contains(&r.pair))
+        .map(|r| r.message)
+        .collect();
+    for (offset, m) in out.iter_mut().enumerate() {
+        m.offset = offset as i64;
+    }
+    out
+}
+
+#[test]
+fn avro_twins_prepare_the_loads_their_json_twins_prepare() {
+    // Row changes only: transaction metadata and heartbeats carry no rows, and a
+    // snapshot read carries each forwarder's own LSN.
+    let pairs: Vec<String> = crate::avro::twins::records()
+        .into_iter()
+        .filter(|r| r.format == "json" && r.pair.contains(':') && !r.pair.starts_with("tx:"))
+        .filter(|r| !r.pair.contains(":r:"))
+        .map(|r| r.pair)
+        .collect();
+    assert!(pairs.len() >= 25, "{pairs:?}");
+    let mut json = twins("json", None, &pairs);
+    let mut avro = twins("avro", None, &pairs);
+    assert_eq!(json.len(), avro.len());
+    let mut from_json = avro_processor(&[]);
+    let mut from_avro = avro_processor(&[]);
+    for (j, a) in json.chunks_mut(7).zip(avro.chunks_mut(7)) {
+        let want = avro_outcome(&mut from_json, j, "fxjson");
+        assert!(!want.contains("dead [\n"), "{want}");
+        assert_eq!(avro_outcome(&mut from_avro, a, "fxavro"), want);
+    }
+
+    // Through the unwrap SMT: the same rows for each table (ExtractNewRecordState
+    // drops tombstones and truncates, and a flattened record holds no `before`).
+    let unwrap = [crate::config::FormatConfig {
+        topics: "^fxunwrap\\.".into(),
+        format: crate::config::TopicFormat::Unwrap,
+        add_fields: vec!["op".into(), "lsn".into()],
+        delete_handling: crate::config::DeleteHandling::Rewrite,
+        ..Default::default()
+    }];
+    let rows_only = |pairs: &[String]| -> Vec<String> {
+        pairs
+            .iter()
+            .filter(|p| p.starts_with("all_types:") && !p.ends_with(":tombstone"))
+            .cloned()
+            .collect()
+    };
+    let pairs = rows_only(&pairs);
+    let mut json = twins("json", None, &pairs);
+    let mut flat = twins("avro", Some("unwrap"), &pairs);
+    assert_eq!(json.len(), flat.len());
+    // The SMT above added no `source.ts_ms`: the rows' commit times are unknown.
+    let no_ts = regex::Regex::new(r#"__source_ts_ms(\\*"):(\\*")?\d+(\\*")?"#).unwrap();
+    let rows = |outcome: String| -> Vec<String> {
+        // The MERGE plans' rows: what lands.
+        outcome
+            .lines()
+            .filter(|l| l.contains("__op"))
+            .map(|l| no_ts.replace_all(l, "__source_ts_ms$1:null").into_owned())
+            .collect()
+    };
+    let want = rows(avro_outcome(&mut avro_processor(&[]), &mut json, "fxjson"));
+    let got = rows(avro_outcome(
+        &mut avro_processor(&unwrap),
+        &mut flat,
+        "fxunwrap",
+    ));
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
 }
