@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use floe::RunOptions;
-use floe::config::{SinkKind, SourceKind};
+use floe::config::{SchemaRegistryConfig, SinkKind, SourceKind};
 use serde_json::Value;
 
 use crate::fixtures::canon;
-use crate::support::{env, psql, query, sink_config, snowflake, spawn_run, unique};
+use crate::support::{Debezium, env, psql, query, sink_config, snowflake, spawn_run, unique};
 
 /// JSON compares by value: keys sorted, no whitespace.
 fn canon_json(v: &str) -> String {
@@ -66,7 +66,34 @@ fn canon_rows(rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the dev stack: make test"]
 async fn every_type_toast_pk_update_new_column_and_truncate_land_exactly() {
-    let run = unique("live");
+    every_type_lands(Converter::Json).await;
+    debezium_metadata_topics_are_skipped().await;
+}
+
+/// The same workload through Confluent's AvroConverter and the registry: a forwarder of
+/// its own (`floe.format=avro`); the added column gives the table a new schema id
+/// mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn every_type_lands_exactly_through_avro_and_the_schema_registry() {
+    every_type_lands(Converter::Avro).await;
+}
+
+/// How Debezium serialised the changes.
+#[derive(Clone, Copy, PartialEq)]
+enum Converter {
+    /// The stack's own Debezium: JsonConverter with schemas, topics `dbz.*`.
+    Json,
+    /// A forwarder with the AvroConverter, topics `<run>.*`.
+    Avro,
+}
+
+async fn every_type_lands(converter: Converter) {
+    let run = unique(if converter == Converter::Avro {
+        "avro"
+    } else {
+        "live"
+    });
     let (t, tr) = (format!("{run}_types"), format!("{run}_trunc"));
     let database = run.to_uppercase();
     psql(&format!(
@@ -79,7 +106,23 @@ async fn every_type_toast_pk_update_new_column_and_truncate_land_exactly() {
     config.source.kind = SourceKind::Kafka;
     config.source.kafka.brokers = env("FLOE_KAFKA_BROKERS");
     config.source.kafka.group_id = format!("{run}-group");
-    config.source.kafka.topics = vec![format!("dbz.public.{t}"), format!("dbz.public.{tr}")];
+    let (prefix, _forwarder) = match converter {
+        Converter::Json => ("dbz".to_owned(), None),
+        Converter::Avro => {
+            let table_list = format!("table.include.list=public.{t},public.{tr}");
+            let forwarder = Debezium::start(
+                &run,
+                &["floe.format=avro", "snapshot.mode=no_data", &table_list],
+            );
+            config.source.schema_registry =
+                Some(SchemaRegistryConfig::at(env("FLOE_REGISTRY_URL")));
+            (run.clone(), Some(forwarder))
+        }
+    };
+    config.source.kafka.topics = vec![
+        format!("{prefix}.public.{t}"),
+        format!("{prefix}.public.{tr}"),
+    ];
     config.batch.max_wait_ms = 500;
     let (stop, stats, handle) = spawn_run(config, RunOptions::default());
 
@@ -203,7 +246,12 @@ async fn every_type_toast_pk_update_new_column_and_truncate_land_exactly() {
         ids,
         vec![vec!["1".to_string()], vec!["4".into()], vec!["20".into()]]
     );
+    assert_eq!(snap.dead_letters, 0, "{snap:?}");
+}
 
+async fn debezium_metadata_topics_are_skipped() {
+    let run = unique("meta");
+    let database = run.to_uppercase();
     // Debezium's transaction metadata and heartbeats (the dev stack turns both on,
     // dev/env.sh): a run that reads only those topics consumes them all and skips them
     // all; nothing is rejected, failed or loaded.

@@ -1,5 +1,6 @@
 //! floe integration tests: one binary, one module per area (see tests/README.md).
 
+mod avro;
 mod backpressure;
 mod broker;
 mod crash;
