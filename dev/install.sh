@@ -318,19 +318,21 @@ rustup_has_wasm() {
   command -v rustup >/dev/null 2>&1 \
     && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown
 }
-# The Schema Registry stand-in (dev/registry/registry.py) needs python3's standard library only.
+# The Schema Registry stand-in (dev/registry/registry.py) needs python3's standard library only;
+# its HTTPS tests make their certificates with openssl.
 install_registry() {
   step_begin
-  if command -v "$PYTHON" >/dev/null 2>&1; then
-    step_end registry present "$("$PYTHON" --version 2>&1)"
+  if command -v "$PYTHON" >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then
+    step_end registry present "$("$PYTHON" --version 2>&1), $(openssl version)"
   else
-    apt_install python3
-    PYTHON=python3
-    step_end registry installed "$("$PYTHON" --version 2>&1)"
+    command -v "$PYTHON" >/dev/null 2>&1 || { apt_install python3; PYTHON=python3; }
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
+    step_end registry installed "$("$PYTHON" --version 2>&1), $(openssl version)"
   fi
 }
 check_registry() {
   need_cmd "$PYTHON" "Debian package python3"
+  need_cmd openssl "Debian package openssl"
   need_file "$DEV_DIR/registry/registry.py" "the checkout (dev/registry/registry.py)"
 }
 

@@ -120,3 +120,120 @@ async fn a_registry_outage_is_waited_out_with_nothing_lost() {
     assert_eq!(snap.registry_breaker_state, "closed", "{snap:?}");
     assert_eq!(snap.events_consumed, 72, "{snap:?}");
 }
+
+/// The registry stand-in over HTTPS with basic auth, on a port of its own: floe trusts
+/// it through `ca_file` and authenticates; a wrong password and an untrusted
+/// certificate are errors that stop the run, not transient ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack's tools (python3, openssl): make test"]
+async fn https_basic_auth_and_a_private_ca() {
+    use floe_batch::avro::SchemaRegistry;
+    use std::collections::BTreeSet;
+    use std::io::BufRead;
+
+    let dir = std::env::temp_dir().join(unique("floe-registry-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            // A server certificate, not a CA (which rustls refuses as a server's).
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = std::process::Command::new("python3")
+        .arg(root.join("dev/registry/registry.py"))
+        .args(["--port", "0", "--basic-auth", "floe:s3cret", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("registry.py");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let child = Killed(child);
+    let url = loop {
+        let line = lines.next().expect("registry.py output").unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    assert!(url.starts_with("https://"), "{url}");
+
+    // Register a schema as the AvroConverter would.
+    let http = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let answer: serde_json::Value = http
+        .post(format!("{url}/subjects/t-value/versions"))
+        .basic_auth("floe", Some("s3cret"))
+        .json(&serde_json::json!({"schema": r#"{"type":"record","name":"V","fields":[{"name":"id","type":"int"}]}"#}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = answer["id"].as_u64().unwrap() as u32;
+
+    let mut cfg = SchemaRegistryConfig::at(&url);
+    cfg.username = Some("floe".into());
+    cfg.password = Some("s3cret".into());
+    cfg.ca_file = Some(cert.clone());
+    let registry = SchemaRegistry::new(&cfg).unwrap();
+    let resolved = registry.resolve(&BTreeSet::from([id])).await.unwrap();
+    let json = resolved
+        .decode(&[0, 0, 0, 0, id as u8, 84])
+        .unwrap()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(json["payload"], serde_json::json!({"id": 42}));
+    assert_eq!(registry.cached(), 1);
+
+    cfg.password = Some("wrong".into());
+    let e = (SchemaRegistry::new(&cfg).unwrap())
+        .resolve(&BTreeSet::from([id]))
+        .await
+        .unwrap_err();
+    assert!(!e.is_retryable() && e.to_string().contains("401"), "{e}");
+    cfg.ca_file = None;
+    let e = (SchemaRegistry::new(&cfg).unwrap())
+        .resolve(&BTreeSet::from([id]))
+        .await
+        .unwrap_err();
+    assert!(
+        !e.is_retryable() && e.to_string().contains("ca_file"),
+        "{e}"
+    );
+    drop(child);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -7,9 +7,9 @@
 //!   letters with the reason ([`Fetched::Refused`]);
 //! - no answer, a timeout, 5xx, 408 or 429: transient ([`RegistryError::Unavailable`]);
 //!   the batch waits behind the registry's circuit breaker and nothing is dead-lettered;
-//! - 401 or 403, or any other answer: floe's settings are wrong
-//!   ([`RegistryError::Refused`]), which stops the run rather than dead-letter a
-//!   stream whose schemas exist.
+//! - 401 or 403, or any other answer, or a certificate floe does not trust: floe's
+//!   settings are wrong ([`RegistryError::Refused`], [`RegistryError::Tls`]), which
+//!   stops the run rather than dead-letter a stream whose schemas exist.
 
 use std::time::Duration;
 
@@ -23,6 +23,11 @@ pub enum RegistryError {
     /// Down, slow or overloaded: retried behind the registry's circuit breaker.
     #[error("schema registry {url} unavailable: {message}")]
     Unavailable { url: String, message: String },
+    /// The registry's certificate is not trusted (`ca_file`, its name): not retried.
+    #[error(
+        "schema registry {url}: TLS: {message} (set source.schema_registry.ca_file to the CA that signed it)"
+    )]
+    Tls { url: String, message: String },
     /// The registry refused the request itself (credentials, a wrong URL): not retried.
     #[error("schema registry {url} refused floe's request ({status}): {message}")]
     Refused {
@@ -137,10 +142,17 @@ impl Client {
             url: self.base.clone(),
             message,
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| unavailable(error_chain(&e)))?;
+        let response = request.send().await.map_err(|e| {
+            let message = error_chain(&e);
+            if message.contains("certificate") {
+                RegistryError::Tls {
+                    url: self.base.clone(),
+                    message,
+                }
+            } else {
+                unavailable(message)
+            }
+        })?;
         let status = response.status();
         let body = response
             .bytes()
