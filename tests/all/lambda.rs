@@ -397,3 +397,131 @@ async fn an_unknown_deadline_gets_the_configured_budget() {
     );
     proxy.mode.store(HEALTHY, Ordering::SeqCst);
 }
+
+/// The real Avro records of tests/fixtures/avro (one forwarder's, `format`), topics
+/// renamed into `run`'s, each on partition 0 of its topic in capture order.
+fn avro_fixture(format: &str, run: &str) -> Vec<(Message, i32, i64)> {
+    let path =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/avro/messages.jsonl");
+    let b64 = |v: &serde_json::Value| {
+        v.as_str()
+            .map(|s| base64::engine::general_purpose::STANDARD.decode(s).unwrap())
+    };
+    let prefix = if format == "avro" {
+        "fxavro."
+    } else {
+        "fxjson."
+    };
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["format"] == format && v["smt"].is_null())
+        .filter(|v| v["topic"].as_str().unwrap().starts_with(prefix))
+        .enumerate()
+        .map(|(i, v)| {
+            let topic = v["topic"]
+                .as_str()
+                .unwrap()
+                .replacen(prefix, &format!("{run}."), 1);
+            let m = Message {
+                topic: Arc::from(topic),
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: None,
+                key: b64(&v["key_b64"]),
+                value: b64(&v["value_b64"]),
+                headers: Vec::new(),
+            };
+            (m, 0, i as i64)
+        })
+        .collect()
+}
+
+/// Avro records in an MSK event: with the registry down the invocation answers, before
+/// its deadline, that every partition is to be retried from its first record (nothing
+/// dead-lettered); with the schemas the tables land exactly as the JSON twins do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn avro_records_load_and_a_registry_outage_is_retried() {
+    let run = unique("lavro").to_lowercase();
+    let database = unique("LAMBDA_AVRO").to_uppercase();
+    let records = avro_fixture("avro", &run);
+    assert!(records.len() > 40, "{}", records.len());
+    // Each partition's first offset.
+    let mut first: std::collections::BTreeMap<String, i64> = Default::default();
+    for (m, p, o) in &records {
+        let e = first.entry(format!("{}-{p}", m.topic)).or_insert(*o);
+        *e = (*e).min(*o);
+    }
+
+    // Nobody answers on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut config = lambda_config(&env("FLOE_SNOWFLAKE_URL"), &database);
+    config.source.schema_registry = Some(floe::config::SchemaRegistryConfig {
+        timeout_ms: 500,
+        ..floe::config::SchemaRegistryConfig::at(down)
+    });
+    config.delivery.breaker_open_ms = 200;
+    config.lambda.deadline_margin_ms = 1_000;
+    let mut floe = started(config).await;
+    let started_at = Instant::now();
+    let response = floe
+        .handle(&event(msk_event(&records)), deadline_in(4_000))
+        .await
+        .unwrap();
+    assert!(started_at.elapsed() < Duration::from_millis(3_700));
+    let retried: std::collections::BTreeMap<String, i64> =
+        failures(&response).into_iter().collect();
+    assert_eq!(retried, first, "every partition, from its first record");
+    let snap = floe.stats().snapshot();
+    assert_eq!((snap.dead_letters, snap.rows_loaded), (0, 0), "{snap:?}");
+    assert!(snap.registry_errors >= 1, "{snap:?}");
+
+    // The retry, with the schemas; and the JSON twins into a database of their own.
+    let mut config = lambda_config(&env("FLOE_SNOWFLAKE_URL"), &database);
+    config.source.schema_registry = Some(floe::config::SchemaRegistryConfig {
+        url: None,
+        schemas_file: Some(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/avro/schemas.json"),
+        ),
+        ..floe::config::SchemaRegistryConfig::at("")
+    });
+    let mut floe = started(config).await;
+    let response = floe
+        .handle(&event(msk_event(&records)), deadline_in(60_000))
+        .await
+        .unwrap();
+    assert_eq!(failures(&response), vec![]);
+    assert_eq!(floe.stats().snapshot().dead_letters, 0);
+    let json_db = format!("{database}_JSON");
+    let mut twins = started(lambda_config(&env("FLOE_SNOWFLAKE_URL"), &json_db)).await;
+    let response = twins
+        .handle(
+            &event(msk_event(&avro_fixture("json", &run))),
+            deadline_in(60_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failures(&response), vec![]);
+    let sf = snowflake().await;
+    for (table, cols) in [
+        (
+            "ALL_TYPES",
+            r#""ID", "NUM12_2", "NUM_VAR", "TS_TZ", "TS", "D", "TM", "JS", "U", "B", "FLAG", "TAGS", "I2", "I8", "F8", "VC", "IV", "BIG_TEXT", "EXTRA", "__OP", "__LSN""#,
+        ),
+        ("ALL_TYPES_TRUNC", r#""ID", "V", "__OP", "__LSN""#),
+        ("COMPOSITE_PK", r#""TENANT", "ID", "V", "__OP""#),
+    ] {
+        let sql = |db: &str| format!(r#"SELECT {cols} FROM {db}.CDC.{table} ORDER BY 1, 2"#);
+        let avro = query(&sf, &sql(&database)).await;
+        assert!(!avro.is_empty(), "{table}");
+        assert_eq!(
+            avro,
+            query(&sf, &sql(&json_db)).await,
+            "{table}: Avro vs JSON"
+        );
+    }
+}
