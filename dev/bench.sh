@@ -2,7 +2,7 @@
 # floe benchmarks (`make bench`); what is measured and the last results: docs/benchmarks.md.
 #
 #   dev/bench.sh [--changes N] [--skip-build] [--no-stages] [--no-sink] [--no-freshness]
-#                [--no-telemetry] [--baseline FILE]
+#                [--no-telemetry] [--no-avro] [--baseline FILE]
 #
 # 1. Builds the components, floe and raw_consume (release profile).
 # 2. Starts a private dev stack from clean: its own run dir ($FLOE_RUN_DIR, default
@@ -11,6 +11,9 @@
 # 3. Applies N (default 90000) changes with dev/workload.sh on a fresh database: ~103k
 #    Debezium messages on dbz.public.customers and dbz.public.orders; waits until all of
 #    them are in tansu.
+#     With Avro (not --no-avro): a second forwarder (`dev/stack.sh debezium-exec avro
+#     floe.format=avro`, the real AvroConverter and the stack's registry) writes the same
+#     changes to avro.public.customers and avro.public.orders.
 # 3b. Freshness: floe (default settings) loads a table of its own into fakesnow while
 #    PostgreSQL takes a steady FLOE_BENCH_FRESH_RATE (default 2000) inserts/s for
 #    FLOE_BENCH_FRESH_SECS (default 60) through real Debezium; the `freshness` binary
@@ -26,6 +29,8 @@
 #    With telemetry (not --no-telemetry): floe --sink none again, exporting OTLP traces
 #    and metrics (every span, metrics every 5 s) to `otlp_receiver`, a collector
 #    stand-in on 127.0.0.1:FLOE_BENCH_OTLP_PORT (default 24318) that decodes them.
+#    With Avro: raw librdkafka and floe --sink none over the Avro topics (floe with
+#    source.schema_registry), and the bytes on the wire of both encodings.
 # 5. Runs the criterion bench of the stages, WASM vs native (runner/host/benches/stages.rs).
 # 6. Prints the results as markdown tables (also in $FLOE_BENCH_OUT/summary.md, default
 #    target/bench/, with every raw output beside it) and the headline figures the issue's
@@ -51,9 +56,10 @@ stages=1
 sink=1
 freshness=1
 telemetry=1
+avro=1
 baseline=
 usage() {
-  sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 while (($#)); do
@@ -65,6 +71,7 @@ while (($#)); do
     --no-sink) sink=0; shift ;;
     --no-freshness) freshness=0; shift ;;
     --no-telemetry) telemetry=0; shift ;;
+    --no-avro) avro=0; shift ;;
     --baseline) baseline="$(realpath -m "${2:?}")"; shift 2 ;;
     -h|--help) usage ;;
     *) echo "bench: unknown argument '$1'" >&2; usage ;;
@@ -84,6 +91,7 @@ METRICS_PORT="${FLOE_BENCH_METRICS_PORT:-29464}"
 FRESH_RATE="${FLOE_BENCH_FRESH_RATE:-2000}"
 FRESH_SECS="${FLOE_BENCH_FRESH_SECS:-60}"
 TOPICS=(dbz.public.customers dbz.public.orders)
+AVRO_TOPICS=(avro.public.customers avro.public.orders)
 # floe --exit-when-idle: counted while floe owns partitions, so the group join (15 s on
 # tansu here) is not in it; longer than batch.max_wait_ms (5 s), so the last batch is in.
 IDLE_SECS="${FLOE_BENCH_IDLE_SECS:-15}"
@@ -106,8 +114,13 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 
 stack_started=0
+avro_dbz=
 cleanup() {
   local rc=$?
+  if [[ -n "$avro_dbz" ]]; then
+    kill -TERM "$avro_dbz" 2>/dev/null || true
+    wait "$avro_dbz" 2>/dev/null || true
+  fi
   if ((stack_started)); then
     say "stopping the bench stack ($FLOE_RUN_DIR)"
     "$DEV_DIR/stack.sh" stop >"$OUT/stack-stop.log" 2>&1 || {
@@ -141,6 +154,22 @@ stack_started=1
 }
 "$DEV_DIR/stack.sh" start
 
+if ((avro)); then
+  step "Avro: a second Debezium forwarder with the AvroConverter (topics avro.public.*)"
+  FLOE_STACK_SKIP_INSTALL=1 "$DEV_DIR/stack.sh" debezium-exec avro floe.format=avro \
+    snapshot.mode=no_data >"$OUT/debezium-avro.log" 2>&1 &
+  avro_dbz=$!
+  for ((i = 0; ; i++)); do
+    active=$(psql -X -qtA -h 127.0.0.1 -p "$FLOE_PG_PORT" -U postgres -d floe \
+      -c "SELECT active FROM pg_replication_slots WHERE slot_name = 'floe_avro'" 2>/dev/null || true)
+    [[ "$active" == t ]] && break
+    kill -0 "$avro_dbz" 2>/dev/null || { tail -n 40 "$OUT/debezium-avro.log" >&2; die "the Avro forwarder exited"; }
+    ((i < 1800)) || die "the Avro forwarder's slot is not active after 180 s (see $OUT/debezium-avro.log)"
+    sleep 0.1
+  done
+  say "the Avro forwarder streams (slot floe_avro)"
+fi
+
 step "load: $changes changes through Debezium into tansu"
 "$DEV_DIR/workload.sh" "$changes" | tee "$OUT/workload.log" >&2
 expected=$(awk '/messages=/ { sub(/.*messages=/, ""); n += $1 } END { print n + 0 }' "$OUT/workload.log")
@@ -150,6 +179,15 @@ say "waiting until tansu holds all $expected messages (a draining consumer, not 
   --count "$expected" --idle-secs 120 --start-timeout-secs 300 >"$OUT/drain.json" ||
   die "Debezium forwarded only $(sed 's/.*"events":\([0-9]*\).*/\1/' "$OUT/drain.json") of $expected messages"
 say "all $expected messages are in tansu"
+if ((avro)); then
+  "$RAW_BIN" --brokers "$FLOE_KAFKA_BROKERS" --topics "$(IFS=,; echo "${AVRO_TOPICS[*]}")" \
+    --count "$expected" --idle-secs 120 --start-timeout-secs 300 >"$OUT/drain-avro.json" ||
+    die "the Avro forwarder wrote only $(sed 's/.*"events":\([0-9]*\).*/\1/' "$OUT/drain-avro.json") of $expected messages"
+  kill -TERM "$avro_dbz" 2>/dev/null || true
+  wait "$avro_dbz" 2>/dev/null || true
+  avro_dbz=
+  say "all $expected messages are in tansu as Avro too"
+fi
 
 if ((freshness)); then
   step "freshness: $FRESH_RATE inserts/s for $FRESH_SECS s, PostgreSQL commit -> row visible in fakesnow"
@@ -245,20 +283,25 @@ measure() {
   ((rc == 0)) || say "$name exited $rc (see $OUT/$name.err)"
 }
 
-# A floe config: a fresh consumer group, the two topics, the emulator.
+# A floe config: a fresh consumer group, the two topics (the Avro ones, and the
+# registry, with a second argument `avro`), the emulator.
 floe_config() {
-  local name="$1"
+  local name="$1" topics=("${TOPICS[@]}")
+  [[ "${2:-}" == avro ]] && topics=("${AVRO_TOPICS[@]}")
   cat >"$OUT/$name.toml" <<EOF
 [source.kafka]
 brokers = "$FLOE_KAFKA_BROKERS"
 group_id = "bench-$name-$(date +%s%N)"
-topics = [$(printf '"%s", ' "${TOPICS[@]}" | sed 's/, $//')]
+topics = [$(printf '"%s", ' "${topics[@]}" | sed 's/, $//')]
 
 [sink.snowflake]
 account_url = "$FLOE_SNOWFLAKE_URL"
 database = "BENCH"
 schema = "CDC"
 EOF
+  if [[ "${2:-}" == avro ]]; then
+    printf '\n[source.schema_registry]\nurl = "%s"\n' "$FLOE_REGISTRY_URL" >>"$OUT/$name.toml"
+  fi
   echo "$OUT/$name.toml"
 }
 
@@ -277,6 +320,13 @@ if ((telemetry)); then
     run --sink none --exit-when-idle "$IDLE_SECS" --metrics-json "$OUT/floe-none-otlp.metrics.json"
   kill -TERM "$receiver" 2>/dev/null || true
   wait "$receiver" || say "otlp_receiver failed (see $OUT/otlp-receiver.err)"
+fi
+if ((avro)); then
+  measure raw-avro "$RAW_BIN" --brokers "$FLOE_KAFKA_BROKERS" \
+    --topics "$(IFS=,; echo "${AVRO_TOPICS[*]}")" --count "$expected" --idle-secs 30
+  cfg=$(floe_config floe-none-avro avro)
+  measure floe-none-avro env FLOE_LOG=info "$FLOE_BIN" --config "$cfg" --log-format json \
+    run --sink none --exit-when-idle "$IDLE_SECS" --metrics-json "$OUT/floe-none-avro.metrics.json"
 fi
 if ((sink)); then
   cfg=$(floe_config floe-fakesnow)
@@ -345,8 +395,8 @@ def steady(points, events, every):
     (c0, t0), (c1, t1) = inside[0], inside[-1]
     return (c1 - c0) / (t1 - t0)
 
-def raw_run():
-    o = read("raw", "out")
+def raw_run(name="raw"):
+    o = read(name, "out")
     try:
         r = json.loads(o)
     except Exception:
@@ -393,6 +443,10 @@ if read("floe-none-otlp", "rc") is not None:
                  lambda: floe_run("floe-none-otlp")))
 if read("floe-fakesnow", "rc") is not None:
     rows.append(("floe → fakesnow", "floe-fakesnow", lambda: floe_run("floe-fakesnow")))
+if read("floe-none-avro", "rc") is not None:
+    rows.append(("raw librdkafka, Avro topics", "raw-avro", lambda: raw_run("raw-avro")))
+    rows.append(("floe `--sink none`, Avro topics (schema registry)", "floe-none-avro",
+                 lambda: floe_run("floe-none-avro")))
 
 print(f"Run of {meta['date']}, commit {meta['commit']}, on {meta['machine']}.")
 print(f"Topics dbz.public.customers and dbz.public.orders (4 partitions each): {expected:,} Debezium "
@@ -427,6 +481,31 @@ raw_steady = figures.get("raw events/s steady")
 for name in ("floe-none", "floe-none-otlp", "floe-fakesnow"):
     if raw_steady and figures.get(f"{name} events/s steady"):
         figures[f"{name} % of raw"] = 100 * figures[f"{name} events/s steady"] / raw_steady
+if figures.get("raw-avro events/s steady") and figures.get("floe-none-avro events/s steady"):
+    figures["floe-none-avro % of raw-avro"] = (100 * figures["floe-none-avro events/s steady"]
+                                              / figures["raw-avro events/s steady"])
+
+drains = {}
+for enc, f in (("JSON with schemas", "drain"), ("Avro (schema registry)", "drain-avro")):
+    try:
+        drains[enc] = json.loads(read(f, "json") or "")
+    except ValueError:
+        pass
+if len(drains) == 2:
+    print()
+    print("The same changes in two encodings (Debezium with Kafka Connect's JsonConverter, schemas "
+          "on; with Confluent's AvroConverter): bytes on the wire (keys + values, as consumed) and "
+          "floe `--sink none`:")
+    print()
+    print("| encoding | messages | bytes | bytes/message | floe `--sink none` events/s steady "
+          "| floe peak RSS (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for enc, name in (("JSON with schemas", "floe-none"), ("Avro (schema registry)", "floe-none-avro")):
+        d = drains[enc]
+        rate = figures.get(f"{name} events/s steady")
+        print(f"| {enc} | {d['events']:,} | {d['bytes']:,} | {d['bytes'] / max(d['events'], 1):,.0f} "
+              f"| {fmt(rate, ',.0f')} | {fmt(peak_rss_mib(name), '.0f')} |")
+        figures[f"{enc} bytes/message"] = d["bytes"] / max(d["events"], 1)
 
 print()
 print("floe's own statistics (the JSON it prints at exit), per event consumed:")
@@ -436,7 +515,7 @@ print("| run | batches | WASM stages (µs/event) | warehouse load (µs/event) | 
 print("|---|---:|---:|---:|---:|---:|---:|")
 # overlap: the share of the smaller of processing and loading that ran beside the other,
 # (processing + loading - wall) / min(processing, loading); 0% when they follow one another.
-for label, name, f in rows[1:]:
+for label, name, f in [r for r in rows if not r[1].startswith("raw")]:
     try:
         st = json.loads(read(name, "out"))
         n, b = st["events_consumed"], st["batches"]
