@@ -238,4 +238,57 @@ mod tests {
         assert!(summary.contains("-- bind 1 (TEXT): "), "{summary}");
         assert!(!summary.contains("\"n11\""), "{summary}");
     }
+
+    /// Real AvroConverter records in the fixture format (base64), their schemas from a
+    /// `schemas_file`: planned as their JSON twins are.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plan_reads_avro_samples_with_the_schemas_given() {
+        let fixtures =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/avro");
+        let lines: Vec<String> = std::fs::read_to_string(fixtures.join("messages.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| {
+                v["format"] == "avro"
+                    && v["smt"].is_null()
+                    && v["topic"].as_str().unwrap().starts_with("fxavro.public.")
+            })
+            .map(|v| {
+                serde_json::json!({"topic": v["topic"], "key_base64": v["key_b64"],
+                    "value_base64": v["value_b64"]})
+                .to_string()
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("floe-plan-avro-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("avro.jsonl");
+        std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+        let mut config = Config::default();
+        config.source.schema_registry = Some(config::SchemaRegistryConfig {
+            url: None,
+            schemas_file: Some(fixtures.join("schemas.json")),
+            ..config::SchemaRegistryConfig::at("")
+        });
+        let (text, stats) = plan(&config, std::slice::from_ref(&file), true)
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        for table in ["ALL_TYPES", "ALL_TYPES_TRUNC", "COMPOSITE_PK"] {
+            assert!(
+                text.contains(&format!("FXAVRO_PUBLIC_{table}")),
+                "{table}: {text}"
+            );
+        }
+        assert!(text.contains("12346.67"), "decoded decimals: {text}");
+        assert_eq!(
+            (
+                stats.events_consumed,
+                stats.events_rejected,
+                stats.events_failed
+            ),
+            (lines.len() as u64, 0, 0),
+            "{stats:?}"
+        );
+    }
 }

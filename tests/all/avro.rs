@@ -31,59 +31,105 @@ impl Drop for Restart {
     }
 }
 
-/// The registry is down when floe starts on a topic whose schemas it has never seen:
-/// the batch waits behind the registry's breaker (nothing dead-lettered, nothing
-/// committed), and once the registry is back every change lands.
+/// The registry goes down mid-run. A running floe reads on from its cache (the
+/// converter's too: the changes keep the schemas both have seen); a floe that has not
+/// seen the schemas (another consumer group, replaying the topic) waits behind the
+/// registry's breaker, nothing loaded, dead-lettered or committed; once the registry
+/// is back every change lands, in both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the dev stack: make test"]
-async fn a_registry_outage_is_waited_out_with_nothing_lost() {
+async fn a_registry_outage_mid_run_is_survived_with_nothing_lost() {
     let run = unique("regout");
     let t = format!("{run}_items");
-    let database = run.to_uppercase();
+    let (database, replay_database) =
+        (run.to_uppercase(), format!("{}_REPLAY", run.to_uppercase()));
     psql(&format!(
         "CREATE TABLE public.{t} (id int PRIMARY KEY, v text, amount numeric(10,2))"
     ));
     let topic = format!("{run}.public.{t}");
-    {
-        let table_list = format!("table.include.list=public.{t}");
-        let _forwarder = Debezium::start(
-            &run,
-            &["floe.format=avro", "snapshot.mode=no_data", &table_list],
-        );
+    let table_list = format!("table.include.list=public.{t}");
+    // No heartbeats: their schema would first be registered at a moment of their choosing.
+    let forwarder = Debezium::start(
+        &run,
+        &[
+            "floe.format=avro",
+            "snapshot.mode=no_data",
+            "heartbeat.interval.ms=0",
+            &table_list,
+        ],
+    );
+    let registry_config = || {
+        Some(SchemaRegistryConfig {
+            timeout_ms: 2_000,
+            ..SchemaRegistryConfig::at(env("FLOE_REGISTRY_URL"))
+        })
+    };
+    let mut config = kafka_config(&database, &run, vec![topic.clone()]);
+    config.source.schema_registry = registry_config();
+    config.delivery.breaker_open_ms = 1_000;
+    let (stop, stats, handle) = spawn_run(config.clone(), RunOptions::default());
+    let sf = snowflake().await;
+    let source = || {
         psql(&format!(
-            "INSERT INTO public.{t} SELECT i, 'item ' || i, i * 1.25 FROM generate_series(1, 50) i;
-             UPDATE public.{t} SET v = v || ' updated' WHERE id % 4 = 0;
-             DELETE FROM public.{t} WHERE id % 10 = 0;"
-        ));
-        // 50 inserts, 12 updates, 5 deletes and their 5 tombstones.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while read_topic(&env("FLOE_KAFKA_BROKERS"), &topic).len() < 72 {
-            assert!(
-                Instant::now() < deadline,
-                "the forwarder did not write 72 records"
-            );
-        }
-    }
+            "SELECT id::text, v, amount::text FROM public.{t} src ORDER BY src.id"
+        ))
+    };
+    let target = |db: &str| {
+        format!(
+            r#"SELECT "ID", "V", "AMOUNT" FROM "{db}"."CDC"."{}" ORDER BY "ID""#,
+            t.to_uppercase()
+        )
+    };
+
+    // Phase 1, the registry up: inserts (the first of their schemas).
+    psql(&format!(
+        "INSERT INTO public.{t} SELECT i, 'item ' || i, i * 1.25 FROM generate_series(1, 50) i"
+    ));
+    let want = source();
+    assert_eq!(want.len(), 50);
+    assert_eq!(
+        wait_for_rows(&sf, &target(&database), &want, 120).await,
+        want
+    );
+
+    // Phase 2, the registry down: updates and deletes, same schemas.
+    registry("stop");
+    let restart = Restart;
+    psql(&format!(
+        "UPDATE public.{t} SET v = v || ' updated' WHERE id % 4 = 0;
+         DELETE FROM public.{t} WHERE id % 10 = 0;"
+    ));
+    let want = source();
+    assert_eq!(want.len(), 45);
+    assert_eq!(
+        wait_for_rows(&sf, &target(&database), &want, 120).await,
+        want,
+        "a running floe reads on from its cache"
+    );
+    assert_eq!(stats.snapshot().registry_errors, 0);
+    // 50 inserts, 12 updates, 5 deletes and their 5 tombstones.
     let all = read_topic(&env("FLOE_KAFKA_BROKERS"), &topic);
+    assert_eq!(all.len(), 72);
     assert!(
         all.iter()
             .filter_map(|m| rdkafka::Message::payload(m))
             .all(|v| v.first() == Some(&0)),
         "Avro values in the Confluent wire format"
     );
+    drop(forwarder);
 
-    registry("stop");
-    let restart = Restart;
-    let mut config = kafka_config(&database, &run, vec![topic.clone()]);
-    config.source.schema_registry = Some(SchemaRegistryConfig {
-        timeout_ms: 2_000,
-        ..SchemaRegistryConfig::at(env("FLOE_REGISTRY_URL"))
-    });
-    config.delivery.breaker_open_ms = 1_000;
-    let (stop, stats, handle) = spawn_run(config, RunOptions::default());
+    // A floe that never saw the schemas, still during the outage.
+    let mut replay = kafka_config(
+        &replay_database,
+        &format!("{run}-replay"),
+        vec![topic.clone()],
+    );
+    replay.source.schema_registry = registry_config();
+    replay.delivery.breaker_open_ms = 1_000;
+    let (replay_stop, replay_stats, replay_handle) = spawn_run(replay, RunOptions::default());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let snap = stats.snapshot();
+        let snap = replay_stats.snapshot();
         if snap.registry_errors >= 3 && snap.registry_breaker_opened >= 1 {
             assert_eq!(
                 (snap.rows_loaded, snap.dead_letters),
@@ -99,26 +145,18 @@ async fn a_registry_outage_is_waited_out_with_nothing_lost() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(restart);
-
-    let sf = snowflake().await;
-    let source = psql(&format!(
-        "SELECT id::text, v, amount::text FROM public.{t} src ORDER BY src.id"
-    ));
-    assert_eq!(source.len(), 45);
-    let sql = format!(
-        r#"SELECT "ID", "V", "AMOUNT" FROM "{database}"."CDC"."{}" ORDER BY "ID""#,
-        t.to_uppercase()
-    );
-    let got = wait_for_rows(&sf, &sql, &source, 120).await;
     assert_eq!(
-        got, source,
+        wait_for_rows(&sf, &target(&replay_database), &want, 120).await,
+        want,
         "every change landed once the registry was back"
     );
-    stop.send(true).unwrap();
-    let snap = handle.await.unwrap().expect("floe run");
-    assert_eq!(snap.dead_letters, 0, "{snap:?}");
-    assert_eq!(snap.registry_breaker_state, "closed", "{snap:?}");
-    assert_eq!(snap.events_consumed, 72, "{snap:?}");
+    for (stop, handle) in [(stop, handle), (replay_stop, replay_handle)] {
+        stop.send(true).unwrap();
+        let snap = handle.await.unwrap().expect("floe run");
+        assert_eq!(snap.dead_letters, 0, "{snap:?}");
+        assert_eq!(snap.registry_breaker_state, "closed", "{snap:?}");
+        assert_eq!(snap.events_consumed, 72, "{snap:?}");
+    }
 }
 
 /// The registry stand-in over HTTPS with basic auth, on a port of its own: floe trusts

@@ -250,3 +250,34 @@ fn avro_twins_prepare_the_loads_their_json_twins_prepare() {
     assert!(!want.is_empty());
     assert_eq!(got, want);
 }
+
+#[test]
+fn unreadable_avro_is_dead_lettered_at_the_source_with_its_reason() {
+    let m = |value: Vec<u8>| Message {
+        topic: Arc::from("fxavro.public.all_types"),
+        partition: 0,
+        offset: 0,
+        timestamp_ms: None,
+        key: None,
+        value: Some(value),
+        headers: Vec::new(),
+    };
+    // An id no schema has, a record cut short (schema 1 is a record of a string
+    // field: a length of 20 with no bytes behind it).
+    let mut batch = vec![m(vec![0, 0, 0, 0, 99, 2]), m(vec![0, 0, 0, 0, 1, 40])];
+    for (i, msg) in batch.iter_mut().enumerate() {
+        msg.offset = i as i64;
+    }
+    let with = avro_outcome(&mut avro_processor(&[]), &mut batch, "fxavro");
+    assert!(
+        with.contains("0 parse source floe parse: schema id 99 is not in schemas_file"),
+        "{with}"
+    );
+    assert!(
+        with.contains("1 parse source floe parse: Avro record of schema id 1: "),
+        "{with}"
+    );
+    // Without a registry, the reason says what to set.
+    let without = outcome(&mut processor(true, 1), &mut batch);
+    assert!(without.contains("set source.schema_registry"), "{without}");
+}
