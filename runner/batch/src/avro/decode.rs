@@ -110,6 +110,30 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
+    /// The items of an array or map, block by block, each written by `item` after a
+    /// comma but the first.
+    fn blocks(
+        &mut self,
+        zero_width: bool,
+        out: &mut Vec<u8>,
+        mut item: impl FnMut(&mut Self, &mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut first = true;
+        loop {
+            let count = self.block(zero_width)?;
+            if count == 0 {
+                return Ok(());
+            }
+            for _ in 0..count {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                item(self, out)?;
+            }
+        }
+    }
+
     fn value(&mut self, node: &Node, out: &mut Vec<u8>) -> Result<(), String> {
         match &node.kind {
             Kind::Null => out.extend_from_slice(b"null"),
@@ -163,42 +187,18 @@ impl<'a> Reader<'a> {
             }
             Kind::Array(items) => {
                 out.push(b'[');
-                let mut first = true;
-                loop {
-                    let count = self.block(zero_width(items))?;
-                    if count == 0 {
-                        break;
-                    }
-                    for _ in 0..count {
-                        if !first {
-                            out.push(b',');
-                        }
-                        first = false;
-                        self.value(items, out)?;
-                    }
-                }
+                self.blocks(zero_width(items), out, |r, out| r.value(items, out))?;
                 out.push(b']');
             }
             Kind::Map(values) => {
                 out.push(b'{');
-                let mut first = true;
-                loop {
-                    // A key takes at least its length byte.
-                    let count = self.block(false)?;
-                    if count == 0 {
-                        break;
-                    }
-                    for _ in 0..count {
-                        if !first {
-                            out.push(b',');
-                        }
-                        first = false;
-                        let k = self.str()?;
-                        serde_json::to_writer(&mut *out, k).map_err(|e| e.to_string())?;
-                        out.push(b':');
-                        self.value(values, out)?;
-                    }
-                }
+                // A key takes at least its length byte.
+                self.blocks(false, out, |r, out| {
+                    let k = r.str()?;
+                    serde_json::to_writer(&mut *out, k).map_err(|e| e.to_string())?;
+                    out.push(b':');
+                    r.value(values, out)
+                })?;
                 out.push(b'}');
             }
             Kind::Record(fields) => {
