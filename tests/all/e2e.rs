@@ -4,10 +4,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use floe::RunOptions;
-use floe::config::SourceKind;
+use floe::config::{SchemaRegistryConfig, SourceKind};
 use rdkafka::producer::FutureRecord;
 
-use crate::support::{Rng, env, producer, psql, query, sink_config, snowflake, spawn_run, unique};
+use crate::support::{
+    Debezium, Rng, env, producer, psql, query, sink_config, snowflake, spawn_run, unique,
+};
 
 /// SQL for `changes` mixed inserts/updates/deletes over two tables, in transactions,
 /// and the number of Kafka messages Debezium will emit for them (a delete is two: the
@@ -114,14 +116,39 @@ const O_COLS_SF: &str = r#""ID", "ACCOUNT_ID", "AMOUNT", "STATUS", "NOTE""#;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the dev stack: make test"]
 async fn postgres_debezium_kafka_floe_snowflake() {
-    let run = unique("e2e");
+    end_to_end(false).await;
+}
+
+/// The same through Confluent's AvroConverter and the registry (a forwarder of its own),
+/// with a value of a schema id the registry does not know among the bad ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the dev stack: make test"]
+async fn postgres_debezium_avro_kafka_floe_snowflake() {
+    end_to_end(true).await;
+}
+
+async fn end_to_end(avro: bool) {
+    let run = unique(if avro { "e2eavro" } else { "e2e" });
     let (a, o) = (format!("{run}_accounts"), format!("{run}_orders"));
     let database = run.to_uppercase();
     psql(&format!(
         "CREATE TABLE public.{a} (id int PRIMARY KEY, name text, email text, balance numeric(12,2), active boolean, visits bigint, updated_at timestamp(6));
          CREATE TABLE public.{o} (id bigint PRIMARY KEY, account_id int, amount numeric(12,2), status varchar(20), note text);"
     ));
-    let topics = vec![format!("dbz.public.{a}"), format!("dbz.public.{o}")];
+    let (prefix, _forwarder) = if avro {
+        let tables = format!("table.include.list=public.{a},public.{o}");
+        let forwarder = Debezium::start(
+            &run,
+            &["floe.format=avro", "snapshot.mode=no_data", &tables],
+        );
+        (run.clone(), Some(forwarder))
+    } else {
+        ("dbz".to_owned(), None)
+    };
+    let topics = vec![
+        format!("{prefix}.public.{a}"),
+        format!("{prefix}.public.{o}"),
+    ];
 
     // floe runs while the workload streams in.
     let mut config = sink_config(&database);
@@ -130,6 +157,9 @@ async fn postgres_debezium_kafka_floe_snowflake() {
     config.source.kafka.group_id = format!("{run}-group");
     config.source.kafka.topics = topics.clone();
     config.batch.max_wait_ms = 1000;
+    if avro {
+        config.source.schema_registry = Some(SchemaRegistryConfig::at(env("FLOE_REGISTRY_URL")));
+    }
     let (stop, stats, handle) = spawn_run(config.clone(), RunOptions::default());
 
     let w = workload(&format!("public.{a}"), &format!("public.{o}"), 5200, 7);
@@ -137,25 +167,30 @@ async fn postgres_debezium_kafka_floe_snowflake() {
     let started = Instant::now();
     psql(&w.sql);
 
-    // A payload that is not JSON and an event the default validator rejects (unknown op).
+    // A payload that is not JSON and an event the default validator rejects (unknown op);
+    // on Avro topics also a value of a schema id the registry does not know.
     let producer = producer();
-    for (key, value) in [
-        (r#"{"id":999999}"#, "this is not json {".to_string()),
+    let mut bad: Vec<(&str, Vec<u8>)> = vec![
+        (r#"{"id":999999}"#, b"this is not json {".to_vec()),
         (
             r#"{"id":999998}"#,
-            r#"{"op":"x","after":{"id":999998}}"#.to_string(),
+            br#"{"op":"x","after":{"id":999998}}"#.to_vec(),
         ),
-    ] {
+    ];
+    if avro {
+        bad.push((r#"{"id":999997}"#, vec![0, 0x7f, 0xff, 0xff, 0xff, 2]));
+    }
+    for (key, value) in &bad {
         producer
             .send(
-                FutureRecord::to(&topics[0]).key(key).payload(&value),
+                FutureRecord::to(&topics[0]).key(*key).payload(value),
                 Duration::from_secs(10),
             )
             .await
             .map_err(|(e, _)| e)
             .unwrap();
     }
-    let expected_messages = w.messages + 2;
+    let expected_messages = w.messages + bad.len() as u64;
 
     // Caught up = every message consumed and the target equal to the source.
     let sf = snowflake().await;
@@ -208,7 +243,11 @@ async fn postgres_debezium_kafka_floe_snowflake() {
         snap.avg_load_ms,
     );
     assert_eq!(snap.events_consumed, expected_messages, "{snap:?}");
-    assert_eq!(snap.events_rejected, 2, "not JSON + unknown op: {snap:?}");
+    assert_eq!(
+        snap.events_rejected,
+        bad.len() as u64,
+        "not JSON + unknown op (+ unknown schema id): {snap:?}"
+    );
     assert_eq!(snap.events_failed, 0, "{snap:?}");
     // A tombstone whose delete ended the previous batch repeats that delete (a second,
     // harmless delete of a gone row); one in the same batch is dropped.
