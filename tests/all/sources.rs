@@ -2,7 +2,8 @@
 //! tables of the same name in two schemas and two captured databases keep their own
 //! targets, a second source for one target is refused rather than mixed in, and tables
 //! whose columns are named `op`, `source`, `payload`, `before`, `after` (and `__deleted`)
-//! load value by value through the envelope and every ExtractNewRecordState variant.
+//! load value by value through the envelope and every ExtractNewRecordState variant, as
+//! JSON and as Avro (Confluent's AvroConverter and the registry).
 //!
 //! Each test starts the Debezium forwarders it needs beside the stack's own
 //! (`dev/stack.sh debezium-exec`), with their own slot and topic prefix.
@@ -10,7 +11,7 @@
 use std::time::Duration;
 
 use floe::RunOptions;
-use floe::config::{DeleteHandling, DlqKind, FormatConfig, TopicFormat};
+use floe::config::{DeleteHandling, DlqKind, FormatConfig, SchemaRegistryConfig, TopicFormat};
 
 use crate::support::{
     Debezium, env, kafka_config, psql, read_topic, snowflake, spawn_run, unique, wait_for_rows,
@@ -256,6 +257,30 @@ fn variants() -> Vec<Variant> {
             format: None,
             deleted_column: false,
         },
+        // Confluent's AvroConverter and the registry: the envelope, and the SMT over it.
+        Variant {
+            name: "avro_envelope",
+            debezium: vec!["floe.format=avro"],
+            format: None,
+            deleted_column: true,
+        },
+        Variant {
+            name: "avro_unwrap_rewrite_configured",
+            debezium: [
+                &unwrap[..],
+                &[
+                    "floe.format=avro",
+                    "transforms.unwrap.add.fields=op,table,lsn,source.ts_ms",
+                    "transforms.unwrap.delete.tombstone.handling.mode=rewrite-with-tombstone",
+                ],
+            ]
+            .concat(),
+            format: Some(configured(
+                &["op", "table", "lsn", "source.ts_ms"],
+                DeleteHandling::RewriteWithTombstone,
+            )),
+            deleted_column: false,
+        },
     ]
 }
 
@@ -283,6 +308,10 @@ async fn columns_named_like_envelope_fields_load_in_every_format() {
         let dbz = Debezium::start(&run, &settings);
         let mut config = kafka_config(&database, &run, vec![format!("{run}.public.{t}")]);
         config.source.formats = v.format.iter().cloned().collect();
+        if v.debezium.contains(&"floe.format=avro") {
+            config.source.schema_registry =
+                Some(SchemaRegistryConfig::at(env("FLOE_REGISTRY_URL")));
+        }
         let (stop, _stats, handle) = spawn_run(config, RunOptions::default());
 
         let flag = if v.deleted_column {
