@@ -215,6 +215,17 @@ fn variants() -> Vec<Variant> {
         add_fields_prefix: "__".into(),
         delete_handling: deletes,
     };
+    // The SMT adding metadata and rewriting deletes, and floe told so.
+    let rewrite = [
+        "transforms.unwrap.add.fields=op,table,lsn,source.ts_ms",
+        "transforms.unwrap.delete.tombstone.handling.mode=rewrite-with-tombstone",
+    ];
+    let rewrite_format = || {
+        configured(
+            &["op", "table", "lsn", "source.ts_ms"],
+            DeleteHandling::RewriteWithTombstone,
+        )
+    };
     vec![
         Variant {
             name: "envelope",
@@ -236,19 +247,8 @@ fn variants() -> Vec<Variant> {
         },
         Variant {
             name: "unwrap_rewrite_configured",
-            debezium: [
-                &unwrap[..],
-                &schemas(true),
-                &[
-                    "transforms.unwrap.add.fields=op,table,lsn,source.ts_ms",
-                    "transforms.unwrap.delete.tombstone.handling.mode=rewrite-with-tombstone",
-                ],
-            ]
-            .concat(),
-            format: Some(configured(
-                &["op", "table", "lsn", "source.ts_ms"],
-                DeleteHandling::RewriteWithTombstone,
-            )),
+            debezium: [&unwrap[..], &schemas(true), &rewrite].concat(),
+            format: Some(rewrite_format()),
             deleted_column: false,
         },
         Variant {
@@ -266,19 +266,8 @@ fn variants() -> Vec<Variant> {
         },
         Variant {
             name: "avro_unwrap_rewrite_configured",
-            debezium: [
-                &unwrap[..],
-                &[
-                    "floe.format=avro",
-                    "transforms.unwrap.add.fields=op,table,lsn,source.ts_ms",
-                    "transforms.unwrap.delete.tombstone.handling.mode=rewrite-with-tombstone",
-                ],
-            ]
-            .concat(),
-            format: Some(configured(
-                &["op", "table", "lsn", "source.ts_ms"],
-                DeleteHandling::RewriteWithTombstone,
-            )),
+            debezium: [&unwrap[..], &["floe.format=avro"], &rewrite].concat(),
+            format: Some(rewrite_format()),
             deleted_column: false,
         },
     ]
