@@ -148,13 +148,10 @@ impl Floe {
                 floe_batch::format::Formats::new(&config.source.formats)
                     .map_err(floe_batch::config::ConfigError::Invalid)?,
             ),
-            schema_registry: match &config.source.schema_registry {
-                Some(cfg) => Some(Arc::new(
-                    floe_batch::avro::SchemaRegistry::new(cfg)
-                        .map_err(|e| floe_batch::config::ConfigError::Invalid(e.to_string()))?,
-                )),
-                None => None,
-            },
+            schema_registry: floe_batch::avro::SchemaRegistry::configured(
+                config.source.schema_registry.as_ref(),
+            )
+            .map_err(|e| floe_batch::config::ConfigError::Invalid(e.to_string()))?,
         };
         let processor = BatchProcessor::new(sink, Arc::new(components), settings, stats);
         tracing::info!(

@@ -88,13 +88,9 @@ pub async fn run(
 
 /// The pipeline settings `config` and `options` ask for.
 fn settings_of(config: &Config, options: &RunOptions) -> Result<PipelineSettings, RunError> {
-    let schema_registry = match &config.source.schema_registry {
-        Some(cfg) => Some(Arc::new(
-            floe_batch::avro::SchemaRegistry::new(cfg)
-                .map_err(|e| config::ConfigError::Invalid(e.to_string()))?,
-        )),
-        None => None,
-    };
+    let schema_registry =
+        floe_batch::avro::SchemaRegistry::configured(config.source.schema_registry.as_ref())
+            .map_err(|e| config::ConfigError::Invalid(e.to_string()))?;
     Ok(PipelineSettings {
         limits: BatchLimits {
             max_rows: config.batch.max_rows,

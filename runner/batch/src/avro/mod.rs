@@ -90,12 +90,23 @@ impl Resolved {
     }
 }
 
-/// Replaces `m`'s Avro key and value with their JSON ([`Resolved::decode`]); why not,
-/// as a dead letter's reason (`m` is then as it was).
+/// A message's key and value as the components get them (`None`: its own).
+pub type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+impl Resolved {
+    /// The JSON of `m`'s Avro key and value (`None`: not Avro), or why not, as a dead
+    /// letter's reason.
+    pub fn decode_message(&self, m: &Message) -> Result<KeyValue, String> {
+        let decode = |b: &Option<Vec<u8>>| b.as_deref().and_then(|b| self.decode(b)).transpose();
+        let key = decode(&m.key).map_err(|e| format!("{e} (the key)"))?;
+        Ok((key, decode(&m.value)?))
+    }
+}
+
+/// Replaces `m`'s Avro key and value with their JSON ([`Resolved::decode_message`]);
+/// why not, as a dead letter's reason (`m` is then as it was).
 pub fn decode_message(resolved: &Resolved, m: &mut Message) -> Result<(), String> {
-    let decode = |b: &Option<Vec<u8>>| b.as_deref().and_then(|b| resolved.decode(b)).transpose();
-    let key = decode(&m.key).map_err(|e| format!("{e} (the key)"))?;
-    let value = decode(&m.value)?;
+    let (key, value) = resolved.decode_message(m)?;
     if key.is_some() {
         m.key = key;
     }
@@ -160,6 +171,14 @@ impl std::fmt::Debug for SchemaRegistry {
 }
 
 impl SchemaRegistry {
+    /// The registry `cfg` configures, if any (`source.schema_registry`).
+    pub fn configured(
+        cfg: Option<&SchemaRegistryConfig>,
+    ) -> Result<Option<Arc<SchemaRegistry>>, RegistryError> {
+        cfg.map(|c| SchemaRegistry::new(c).map(Arc::new))
+            .transpose()
+    }
+
     pub fn new(cfg: &SchemaRegistryConfig) -> Result<SchemaRegistry, RegistryError> {
         let client = match &cfg.url {
             Some(url) => Some(registry::Client::new(url, cfg)?),

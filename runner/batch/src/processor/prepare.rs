@@ -136,12 +136,11 @@ impl Preparer {
         avro: bool,
         formats: &Formats,
     ) -> Result<Pick, String> {
-        let decoded = |bytes: Option<&[u8]>| match bytes {
-            Some(b) if avro => self.schemas.decode(b).transpose(),
-            _ => Ok(None),
+        let (key, value) = if avro {
+            self.schemas.decode_message(m)?
+        } else {
+            (None, None)
         };
-        let key = decoded(m.key.as_deref()).map_err(|e| format!("{e} (the key)"))?;
-        let value = decoded(m.value.as_deref())?;
         let format = formats.of(&m.topic);
         let value = match value {
             Some(json) => format.normalize(Some(&json))?.or(Some(json)),
