@@ -236,14 +236,8 @@ class Registry:
             return self._version_body(subject, n, ids[n - 1])
 
     def _version_body(self, subject: str, version: int, sid: int) -> dict:
-        entry = self.schemas[sid]
-        body = {"subject": subject, "version": version, "id": sid}
-        if entry["schemaType"] != "AVRO":
-            body["schemaType"] = entry["schemaType"]
-        if entry["references"]:
-            body["references"] = entry["references"]
-        body["schema"] = entry["schema"]
-        return body
+        return {"subject": subject, "version": version, "id": sid,
+                **schema_body(self.schemas[sid])}
 
     def get_config(self, subject: str | None, default_to_global: bool) -> str:
         with self.lock:

@@ -492,23 +492,21 @@ impl BrokerError<'_> {
                 KeyValue::new("operation", self.operation),
             ],
         );
-        if self.breaker == Breaker::Registry {
-            tracing::warn!(
-                error_type = "schema_registry",
-                breaker = self.breaker.name(),
-                stage = self.operation,
-                error = self.error,
-                "schema registry error; the batch waits and retries"
-            );
+        let (error_type, message) = if self.breaker == Breaker::Registry {
+            (
+                "schema_registry",
+                "schema registry error; the batch waits and retries",
+            )
         } else {
-            tracing::warn!(
-                error_type = "kafka",
-                breaker = self.breaker.name(),
-                stage = self.operation,
-                error = self.error,
-                "broker error; retrying"
-            );
-        }
+            ("kafka", "broker error; retrying")
+        };
+        tracing::warn!(
+            error_type,
+            breaker = self.breaker.name(),
+            stage = self.operation,
+            error = self.error,
+            "{message}"
+        );
     }
 }
 
