@@ -113,9 +113,10 @@ fn transform_events(
     // Keys deleted so far in the batch, by topic: the tombstone Debezium sends right
     // after a delete repeats it and is dropped.
     let mut deleted: HashSet<(&str, &[u8])> = HashSet::new();
+    let mut frames = envelope::Frames::default();
     for (i, event) in events.iter().enumerate() {
         let index = i as u32;
-        let decoded = envelope::decode(event);
+        let decoded = envelope::decode_in(&mut frames, event);
         if let (Ok(Decoded::Change(c)), Some(key)) = (&decoded, event.key)
             && c.op == Op::Delete
         {
@@ -261,8 +262,14 @@ impl TableAcc {
 }
 
 /// Schemas are parsed once per distinct schema text per batch: every event of a
-/// table repeats the same (large) schema.
-type Cache<'a, T> = HashMap<&'a str, Result<Rc<T>, String>>;
+/// table repeats the same (large) schema. The last lookup is kept beside the map: the
+/// decoder gives the events that repeat a topic's schema the very same text (see
+/// [`envelope::Frames`]), found again without hashing it.
+#[derive(Default)]
+struct Cache<'a, T> {
+    by_text: HashMap<&'a str, Result<Rc<T>, String>>,
+    last: Option<(&'a str, Result<Rc<T>, String>)>,
+}
 
 #[derive(Default)]
 struct Transformer<'a> {
@@ -279,11 +286,19 @@ fn cached<'a, T>(
     parse: fn(&str) -> Result<T, String>,
 ) -> Result<Option<Rc<T>>, String> {
     let Some(raw) = raw else { return Ok(None) };
-    cache
-        .entry(raw.get())
-        .or_insert_with(|| parse(raw.get()).map(Rc::new))
-        .clone()
-        .map(Some)
+    let text = raw.get();
+    if let Some((last, parsed)) = &cache.last
+        && std::ptr::eq(*last, text)
+    {
+        return parsed.clone().map(Some);
+    }
+    let parsed = cache
+        .by_text
+        .entry(text)
+        .or_insert_with(|| parse(text).map(Rc::new))
+        .clone();
+    cache.last = Some((text, parsed.clone()));
+    parsed.map(Some)
 }
 
 impl<'a> Transformer<'a> {

@@ -24,7 +24,11 @@ use crate::types::{Event, Verdict};
 
 /// The verdict for one event.
 pub fn validate_event(event: &Event<'_>) -> Verdict {
-    match envelope::decode(event) {
+    verdict_in(&mut envelope::Frames::default(), event)
+}
+
+fn verdict_in<'a>(frames: &mut envelope::Frames<'a>, event: &Event<'a>) -> Verdict {
+    match envelope::decode_in(frames, event) {
         Ok(_) => Verdict::Ok,
         Err(reason) => Verdict::Rejected(reason),
     }
@@ -32,7 +36,8 @@ pub fn validate_event(event: &Event<'_>) -> Verdict {
 
 /// One verdict per event, in order.
 pub fn validate_batch(events: &[Event<'_>]) -> Vec<Verdict> {
-    events.iter().map(validate_event).collect()
+    let mut frames = envelope::Frames::default();
+    events.iter().map(|e| verdict_in(&mut frames, e)).collect()
 }
 
 #[cfg(test)]
