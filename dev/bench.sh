@@ -2,7 +2,7 @@
 # floe benchmarks (`make bench`); what is measured and the last results: docs/benchmarks.md.
 #
 #   dev/bench.sh [--changes N] [--skip-build] [--no-stages] [--no-sink] [--no-freshness]
-#                [--no-telemetry] [--no-avro] [--baseline FILE]
+#                [--no-telemetry] [--no-avro] [--baseline FILE] [--keep-stack]
 #
 # 1. Builds the components, floe and raw_consume (release profile).
 # 2. Starts a private dev stack from clean: its own run dir ($FLOE_RUN_DIR, default
@@ -36,7 +36,10 @@
 #    target/bench/, with every raw output beside it) and the headline figures the issue's
 #    targets are stated in as figures.json; with --baseline FILE (an earlier run's
 #    figures.json), a table of each figure before and now.
-# The stack is stopped on exit, whatever happens; no process is left running.
+# The stack is stopped on exit, whatever happens; no process is left running. With
+# --keep-stack it is left up after a successful run, topics filled, for runs of one's own
+# (`FLOE_RUN_DIR=... dev/stack.sh env` gives its settings, `... stack.sh stop` stops it;
+# the config files floe ran with are in $FLOE_BENCH_OUT).
 #
 # events/s is events / window, window = from the partition assignment the first message
 # came under (the consumer-group join, 15 s against tansu here, is excluded) to the last
@@ -58,8 +61,9 @@ freshness=1
 telemetry=1
 avro=1
 baseline=
+keep_stack=0
 usage() {
-  sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 while (($#)); do
@@ -73,6 +77,7 @@ while (($#)); do
     --no-telemetry) telemetry=0; shift ;;
     --no-avro) avro=0; shift ;;
     --baseline) baseline="$(realpath -m "${2:?}")"; shift 2 ;;
+    --keep-stack) keep_stack=1; shift ;;
     -h|--help) usage ;;
     *) echo "bench: unknown argument '$1'" >&2; usage ;;
   esac
@@ -121,7 +126,9 @@ cleanup() {
     kill -TERM "$avro_dbz" 2>/dev/null || true
     wait "$avro_dbz" 2>/dev/null || true
   fi
-  if ((stack_started)); then
+  if ((stack_started && keep_stack && rc == 0)); then
+    say "the bench stack is left running: FLOE_RUN_DIR=$FLOE_RUN_DIR $DEV_DIR/stack.sh stop stops it"
+  elif ((stack_started)); then
     say "stopping the bench stack ($FLOE_RUN_DIR)"
     "$DEV_DIR/stack.sh" stop >"$OUT/stack-stop.log" 2>&1 || {
       say "stack stop failed:"; cat "$OUT/stack-stop.log" >&2

@@ -118,7 +118,9 @@ pub struct KafkaConfig {
     pub session_timeout_ms: u64,
     /// Back-pressure: at most this many bytes of fetched messages wait in the consumer
     /// while a batch loads (librdkafka's `queued.max.messages.kbytes`; fetches are
-    /// sized to a quarter of it). floe holds two batches at a time (one loading, its
+    /// sized to a quarter of it), and at most one message per KiB of it
+    /// (`queued.min.messages`: small messages such as Avro's cost more in librdkafka's
+    /// bookkeeping than in their bytes). floe holds two batches at a time (one loading, its
     /// values' repeated schemas kept once; one being consumed and prepared), so its
     /// message memory stays within twice `batch.max_bytes` (the one being prepared
     /// about three times while it is decoded and turned into rows) plus this, however

@@ -276,14 +276,18 @@ impl KafkaSource {
             )
             .set_log_level(RDKafkaLogLevel::Warning);
         // Back-pressure: bound what librdkafka prefetches while a batch loads (its
-        // defaults allow 64 MiB and 100,000 messages per partition).
+        // defaults allow 64 MiB and 100,000 messages). The message count is bounded
+        // too, one per KiB of the budget: each queued message costs librdkafka about
+        // half a KiB beyond its key and value, so 16 MiB of small (Avro) messages would
+        // otherwise hold far more memory than the budget says (docs/benchmarks.md
+        // "Schemas read once per topic").
         let prefetch = config.max_prefetch_bytes.max(1 << 20);
         let fetch = (prefetch / 4).clamp(1 << 20, 50 << 20);
         for (key, value) in [
             ("queued.max.messages.kbytes", (prefetch / 1024).to_string()),
             (
                 "queued.min.messages",
-                (prefetch / 512).clamp(1000, 100_000).to_string(),
+                (prefetch / 1024).clamp(1000, 100_000).to_string(),
             ),
             ("fetch.max.bytes", fetch.to_string()),
             ("max.partition.fetch.bytes", fetch.min(1 << 20).to_string()),
